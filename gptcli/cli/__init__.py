@@ -1,0 +1,37 @@
+"""The `gpt` command. Each command group lives in its own module; this one wires them together."""
+
+from typing import Annotated
+
+import typer
+
+from gptcli import __version__
+from gptcli.cli import tokenizer
+from gptcli.cli.common import GptGroup
+
+app = typer.Typer(
+    cls=GptGroup,
+    help="gpt: train tokenizers and GPT models, sample from them, import GPT-2.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(tokenizer.app, name="tokenizer")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """gpt: from a text file to a trained GPT and back to text."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""What every command shares: the stderr console, one-line errors, progress bars, reading input."""
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
+
+from gptcli.errors import GptError
+
+try:  # recent Typer releases vendor their own copy of Click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer on the real Click
+    from click import exceptions as click_errors
+NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+# Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.
+console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print `error: message` on one line of stderr and exit non-zero."""
+    message = " ".join(str(message).split()) if "\n" in str(message) else str(message)
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class GptGroup(TyperGroup):
+    """Top-level command group: turns every user error into one `error: ...` line and an exit code.
+
+    GptError -> 1; a bad option or argument -> 2; Ctrl-C -> 130; an OS error (missing permission,
+    disk full) -> 1. Anything else is a bug and keeps its traceback.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except GptError as e:
+            fail(str(e), 1)
+        except NoArgsIsHelp as e:  # `gpt tokenizer` alone: show the group's help
+            typer.echo(e.ctx.get_help())
+            rv = 0
+        except click_errors.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            fail(e.format_message() + hint, 2)
+        except typer.Abort:
+            fail("interrupted", 130)
+        except click_errors.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            fail(f"{e.strerror or e}{where}", 1)
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+@contextmanager
+def stage_progress(enabled: bool = True) -> Iterator:
+    """A `progress(stage, done, total)` callback for library code, drawn as one bar per stage."""
+    if not enabled:
+        yield None
+        return
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def read_input(text: str | None, file: Path | None, what: str) -> str:
+    """The text of a positional argument, or of --file (`-` is stdin); exactly one of the two."""
+    if text is not None and file is not None:
+        raise GptError(f"give the {what} either as an argument or with --file, not both")
+    if file is not None:
+        if str(file) == "-":
+            return sys.stdin.read()
+        if not file.is_file():
+            raise GptError(f"file not found: {file}")
+        try:
+            return file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise GptError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if text is not None:
+        return text
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise GptError(f"no {what} given: pass it as an argument, with --file, or on stdin")
+
+
+def write_text(text: str) -> None:
+    """Write text to stdout exactly; a final newline only for a terminal."""
+    sys.stdout.write(text)
+    if sys.stdout.isatty() and not text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+

@@ -1,0 +1,149 @@
+"""`gpt tokenizer train|encode|decode|info|export`: thin wrappers over gptcli.tokenizers."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gptcli.cli.common import console, human_bytes, read_input, stage_progress, write_text
+from gptcli.config import TokenizerTrainConfig, validate
+from gptcli.errors import GptError
+from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.bpe import BPETokenizer
+from gptcli.tokenizers.export import EXPORT_FORMATS, export_tokenizer
+from gptcli.tokenizers.train import train_tokenizer
+
+app = typer.Typer(help="Train byte-level BPE or character tokenizers; encode, decode, inspect, export.", no_args_is_help=True)
+
+TokenizerPath = Annotated[
+    Path,
+    typer.Option("--tokenizer", "-t", help="Tokenizer file, or a folder with tokenizer.json or GPT-2's vocab.json + merges.txt."),
+]
+
+
+@app.command()
+def train(
+    files: Annotated[list[str], typer.Argument(help="Corpus files, directories (searched for text files) or glob patterns.")],
+    vocab_size: Annotated[int | None, typer.Option(help="Vocabulary size incl. 256 bytes and special tokens (bpe default 4096; char: an upper bound).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the tokenizer JSON.")] = Path("tokenizer.json"),
+    kind: Annotated[str, typer.Option(help="bpe (byte-level BPE) or char (one id per character).")] = "bpe",
+    special_tokens: Annotated[str, typer.Option(help="Comma-separated special tokens, ids after the vocabulary ('' for none).")] = "<|endoftext|>",
+    pattern: Annotated[str, typer.Option(help="Split pattern: gpt2, gpt4, or a regex (bpe only).")] = "gpt4",
+    workers: Annotated[int | None, typer.Option(help="Processes for pre-tokenizing large corpora (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+) -> None:
+    """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
+    if kind not in ("bpe", "char"):
+        raise GptError(f"unknown --kind {kind!r}: choose bpe or char")
+    specials = special_tokens.split(",") if special_tokens != "" else []
+    config = validate(
+        TokenizerTrainConfig,
+        files=files, kind=kind, vocab_size=vocab_size, special_tokens=specials, pattern=pattern, out=out, workers=workers,
+    )
+    with stage_progress(enabled=not quiet) as progress:
+        result = train_tokenizer(config, progress)
+    result.tokenizer.save(config.out)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if not quiet:
+        tok = result.tokenizer
+        corpus = sum(f.bytes for f in tok.trained_on or [])
+        n_files = len(tok.trained_on or [])
+        parts = f"{tok.n_ordinary} {'characters' if tok.kind == 'char' else 'bytes+merges'} + {len(tok.special_tokens)} special"
+        console.print(
+            f"trained {tok.kind} tokenizer: vocab {tok.vocab_size} ({parts}) on {n_files} file(s), "
+            f"{human_bytes(corpus)}, in {result.seconds:.1f}s -> {config.out}"
+        )
+
+
+@app.command()
+def encode(
+    text: Annotated[str | None, typer.Argument(help="Text to encode (or use --file, or stdin).")] = None,
+    tokenizer: TokenizerPath = Path("tokenizer.json"),
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-' for stdin).")] = None,
+    allow_special: Annotated[bool, typer.Option(help="Encode special-token strings such as <|endoftext|> as their ids.")] = False,
+) -> None:
+    """Print the token ids of a text as one JSON array."""
+    tok = load_tokenizer(tokenizer)
+    ids = tok.encode(read_input(text, file, "text"), allow_special=allow_special)
+    write_text(json.dumps(ids) + "\n")
+
+
+@app.command()
+def decode(
+    ids: Annotated[str | None, typer.Argument(help="Token ids as a JSON array, e.g. '[72, 101]' (or use --file, or stdin).")] = None,
+    tokenizer: TokenizerPath = Path("tokenizer.json"),
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the ids from this file ('-' for stdin).")] = None,
+) -> None:
+    """Print the text of a JSON array of token ids."""
+    tok = load_tokenizer(tokenizer)
+    write_text(tok.decode(parse_ids(read_input(ids, file, "ids"))))
+
+
+def parse_ids(raw: str) -> list[int]:
+    """A JSON array of ints (whitespace- or comma-separated ints are accepted too)."""
+    raw = raw.strip()
+    try:
+        value = json.loads(raw) if raw.startswith("[") else [int(x) for x in raw.replace(",", " ").split()]
+    except (json.JSONDecodeError, ValueError):
+        raise GptError(f"ids must be a JSON array of integers, got {raw[:40]!r}") from None
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise GptError(f"ids must be a JSON array of integers, got {raw[:40]!r}")
+    return value
+
+
+def describe(tok: Tokenizer, n_longest: int = 5) -> dict:
+    """What `info` shows, as a JSON-ready dict."""
+    info = {
+        "kind": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "special_tokens": tok.special_tokens,
+    }
+    if isinstance(tok, BPETokenizer):
+        info |= {"merges": len(tok.merges), "pattern": tok.pattern_name}
+        if tok.pattern_name == "custom":
+            info["pattern_regex"] = tok.pattern
+    else:
+        info["characters"] = tok.n_ordinary
+    longest = sorted(range(tok.n_ordinary), key=lambda i: (-len(tok.token_bytes(i)), i))[:n_longest]
+    info["longest_tokens"] = [{"id": i, "text": tok.token_bytes(i).decode("utf-8", errors="replace")} for i in longest]
+    if tok.trained_on:
+        info["trained_on"] = [f.model_dump() for f in tok.trained_on]
+    return info
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="Tokenizer file or folder.")] = Path("tokenizer.json"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Show a tokenizer's kind, sizes, special tokens, split pattern and longest tokens."""
+    data = describe(load_tokenizer(path))
+    if as_json:
+        write_text(json.dumps(data, ensure_ascii=False) + "\n")
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        if key == "longest_tokens":
+            value = ", ".join(f"{t['id']}={t['text']!r}" for t in value)
+        elif key == "trained_on":
+            value = ", ".join(f"{f['path']} ({human_bytes(f['bytes'])})" for f in value)
+        elif key == "special_tokens":
+            value = ", ".join(f"{s}={i}" for s, i in value.items()) or "none"
+        table.add_row(f"[bold]{key}[/]", str(value))
+    Console = type(console)
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(help="Tokenizer file or folder to export.")] = Path("tokenizer.json"),
+    format: Annotated[str, typer.Option("--format", help=f"Target format: {' or '.join(EXPORT_FORMATS)}.")] = "hf",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the exported files into.")] = Path("tokenizer_export"),
+) -> None:
+    """Export a BPE tokenizer for other tools: HF (vocab.json + merges.txt + tokenizer.json) or tiktoken."""
+    written = export_tokenizer(load_tokenizer(path), format, out)
+    console.print(f"wrote {', '.join(str(p) for p in written)}")

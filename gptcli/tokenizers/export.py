@@ -1,0 +1,91 @@
+"""Export a BPE tokenizer so other tools can read it.
+
+- format "hf": vocab.json + merges.txt (GPT-2 layout, read by transformers' GPT2Tokenizer) and a
+  tokenizer.json for HF `tokenizers` that carries our split pattern, so GPT-4-pattern tokenizers
+  load exactly too.
+- format "tiktoken": `tokenizer.tiktoken` (base64 token, space, rank per line, tiktoken's own rank
+  file format) + `tiktoken.json` with the split pattern and special tokens to build an Encoding:
+
+      ranks = tiktoken.load.load_tiktoken_bpe("tokenizer.tiktoken")
+      meta = json.load(open("tiktoken.json"))
+      enc = tiktoken.Encoding("ours", pat_str=meta["pat_str"], mergeable_ranks=ranks,
+                              special_tokens=meta["special_tokens"])
+"""
+
+import base64
+import json
+from pathlib import Path
+
+from gptcli.errors import GptError
+from gptcli.fileio import atomic_write_json, atomic_write_text
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.bpe import BPETokenizer
+from gptcli.tokenizers.gpt2 import gpt2_vocab
+
+EXPORT_FORMATS = ("hf", "tiktoken")
+
+
+def export_tokenizer(tokenizer: Tokenizer, fmt: str, out_dir: str | Path) -> list[Path]:
+    """Write the export files into out_dir; returns their paths."""
+    if not isinstance(tokenizer, BPETokenizer):
+        raise GptError(f"only BPE tokenizers can be exported (this one is kind {tokenizer.kind!r})")
+    out_dir = Path(out_dir)
+    if fmt == "hf":
+        return export_hf(tokenizer, out_dir)
+    if fmt == "tiktoken":
+        return export_tiktoken(tokenizer, out_dir)
+    raise GptError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def export_hf(tokenizer: BPETokenizer, out_dir: Path) -> list[Path]:
+    vocab, merges = gpt2_vocab(tokenizer)
+    paths = [out_dir / "vocab.json", out_dir / "merges.txt", out_dir / "tokenizer.json"]
+    atomic_write_json(paths[0], vocab, indent=None)
+    atomic_write_text(paths[1], "#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    atomic_write_json(paths[2], hf_tokenizer_json(tokenizer, vocab, merges), indent=None)
+    return paths
+
+
+def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: list[str]) -> dict:
+    """The `tokenizers` library's serialization: split by our regex, then GPT-2's byte-level mapping."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", **byte_level},
+            ],
+        },
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {s: i for s, i in vocab.items() if i < tokenizer.n_ordinary},
+            "merges": [m.split(" ") for m in merges],
+        },
+    }
+
+
+def export_tiktoken(tokenizer: BPETokenizer, out_dir: Path) -> list[Path]:
+    paths = [out_dir / "tokenizer.tiktoken", out_dir / "tiktoken.json"]
+    lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokenizer.vocab))
+    atomic_write_text(paths[0], "".join(lines))
+    meta = {"pat_str": tokenizer.pattern, "special_tokens": tokenizer.special_tokens, "explicit_n_vocab": tokenizer.vocab_size}
+    atomic_write_text(paths[1], json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return paths

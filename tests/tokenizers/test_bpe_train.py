@@ -1,0 +1,85 @@
+from collections import Counter
+
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptcli.config import TokenizerTrainConfig
+from gptcli.tokenizers.bpe_train import chunks_to_words, count_chunks, learn_merges, learn_merges_naive
+from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
+from gptcli.tokenizers.train import train_tokenizer
+
+# small alphabets make many repeated pairs and many ties, where trainers most easily disagree
+small_corpus = st.lists(
+    st.text(alphabet=st.sampled_from(list("aab  bcé🙂\n")), max_size=40), min_size=1, max_size=12
+).map("\n".join)
+
+
+def words_of(text: str, pattern: str = GPT4_PATTERN):
+    return chunks_to_words(Counter(regex.findall(pattern, text)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=small_corpus, num_merges=st.integers(1, 60), pattern=st.sampled_from([GPT2_PATTERN, GPT4_PATTERN]))
+def test_fast_trainer_gives_exactly_the_naive_trainers_merges(text, num_merges, pattern):
+    words, counts = words_of(text, pattern)
+    expected = learn_merges_naive(words, counts, num_merges)
+    assert learn_merges([list(w) for w in words], counts, num_merges) == expected
+
+
+def test_tie_rule_highest_count_then_smallest_ids():
+    # 'ab' and 'cd' both occur twice: the smaller left id ('a' = 97) wins the tie
+    words, counts = [list(b"cd"), list(b"ab")], [2, 2]
+    assert learn_merges(words, counts, 1) == [(97, 98)]
+    # a higher count beats smaller ids
+    words, counts = [list(b"cd"), list(b"ab")], [3, 2]
+    assert learn_merges(words, counts, 1) == [(99, 100)]
+
+
+def test_never_creates_two_tokens_with_the_same_bytes():
+    # 'abc' can be built as (ab, c) and as (a, bc); only the first of the two is learned
+    words, counts = [list(b"ab"), list(b"bc"), list(b"abc"), list(b"xbc")], [5, 5, 1, 1]
+    merges = learn_merges(words, counts, 10)
+    vocab = [bytes([i]) for i in range(256)]
+    for a, b in merges:
+        vocab.append(vocab[a] + vocab[b])
+    assert len(set(vocab)) == len(vocab)
+    assert merges == learn_merges_naive([list(b"ab"), list(b"bc"), list(b"abc"), list(b"xbc")], counts, 10)
+
+
+def test_parallel_pre_tokenization_counts_the_same(tmp_path, monkeypatch):
+    import gptcli.tokenizers.bpe_train as bpe_train
+
+    text = "".join(f"Line {i}: the quick brown fox's {i * 7} jumps\n\n  over  {'é' * (i % 5)}" for i in range(3000))
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    serial, _ = count_chunks([path], GPT4_PATTERN, workers=1)
+    monkeypatch.setattr(bpe_train, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(bpe_train, "PRETOKENIZE_BLOCK_BYTES", 4096)
+    parallel, _ = count_chunks([path], GPT4_PATTERN, workers=2)
+    assert parallel == serial == Counter(regex.findall(GPT4_PATTERN, text))
+
+
+def test_same_corpus_gives_a_byte_identical_file(tmp_path, corpus):
+    path = corpus("the cat sat on the mat; the dog sat on the log.\n" * 50 + "zebra zoo\n")
+    outputs = []
+    for i in range(2):
+        result = train_tokenizer(TokenizerTrainConfig(files=[str(path)], vocab_size=300))
+        outputs.append(result.tokenizer.save(tmp_path / f"t{i}.json").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_vocab_larger_than_corpus_allows_stops_with_a_warning(corpus):
+    result = train_tokenizer(TokenizerTrainConfig(files=[str(corpus("abab"))], vocab_size=1000))
+    assert result.tokenizer.vocab_size < 1000
+    assert "yields only" in result.warnings[0]
+    assert result.tokenizer.decode(result.tokenizer.encode("abab")) == "abab"
+
+
+def test_trained_tokenizer_compresses_and_records_its_corpus(corpus):
+    path = corpus("To be, or not to be, that is the question.\n" * 20)
+    result = train_tokenizer(TokenizerTrainConfig(files=[str(path)], vocab_size=400))
+    tok = result.tokenizer
+    ids = tok.encode("To be, or not to be")
+    assert len(ids) == 7  # one token per pre-token chunk: "To", " be", ",", " or", " not", " to", " be"
+    assert tok.trained_on[0].path == str(path.resolve()) and tok.trained_on[0].bytes == path.stat().st_size
