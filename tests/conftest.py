@@ -21,7 +21,7 @@ class CliResult:
 
 def run_cli(*args: str, input: str | None = None) -> CliResult:
     """Run `gpt ARGS...` in-process, as the console script would (our error handling included)."""
-    result = CliRunner().invoke(app, list(args), input=input)
+    result = CliRunner().invoke(app, list(args), input=input, prog_name="gpt")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a traceback means a bug: fail loudly
     return CliResult(result.exit_code, result.stdout, result.stderr)

@@ -10,7 +10,9 @@ from gptcli.errors import GptError
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 
 # text rich in the characters where split patterns are delicate: newlines, spaces, letters, digits
-delicate_text = st.lists(st.sampled_from(list("ab Z9\n\r\t.'é🙂\u3000") + ["\n\n", "  ", "'s", "\nThe"]), max_size=150).map("".join)
+delicate_text = st.lists(
+    st.sampled_from(list("ab Z9\n\r\t.'é🙂\u3000") + ["\n\n", "  ", "'s", "\nThe"]), max_size=150
+).map("".join)
 
 
 @settings(max_examples=150, deadline=None)

@@ -16,23 +16,44 @@ from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.export import EXPORT_FORMATS, export_tokenizer
 from gptcli.tokenizers.train import train_tokenizer
 
-app = typer.Typer(help="Train byte-level BPE or character tokenizers; encode, decode, inspect, export.", no_args_is_help=True)
+app = typer.Typer(
+    help="Train byte-level BPE or character tokenizers; encode, decode, inspect, export.",
+    no_args_is_help=True,
+)
 
 TokenizerPath = Annotated[
     Path,
-    typer.Option("--tokenizer", "-t", help="Tokenizer file, or a folder with tokenizer.json or GPT-2's vocab.json + merges.txt."),
+    typer.Option(
+        "--tokenizer",
+        "-t",
+        help="Tokenizer file, or a folder with tokenizer.json or GPT-2's vocab.json + merges.txt.",
+    ),
 ]
 
 
 @app.command()
 def train(
-    files: Annotated[list[str], typer.Argument(help="Corpus files, directories (searched for text files) or glob patterns.")],
-    vocab_size: Annotated[int | None, typer.Option(help="Vocabulary size incl. 256 bytes and special tokens (bpe default 4096; char: an upper bound).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the tokenizer JSON.")] = Path("tokenizer.json"),
+    files: Annotated[
+        list[str],
+        typer.Argument(help="Corpus files, directories (searched for text files) or glob patterns."),
+    ],
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Vocabulary size incl. 256 bytes and special tokens (bpe default 4096; char: an upper bound)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the tokenizer JSON.")] = Path(
+        "tokenizer.json"
+    ),
     kind: Annotated[str, typer.Option(help="bpe (byte-level BPE) or char (one id per character).")] = "bpe",
-    special_tokens: Annotated[str, typer.Option(help="Comma-separated special tokens, ids after the vocabulary ('' for none).")] = "<|endoftext|>",
+    special_tokens: Annotated[
+        str, typer.Option(help="Comma-separated special tokens, ids after the vocabulary ('' for none).")
+    ] = "<|endoftext|>",
     pattern: Annotated[str, typer.Option(help="Split pattern: gpt2, gpt4, or a regex (bpe only).")] = "gpt4",
-    workers: Annotated[int | None, typer.Option(help="Processes for pre-tokenizing large corpora (default: all cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes for pre-tokenizing large corpora (default: all cores).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:
     """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
@@ -41,7 +62,13 @@ def train(
     specials = special_tokens.split(",") if special_tokens != "" else []
     config = validate(
         TokenizerTrainConfig,
-        files=files, kind=kind, vocab_size=vocab_size, special_tokens=specials, pattern=pattern, out=out, workers=workers,
+        files=files,
+        kind=kind,
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        pattern=pattern,
+        out=out,
+        workers=workers,
     )
     with stage_progress(enabled=not quiet) as progress:
         result = train_tokenizer(config, progress)
@@ -63,8 +90,12 @@ def train(
 def encode(
     text: Annotated[str | None, typer.Argument(help="Text to encode (or use --file, or stdin).")] = None,
     tokenizer: TokenizerPath = Path("tokenizer.json"),
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-' for stdin).")] = None,
-    allow_special: Annotated[bool, typer.Option(help="Encode special-token strings such as <|endoftext|> as their ids.")] = False,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the text from this file ('-' for stdin).")
+    ] = None,
+    allow_special: Annotated[
+        bool, typer.Option(help="Encode special-token strings such as <|endoftext|> as their ids.")
+    ] = False,
 ) -> None:
     """Print the token ids of a text as one JSON array."""
     tok = load_tokenizer(tokenizer)
@@ -74,9 +105,14 @@ def encode(
 
 @app.command()
 def decode(
-    ids: Annotated[str | None, typer.Argument(help="Token ids as a JSON array, e.g. '[72, 101]' (or use --file, or stdin).")] = None,
+    ids: Annotated[
+        str | None,
+        typer.Argument(help="Token ids as a JSON array, e.g. '[72, 101]' (or use --file, or stdin)."),
+    ] = None,
     tokenizer: TokenizerPath = Path("tokenizer.json"),
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the ids from this file ('-' for stdin).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the ids from this file ('-' for stdin).")
+    ] = None,
 ) -> None:
     """Print the text of a JSON array of token ids."""
     tok = load_tokenizer(tokenizer)
@@ -109,7 +145,9 @@ def describe(tok: Tokenizer, n_longest: int = 5) -> dict:
     else:
         info["characters"] = tok.n_ordinary
     longest = sorted(range(tok.n_ordinary), key=lambda i: (-len(tok.token_bytes(i)), i))[:n_longest]
-    info["longest_tokens"] = [{"id": i, "text": tok.token_bytes(i).decode("utf-8", errors="replace")} for i in longest]
+    info["longest_tokens"] = [
+        {"id": i, "text": tok.token_bytes(i).decode("utf-8", errors="replace")} for i in longest
+    ]
     if tok.trained_on:
         info["trained_on"] = [f.model_dump() for f in tok.trained_on]
     return info
@@ -118,7 +156,9 @@ def describe(tok: Tokenizer, n_longest: int = 5) -> dict:
 @app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="Tokenizer file or folder.")] = Path("tokenizer.json"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Show a tokenizer's kind, sizes, special tokens, split pattern and longest tokens."""
     data = describe(load_tokenizer(path))
@@ -140,9 +180,15 @@ def info(
 
 @app.command()
 def export(
-    path: Annotated[Path, typer.Argument(help="Tokenizer file or folder to export.")] = Path("tokenizer.json"),
-    format: Annotated[str, typer.Option("--format", help=f"Target format: {' or '.join(EXPORT_FORMATS)}.")] = "hf",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the exported files into.")] = Path("tokenizer_export"),
+    path: Annotated[Path, typer.Argument(help="Tokenizer file or folder to export.")] = Path(
+        "tokenizer.json"
+    ),
+    format: Annotated[
+        str, typer.Option("--format", help=f"Target format: {' or '.join(EXPORT_FORMATS)}.")
+    ] = "hf",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the exported files into.")] = Path(
+        "tokenizer_export"
+    ),
 ) -> None:
     """Export a BPE tokenizer for other tools: HF (vocab.json + merges.txt + tokenizer.json) or tiktoken."""
     written = export_tokenizer(load_tokenizer(path), format, out)

@@ -89,7 +89,9 @@ class Tokenizer(ABC):
         self.id_to_special = {i: s for s, i in special_tokens.items()}
         # longest first, so that a special that contains another one wins
         alternatives = sorted(special_tokens, key=len, reverse=True)
-        self._special_re = regex.compile("|".join(regex.escape(s) for s in alternatives)) if alternatives else None
+        self._special_re = (
+            regex.compile("|".join(regex.escape(s) for s in alternatives)) if alternatives else None
+        )
 
     # --- sizes and special ids
     @property
@@ -171,9 +173,8 @@ def read_tokenizer_file(path: Path) -> TokenizerFile:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GptError(f"{path}: not a tokenizer file (invalid JSON: {e})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise GptError(f"{path}: not a gptcli tokenizer file (expected \"format\": \"{FORMAT}\")")
+        raise GptError(f'{path}: not a gptcli tokenizer file (expected "format": "{FORMAT}")')
     try:
         return TokenizerFile.model_validate(raw)
     except ValidationError as e:
         raise GptError(f"{path}: invalid tokenizer file: {one_line_validation_error(e)}") from None
-

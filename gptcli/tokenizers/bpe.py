@@ -47,7 +47,9 @@ class BPETokenizer(Tokenizer):
         ranks = {token: i for i, token in enumerate(self.vocab)}
         if len(ranks) != len(self.vocab):
             first = next(i for i, t in enumerate(self.vocab) if ranks[t] != i)
-            raise GptError(f"tokenizer is invalid: ids {ranks[self.vocab[first]]} and {first} are the same bytes")
+            raise GptError(
+                f"tokenizer is invalid: ids {ranks[self.vocab[first]]} and {first} are the same bytes"
+            )
         self._enc = tiktoken.Encoding(
             name=f"gptcli-{kind}-{len(self.vocab)}",
             pat_str=pattern,

@@ -164,7 +164,9 @@ def learn_merges_naive(words: list[list[int]], counts: list[int], num_merges: in
             for pair in zip(word, word[1:]):
                 pair_counts[pair] += n
         known = set(vocab)
-        candidates = [(-n, pair) for pair, n in pair_counts.items() if vocab[pair[0]] + vocab[pair[1]] not in known]
+        candidates = [
+            (-n, pair) for pair, n in pair_counts.items() if vocab[pair[0]] + vocab[pair[1]] not in known
+        ]
         if not candidates:
             break
         _, pair = min(candidates)

@@ -22,7 +22,10 @@ class CharTokenizer(Tokenizer):
     kind = "char"
 
     def __init__(
-        self, chars: list[str], special_tokens: dict[str, int] | None = None, trained_on: list[CorpusFile] | None = None
+        self,
+        chars: list[str],
+        special_tokens: dict[str, int] | None = None,
+        trained_on: list[CorpusFile] | None = None,
     ):
         super().__init__(special_tokens or {}, trained_on)
         self.chars = list(chars)
@@ -38,7 +41,9 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             unknown = sorted({c for c in text if c not in self.char_to_id})
             shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            raise GptError(f"text has {len(unknown)} character(s) this char tokenizer does not know: {shown}") from None
+            raise GptError(
+                f"text has {len(unknown)} character(s) this char tokenizer does not know: {shown}"
+            ) from None
 
     def token_bytes(self, token_id: int) -> bytes:
         if token_id < len(self.chars):
@@ -51,7 +56,9 @@ class CharTokenizer(Tokenizer):
         return "".join(self.chars[i] if i < n else self.id_to_special[i] for i in ids)
 
     def to_file(self) -> TokenizerFile:
-        return TokenizerFile(kind="char", chars=self.chars, special_tokens=self.special_tokens, trained_on=self.trained_on)
+        return TokenizerFile(
+            kind="char", chars=self.chars, special_tokens=self.special_tokens, trained_on=self.trained_on
+        )
 
 
 def count_chars(files: list[Path]) -> tuple[Counter, int]:

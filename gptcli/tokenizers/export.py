@@ -54,14 +54,27 @@ def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: li
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
         ],
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": tokenizer.pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 {"type": "ByteLevel", **byte_level},
             ],
         },
@@ -84,8 +97,14 @@ def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: li
 
 def export_tiktoken(tokenizer: BPETokenizer, out_dir: Path) -> list[Path]:
     paths = [out_dir / "tokenizer.tiktoken", out_dir / "tiktoken.json"]
-    lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokenizer.vocab))
+    lines = (
+        f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokenizer.vocab)
+    )
     atomic_write_text(paths[0], "".join(lines))
-    meta = {"pat_str": tokenizer.pattern, "special_tokens": tokenizer.special_tokens, "explicit_n_vocab": tokenizer.vocab_size}
+    meta = {
+        "pat_str": tokenizer.pattern,
+        "special_tokens": tokenizer.special_tokens,
+        "explicit_n_vocab": tokenizer.vocab_size,
+    }
     atomic_write_text(paths[1], json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return paths

@@ -20,7 +20,11 @@ VOCAB_FILE_PAIRS = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map: printable Latin-1 bytes map to themselves, the
     other 68 bytes to chr(256), chr(257), ... in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):
@@ -57,7 +61,9 @@ def load_gpt2_tokenizer(directory: str | Path, pattern: str = GPT2_PATTERN) -> B
     directory = Path(directory)
     files = find_vocab_files(directory)
     if files is None:
-        raise GptError(f"{directory}: no GPT-2 vocabulary (need vocab.json + merges.txt, or encoder.json + vocab.bpe)")
+        raise GptError(
+            f"{directory}: no GPT-2 vocabulary (need vocab.json + merges.txt, or encoder.json + vocab.bpe)"
+        )
     vocab_path, merges_path = files
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
@@ -85,14 +91,18 @@ def tokenizer_from_vocab(
     for s, i in vocab.items():
         if len(s) == 1 and s in CHAR_TO_BYTE:
             if not 0 <= i < 256:
-                raise GptError(f"{source}: single-byte token {s!r} has id {i}; GPT-2 layout puts bytes at 0..255")
+                raise GptError(
+                    f"{source}: single-byte token {s!r} has id {i}; GPT-2 layout puts bytes at 0..255"
+                )
             byte_order[i] = CHAR_TO_BYTE[s]
     if None in byte_order:
         raise GptError(f"{source}: ids 0..255 must be the 256 single-byte tokens")
     id_merges = []
     for rank, (left, right) in enumerate(merges):
         if left not in vocab or right not in vocab or left + right not in vocab:
-            raise GptError(f"{source}: merge {rank} ({left} {right}) uses a token missing from the vocabulary")
+            raise GptError(
+                f"{source}: merge {rank} ({left} {right}) uses a token missing from the vocabulary"
+            )
         if vocab[left + right] != 256 + rank:
             raise GptError(
                 f"{source}: merge {rank} ({left} {right}) creates id {vocab[left + right]}, expected {256 + rank} "
@@ -102,7 +112,9 @@ def tokenizer_from_vocab(
     n_ordinary = 256 + len(id_merges)
     specials = {s: i for s, i in vocab.items() if i >= n_ordinary}
     if len(vocab) != n_ordinary + len(specials):
-        raise GptError(f"{source}: {len(vocab) - n_ordinary - len(specials)} vocabulary entries are neither bytes, merges nor specials")
+        raise GptError(
+            f"{source}: {len(vocab) - n_ordinary - len(specials)} vocabulary entries are neither bytes, merges nor specials"
+        )
     return BPETokenizer(id_merges, pattern, specials, byte_order=byte_order, kind="gpt2")
 
 
@@ -110,5 +122,7 @@ def gpt2_vocab(tokenizer: BPETokenizer) -> tuple[dict[str, int], list[str]]:
     """Our BPE -> (vocab.json object, merges.txt lines) in GPT-2's string form."""
     vocab = {token_to_str(t): i for i, t in enumerate(tokenizer.vocab)}
     vocab.update(tokenizer.special_tokens)
-    merges = [f"{token_to_str(tokenizer.vocab[a])} {token_to_str(tokenizer.vocab[b])}" for a, b in tokenizer.merges]
+    merges = [
+        f"{token_to_str(tokenizer.vocab[a])} {token_to_str(tokenizer.vocab[b])}" for a, b in tokenizer.merges
+    ]
     return vocab, merges

@@ -27,7 +27,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             return _from_our_file(ours)
         if find_vocab_files(path):
             return load_gpt2_tokenizer(path, _hf_split_pattern(ours) or GPT2_PATTERN)
-        raise GptError(f"{path}: no tokenizer here (expected {TOKENIZER_FILENAME}, or GPT-2's vocab.json + merges.txt)")
+        raise GptError(
+            f"{path}: no tokenizer here (expected {TOKENIZER_FILENAME}, or GPT-2's vocab.json + merges.txt)"
+        )
     if not path.is_file():
         raise GptError(f"tokenizer not found: {path} (train one with `gpt tokenizer train`)")
     return _from_our_file(path)
@@ -38,7 +40,9 @@ def _from_our_file(path: Path) -> Tokenizer:
     trained_on = spec.trained_on
     if spec.kind == "char":
         return CharTokenizer(spec.chars, spec.special_tokens, trained_on)
-    return BPETokenizer(spec.merges, spec.pattern, spec.special_tokens, spec.byte_order, spec.kind, trained_on)
+    return BPETokenizer(
+        spec.merges, spec.pattern, spec.special_tokens, spec.byte_order, spec.kind, trained_on
+    )
 
 
 def _is_ours(path: Path) -> bool:

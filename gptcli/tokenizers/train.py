@@ -1,8 +1,8 @@
 """Train a tokenizer from a `TokenizerTrainConfig`: the library side of `gpt tokenizer train`.
 
-    >>> from gptcli.config import TokenizerTrainConfig
-    >>> result = train_tokenizer(TokenizerTrainConfig(files=["corpus.txt"], vocab_size=1000))
-    >>> result.tokenizer.save("tokenizer.json")
+>>> from gptcli.config import TokenizerTrainConfig
+>>> result = train_tokenizer(TokenizerTrainConfig(files=["corpus.txt"], vocab_size=1000))
+>>> result.tokenizer.save("tokenizer.json")
 """
 
 import time

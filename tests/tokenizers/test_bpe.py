@@ -27,7 +27,9 @@ def sonnets_tok_gpt2(tmp_path_factory):
 # mostly English-like text with unicode, whitespace runs and digits mixed in
 english_like = st.lists(
     st.one_of(
-        st.sampled_from(["the", " thou", " art", "'s", " love", "\n", "  ", "\t", ",", ".", " 1234", "é", "🙂", "日本"]),
+        st.sampled_from(
+            ["the", " thou", " art", "'s", " love", "\n", "  ", "\t", ",", ".", " 1234", "é", "🙂", "日本"]
+        ),
         st.text(max_size=5),
     ),
     max_size=40,
@@ -102,12 +104,21 @@ def test_duplicate_token_bytes_are_rejected():
         ("{not json", "invalid JSON"),
         ('{"format": "something-else"}', "not a gptcli tokenizer file"),
         ('{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe"}', "needs 'pattern' and 'merges'"),
-        ('{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "x", "merges": [[300, 1]]}', "not defined"),
-        ('{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "x", "merges": [], "special_tokens": {"a": 5}}', "special token ids"),
+        (
+            '{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "x", "merges": [[300, 1]]}',
+            "not defined",
+        ),
+        (
+            '{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "x", "merges": [], "special_tokens": {"a": 5}}',
+            "special token ids",
+        ),
         ('{"format": "gptcli.tokenizer", "version": 2, "kind": "bpe"}', "version"),
         ('{"format": "gptcli.tokenizer", "version": 1, "kind": "char", "chars": ["a", "a"]}', "distinct"),
         ('{"format": "gptcli.tokenizer", "version": 1, "kind": "char", "chars": ["a"], "extra": 1}', "extra"),
-        ('{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "(", "merges": []}', "pattern"),
+        (
+            '{"format": "gptcli.tokenizer", "version": 1, "kind": "bpe", "pattern": "(", "merges": []}',
+            "pattern",
+        ),
     ],
 )
 def test_malformed_files_give_one_line_errors(tmp_path, content, message):

@@ -20,7 +20,9 @@ def words_of(text: str, pattern: str = GPT4_PATTERN):
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=small_corpus, num_merges=st.integers(1, 60), pattern=st.sampled_from([GPT2_PATTERN, GPT4_PATTERN]))
+@given(
+    text=small_corpus, num_merges=st.integers(1, 60), pattern=st.sampled_from([GPT2_PATTERN, GPT4_PATTERN])
+)
 def test_fast_trainer_gives_exactly_the_naive_trainers_merges(text, num_merges, pattern):
     words, counts = words_of(text, pattern)
     expected = learn_merges_naive(words, counts, num_merges)
@@ -50,7 +52,9 @@ def test_never_creates_two_tokens_with_the_same_bytes():
 def test_parallel_pre_tokenization_counts_the_same(tmp_path, monkeypatch):
     import gptcli.tokenizers.bpe_train as bpe_train
 
-    text = "".join(f"Line {i}: the quick brown fox's {i * 7} jumps\n\n  over  {'é' * (i % 5)}" for i in range(3000))
+    text = "".join(
+        f"Line {i}: the quick brown fox's {i * 7} jumps\n\n  over  {'é' * (i % 5)}" for i in range(3000)
+    )
     path = tmp_path / "c.txt"
     path.write_text(text, encoding="utf-8")
     serial, _ = count_chunks([path], GPT4_PATTERN, workers=1)
