@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - older Typer on the real Click
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 # Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -82,7 +82,7 @@ def progress_bar() -> Progress:
 @contextmanager
 def stage_progress(enabled: bool = True) -> Iterator:
     """A `progress(stage, done, total)` callback for library code, drawn as one bar per stage."""
-    if not enabled:
+    if not enabled or not console.is_terminal:  # bars only make sense on a live terminal
         yield None
         return
     with progress_bar() as bar:
