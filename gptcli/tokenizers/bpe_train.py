@@ -126,31 +126,51 @@ def learn_merges(
         known.add(merged)
         merges.append(pair)
 
-        a, b = pair
         created: set[tuple[int, int]] = set()
         for idx in where.pop(pair):
-            word = words[idx]
-            # the index may be stale (the pair already gone from this word): skip cheaply when we can
-            if a not in word or b not in word:
-                continue
-            out = merge_pair(word, pair, new_id)
-            if len(out) == len(word):
-                continue
-            n = counts[idx]
-            for p in zip(word, word[1:]):
-                pair_counts[p] -= n
-            for p in zip(out, out[1:]):
-                pair_counts[p] += n
-                if new_id in p:
-                    created.add(p)
-                    where[p].add(idx)
-            words[idx] = out
+            _merge_in_word(words, idx, pair, new_id, counts[idx], pair_counts, where, created)
         # only pairs with the new id can have grown; push each once with its final count
         for p in created:
             heapq.heappush(heap, (-pair_counts[p], p))
         if progress and (len(merges) % 256 == 0 or len(merges) == num_merges):
             progress("merging", len(merges), num_merges)
     return merges
+
+
+def _merge_in_word(words, idx, pair, new_id, n, pair_counts, where, created) -> None:
+    """Merge `pair` in words[idx] (which occurs n times), updating only the counts around each site.
+
+    At each site ... x [a b] y ...: (a, b), (x, a) and (b, y) lose n; (x, new) and (new, y) gain n
+    and are indexed to this word. When sites touch (a b a b -> N N), x is the new id just written,
+    and the (N, a) gained at the first site is lost again at the second, as it should be.
+    A stale index entry (the pair no longer in the word) changes nothing.
+    """
+    a, b = pair
+    word = words[idx]
+    out: list[int] = []
+    i, length = 0, len(word)
+    while i < length:
+        if word[i] == a and i + 1 < length and word[i + 1] == b:
+            pair_counts[pair] -= n
+            if out:
+                x = out[-1]
+                pair_counts[(x, a)] -= n
+                pair_counts[(x, new_id)] += n
+                created.add((x, new_id))
+                where[(x, new_id)].add(idx)
+            if i + 2 < length:
+                y = word[i + 2]
+                pair_counts[(b, y)] -= n
+                pair_counts[(new_id, y)] += n
+                created.add((new_id, y))
+                where[(new_id, y)].add(idx)
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    if len(out) != length:
+        words[idx] = out
 
 
 def learn_merges_naive(words: list[list[int]], counts: list[int], num_merges: int) -> list[tuple[int, int]]:
