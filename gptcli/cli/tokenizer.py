@@ -79,7 +79,9 @@ def train(
         tok = result.tokenizer
         corpus = sum(f.bytes for f in tok.trained_on or [])
         n_files = len(tok.trained_on or [])
-        ordinary = f"{tok.n_ordinary} characters" if tok.kind == "char" else f"256 bytes + {len(tok.merges)} merges"
+        ordinary = (
+            f"{tok.n_ordinary} characters" if tok.kind == "char" else f"256 bytes + {len(tok.merges)} merges"
+        )
         parts = f"{ordinary} + {len(tok.special_tokens)} special"
         console.print(
             f"trained {tok.kind} tokenizer: vocab {tok.vocab_size} = {parts}, on {n_files} file(s), "
