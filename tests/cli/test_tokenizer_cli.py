@@ -109,6 +109,17 @@ def test_char_kind_and_gpt2_pattern(tmp_path, corpus):
     assert json.loads(run_cli("tokenizer", "info", str(out2), "--json").stdout)["pattern"] == "gpt2"
 
 
+def test_custom_split_pattern(tmp_path, corpus):
+    out = tmp_path / "words.json"
+    path = corpus("one two three one two one\n")
+    result = run_cli("tokenizer", "train", str(path), "--pattern", r"\w+|\s", "--vocab-size", "280", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(run_cli("tokenizer", "info", str(out), "--json").stdout)
+    assert info["pattern"] == "custom" and info["pattern_regex"] == r"\w+|\s"
+    ids = json.loads(run_cli("tokenizer", "encode", "-t", str(out), "one two").stdout)
+    assert len(ids) == 3  # "one", " ", "two": the pattern keeps spaces apart
+
+
 def test_train_accepts_several_files_and_directories(tmp_path, corpus):
     a = corpus("alpha beta gamma\n", "docs/a.txt")
     corpus("delta epsilon\n", "docs/sub/b.md")
