@@ -61,6 +61,51 @@ class TokenizerTrainConfig(StrictModel):
         return self
 
 
+class ModelConfig(StrictModel):
+    """The shape of a GPT. Saved in every checkpoint's config.json, so nothing is typed twice."""
+
+    arch: Literal["gpt"] = "gpt"
+    vocab_size: int = Field(ge=1, description="the tokenizer's vocabulary (padded to a multiple of 64 inside)")
+    block_size: int = Field(256, ge=1, description="context length in tokens")
+    n_layer: int = Field(6, ge=1)
+    n_head: int = Field(6, ge=1)
+    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (GQA/MQA); default n_head")
+    n_embd: int = Field(384, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = Field(True, description="biases in Linear layers and LayerNorms, as GPT-2")
+    pos_emb: Literal["learned", "rope", "sinusoidal", "none"] = "learned"
+    rope_base: float = Field(10000.0, gt=0)
+    window: int | None = Field(None, ge=1, description="sliding-window attention: see at most this many tokens")
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(1e-5, gt=0)
+    gelu: Literal["tanh", "exact"] = "tanh"
+    tie_weights: bool = Field(True, description="lm_head shares wte's weight")
+    flash: bool = Field(True, description="scaled_dot_product_attention (else the explicit, readable path)")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "ModelConfig":
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head size; n_embd / n_head = {self.head_dim}")
+        if self.pos_emb == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: vocab_size rounded up to a multiple of 64 (faster matmuls)."""
+        return -(-self.vocab_size // 64) * 64
+
+
 def validate(model: type[BaseModel], **values):
     """Build a config, turning validation errors into a one-line GptError."""
     try:
