@@ -65,7 +65,11 @@ class ModelConfig(StrictModel):
     """The shape of a GPT. Saved in every checkpoint's config.json, so nothing is typed twice."""
 
     arch: Literal["gpt"] = "gpt"
-    vocab_size: int = Field(ge=1, description="the tokenizer's vocabulary (padded to a multiple of 64 inside)")
+    vocab_size: int | None = Field(
+        None,
+        ge=1,
+        description="the tokenizer's vocabulary (padded to a multiple of 64 inside); set from the tokenizer",
+    )
     block_size: int = Field(256, ge=1, description="context length in tokens")
     n_layer: int = Field(6, ge=1)
     n_head: int = Field(6, ge=1)
@@ -75,7 +79,9 @@ class ModelConfig(StrictModel):
     bias: bool = Field(True, description="biases in Linear layers and LayerNorms, as GPT-2")
     pos_emb: Literal["learned", "rope", "sinusoidal", "none"] = "learned"
     rope_base: float = Field(10000.0, gt=0)
-    window: int | None = Field(None, ge=1, description="sliding-window attention: see at most this many tokens")
+    window: int | None = Field(
+        None, ge=1, description="sliding-window attention: see at most this many tokens"
+    )
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = Field(1e-5, gt=0)
     gelu: Literal["tanh", "exact"] = "tanh"
@@ -103,12 +109,68 @@ class ModelConfig(StrictModel):
     @property
     def padded_vocab_size(self) -> int:
         """Embedding rows: vocab_size rounded up to a multiple of 64 (faster matmuls)."""
+        if self.vocab_size is None:
+            raise GptError("the model's vocab_size is not set (it comes from the tokenizer)")
         return -(-self.vocab_size // 64) * 64
 
 
-def validate(model: type[BaseModel], **values):
+class TrainConfig(StrictModel):
+    """`gpt train`: data, model shape, optimization, evaluation, system. Written to RUN_DIR/config.json.
+
+    Unset data/tokenizer fields are resolved at the start of a run (see gptcli.trainer) and the
+    resolved values are what the run directory records.
+    """
+
+    # data
+    data: list[str] | None = Field(
+        None, description="corpus files/dirs/globs (default: the tokenizer's corpus)"
+    )
+    val_data: list[str] | None = Field(
+        None, description="separate validation files (default: a split of data)"
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="last fraction of the tokens held out")
+    tokenizer: str | None = Field(
+        None, description="tokenizer file/dir, or 'char' (default ./tokenizer.json)"
+    )
+    data_cache: Path | None = Field(None, description="where token caches go (default ~/.cache/gptcli)")
+    # model
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init_from: Path | None = Field(None, description="start from this checkpoint's weights (fine-tuning)")
+    # optimization
+    batch_size: int = Field(12, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_iters: int = Field(2000, ge=1)
+    max_time: float | None = Field(None, gt=0, description="stop after this many seconds of training")
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float | None = Field(None, ge=0, description="floor of the cosine decay (default lr / 10)")
+    warmup_iters: int = Field(100, ge=0)
+    lr_decay_iters: int | None = Field(None, ge=1, description="end of the cosine decay (default max_iters)")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm, 0 to disable")
+    # evaluation, logging, checkpoints
+    eval_interval: int = Field(250, ge=1)
+    eval_iters: int = Field(20, ge=1)
+    log_interval: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept (the best is kept too)")
+    sample_tokens: int = Field(200, ge=0, description="tokens sampled at each eval (0: none)")
+    # system
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        return self
+
+
+def validate(schema: type[BaseModel], /, **values):
     """Build a config, turning validation errors into a one-line GptError."""
     try:
-        return model(**values)
+        return schema(**values)
     except ValidationError as e:
-        raise GptError(f"invalid {model.__name__}: {one_line_validation_error(e)}") from None
+        raise GptError(f"invalid {schema.__name__}: {one_line_validation_error(e)}") from None

@@ -11,7 +11,6 @@ block gives exactly the chunks of the whole file (tests/test_corpus.py checks th
 import codecs
 import glob
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +119,9 @@ class TextReader:
     After iteration, `invalid_bytes` holds how many undecodable byte sequences were replaced.
     """
 
-    def __init__(self, path: Path, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, path: Path, block_bytes: int | None = None):
         self.path = path
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or BLOCK_BYTES
         self.invalid_bytes = 0
 
     def __iter__(self) -> Iterator[str]:
@@ -148,13 +147,3 @@ class TextReader:
                     cut = len(text)
                 yield text[:cut]
                 carry = text[cut:]
-
-
-def iter_text_blocks(files: list[Path], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str]]:
-    """(file index, text block) over all files, in order."""
-    for i, f in enumerate(files):
-        yield from ((i, block) for block in TextReader(f, block_bytes))
-
-
-def file_size_total(files: list[Path]) -> int:
-    return sum(os.path.getsize(f) for f in files)

@@ -1,0 +1,237 @@
+"""Checkpoint directories: written atomically, validated on load, never pickled.
+
+A checkpoint is a directory that `gpt generate` can use on its own:
+
+    model.safetensors        weights of the plain (uncompiled, unwrapped) model
+    config.json              {"format": "gptcli.checkpoint", "version": 1, "model": ModelConfig,
+                              "tokenizer_kind": ..., "step": ..., "val_loss": ..., ...}
+    tokenizer.json           the tokenizer, self-contained
+
+and, for checkpoints written during training, what `--resume` needs to continue exactly:
+
+    train_state.safetensors  optimizer tensors, RNG states, the batch sampler's generator
+    train_state.json         step, optimizer hyper-parameters, best val loss, ...
+
+The files are written into a hidden temp directory that is renamed into place last, so a crash
+leaves either no checkpoint or a complete one. Loading checks that every file is there, parses,
+and matches the config, and reports problems as one-line GptErrors.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gptcli.config import ModelConfig
+from gptcli.errors import GptError, one_line_validation_error
+from gptcli.fileio import atomic_write_json, current_umask
+from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers.base import Tokenizer
+
+FORMAT = "gptcli.checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    model_config: ModelConfig,
+    tokenizer: Tokenizer,
+    info: dict[str, Any] | None = None,
+    state_tensors: dict[str, torch.Tensor] | None = None,
+    state_json: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (replacing one of the same name)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        save_file(model_weights(model), tmp / WEIGHTS)
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": model_config.model_dump(mode="json"),
+            "tokenizer_kind": tokenizer.kind,
+            **(info or {}),
+        }
+        atomic_write_json(tmp / CONFIG, config)
+        tokenizer.save(tmp / TOKENIZER)
+        if state_tensors is not None:
+            save_file({k: v.contiguous() for k, v in state_tensors.items()}, tmp / STATE_TENSORS)
+            atomic_write_json(tmp / STATE_JSON, state_json or {})
+        _fsync_tree(tmp)
+        if directory.exists():  # replace: move the old one aside first so there is never a gap
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of the plain model: no torch.compile / DDP prefixes, tied weights stored once."""
+    model = unwrap(model)
+    weights, seen = {}, {}
+    for name, tensor in model.state_dict().items():
+        ptr = (tensor.data_ptr(), tensor.shape)
+        if ptr in seen:  # lm_head.weight is wte.weight when tied; safetensors refuses shared storage
+            continue
+        seen[ptr] = name
+        weights[name] = tensor.detach().contiguous().cpu()
+    return weights
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile's and DDP's wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def is_checkpoint(directory: Path) -> bool:
+    return directory.is_dir() and all((directory / name).is_file() for name in REQUIRED)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint, with its "model" validated into a ModelConfig."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise GptError(f"checkpoint not found: {directory}")
+    missing = [name for name in REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise GptError(f"{directory} is not a complete checkpoint: missing {', '.join(missing)}")
+    try:
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GptError(f"{directory / CONFIG}: invalid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise GptError(f"{directory / CONFIG}: not a gptcli checkpoint config")
+    if config.get("version") != FORMAT_VERSION:
+        raise GptError(f"{directory / CONFIG}: unsupported checkpoint version {config.get('version')!r}")
+    try:
+        config["model"] = ModelConfig.model_validate(config.get("model"))
+    except ValidationError as e:
+        raise GptError(
+            f"{directory / CONFIG}: invalid model config: {one_line_validation_error(e)}"
+        ) from None
+    if config["model"].vocab_size is None:
+        raise GptError(f"{directory / CONFIG}: the model config has no vocab_size")
+    return config
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> None:
+    """Load model.safetensors into `model`, checking every key and shape."""
+    path = Path(directory) / WEIGHTS
+    tensors = read_safetensors(path)
+    model = unwrap(model)
+    expected = model_weights(model)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise GptError(f"{path}: weights do not match the model config ({what})")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise GptError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}"
+            )
+        if not torch.isfinite(tensor).all() and tensor.is_floating_point():
+            raise GptError(f"{path}: {name} holds non-finite values")
+    model.load_state_dict(tensors, strict=False)  # strict=False: a tied lm_head is stored once
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise GptError(f"missing file: {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise GptError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """A checkpoint directory -> (GPT in eval mode on `device`, tokenizer, config dict)."""
+    from gptcli.model import GPT  # here, not at the top: the model imports nothing from us but config
+
+    directory = Path(directory)
+    config = read_config(directory)
+    tokenizer = load_tokenizer(directory / TOKENIZER)
+    if tokenizer.vocab_size != config["model"].vocab_size:
+        raise GptError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
+            f"{config['model'].vocab_size}"
+        )
+    model = GPT(config["model"])
+    load_weights(directory, model)
+    return model.to(device).eval(), tokenizer, config
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints under a run directory's checkpoints/, oldest step first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (d for d in folder.iterdir() if not d.name.startswith(".") and is_checkpoint(d)), key=_step_of
+    )
+
+
+def _step_of(directory: Path) -> int:
+    try:
+        return int(directory.name.rsplit("_", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
+    """A checkpoint dir, or a run dir -> its newest (or best by val loss) complete checkpoint."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        if not path.exists():
+            raise GptError(f"checkpoint not found: {path}")
+        read_config(path)  # names what is missing when it looks like a checkpoint
+        raise GptError(f"{path} holds no complete checkpoint")
+    if not best:
+        return found[-1]
+    scored = [(read_config(d).get("val_loss"), d) for d in found]
+    scored = [(v, d) for v, d in scored if v is not None]
+    if not scored:
+        raise GptError(f"{path}: no checkpoint has a validation loss to pick the best by")
+    return min(scored, key=lambda vd: vd[0])[1]
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,171 @@
+"""Training data: corpus -> token memmap (cached) -> train/val split -> random batches.
+
+    data = prepare_data(["corpus.txt"], tokenizer, val_fraction=0.1)
+    sampler = BatchSampler(data.train, block_size=256, batch_size=12, seed=1337)
+    x, y = sampler.next_batch()              # (B, T) int64 each; y is x shifted by one
+
+Tokenizing happens once: the ids are written to `tokens.bin` (uint16 when the vocabulary fits,
+else uint32) in a cache folder keyed by the corpus content, the tokenizer and the format, with a
+`meta.json` written last (so a half-written cache is never used). Files are read and encoded in
+blocks, so memory is bounded by a block, not by the corpus. Files (documents) are separated by the
+tokenizer's end-of-text token when it has one. The validation split is the last `val_fraction` of
+the tokens, or separate files (`val_data`).
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptcli.corpus import TextReader, find_text_files
+from gptcli.errors import GptError
+from gptcli.fileio import atomic_write_json
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.bpe_train import Progress
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """$GPTCLI_CACHE_DIR, else ~/.cache/gptcli (XDG_CACHE_HOME respected)."""
+    if env := os.environ.get("GPTCLI_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptcli"
+
+
+@dataclass
+class TokenData:
+    """The token ids of a train run: `train` and `val` are read-only 1-D memmap views."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_files: list[Path]
+    val_files: list[Path]
+    cache_dirs: list[Path]
+
+
+def prepare_data(
+    data: list[str],
+    tokenizer: Tokenizer,
+    val_fraction: float = 0.1,
+    val_data: list[str] | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> TokenData:
+    """Tokenize (or reuse the cached ids of) the corpus and split it into train and val."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    files = find_text_files(data)
+    tokens, where = tokenize_files(files, tokenizer, cache_dir, progress)
+    if val_data:
+        val_files = find_text_files(val_data)
+        val, val_where = tokenize_files(val_files, tokenizer, cache_dir, progress)
+        return TokenData(tokens, val, files, val_files, [where, val_where])
+    n_val = int(len(tokens) * val_fraction)
+    return TokenData(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :], files, files, [where])
+
+
+def tokenize_files(
+    files: list[Path], tokenizer: Tokenizer, cache_dir: Path, progress: Progress | None = None
+) -> tuple[np.ndarray, Path]:
+    """All files' ids as one memmap, from the cache when the same corpus and tokenizer were seen."""
+    key = cache_key(files, tokenizer)
+    folder = cache_dir / key
+    meta_path, bin_path = folder / "meta.json", folder / "tokens.bin"
+    if meta_path.is_file() and bin_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if bin_path.stat().st_size == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+            return _memmap(bin_path, meta), folder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    total = sum(f.stat().st_size for f in files)
+    done = n_tokens = invalid = 0
+    tmp_path = folder / f"tokens.bin.tmp{os.getpid()}"
+    try:
+        with open(tmp_path, "wb") as out:
+            for i, f in enumerate(files):
+                if i > 0 and tokenizer.eot_id is not None:  # documents are separated by <|endoftext|>
+                    np.array([tokenizer.eot_id], dtype=dtype).tofile(out)
+                    n_tokens += 1
+                reader = TextReader(f)
+                for block in reader:
+                    ids = np.asarray(tokenizer.encode_ordinary(block), dtype=dtype)
+                    ids.tofile(out)
+                    n_tokens += len(ids)
+                    done += len(block)
+                    if progress:
+                        progress("tokenizing", min(done, total), total)
+                invalid += reader.invalid_bytes
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_path, bin_path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    if progress:
+        progress("tokenizing", total, total)
+    meta = {
+        "format": CACHE_FORMAT,
+        "n_tokens": n_tokens,
+        "dtype": np.dtype(dtype).name,
+        "files": [str(f) for f in files],
+        "invalid_utf8_bytes": invalid,
+        "vocab_size": tokenizer.vocab_size,
+    }
+    atomic_write_json(meta_path, meta)  # written last: its presence marks a complete cache entry
+    return _memmap(bin_path, meta), folder
+
+
+def _memmap(path: Path, meta: dict) -> np.ndarray:
+    if meta["n_tokens"] == 0:
+        return np.zeros(0, dtype=meta["dtype"])
+    return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+
+
+def cache_key(files: list[Path], tokenizer: Tokenizer) -> str:
+    """Hash of the corpus bytes (in order), the tokenizer's content and the cache format."""
+    h = hashlib.sha256(f"gptcli-tokens-v{CACHE_FORMAT}".encode())
+    tok = tokenizer.to_file().model_dump(mode="json", exclude={"trained_on"})
+    h.update(json.dumps(tok, sort_keys=True).encode())
+    for f in files:
+        h.update(b"\x00file\x00")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:24]
+
+
+class BatchSampler:
+    """Random windows of block_size + 1 tokens from a 1-D token array, from a seeded generator.
+
+    Its whole state is the generator's, so `state()` / `load_state()` resume the exact batch
+    sequence (saved with training checkpoints).
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
+        if len(tokens) < block_size + 1:
+            raise GptError(
+                f"the data has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}: "
+                "use more text or a smaller --block-size"
+            )
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.block_size
+        starts = torch.randint(len(self.tokens) - T, (self.batch_size,), generator=self.generator).tolist()
+        windows = np.stack([self.tokens[s : s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
+        batch = torch.from_numpy(windows)
+        return batch[:, :-1], batch[:, 1:]  # x, y: (B, T)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gptcli.config import TokenizerTrainConfig
+from gptcli.data import BatchSampler, prepare_data, tokenize_files
+from gptcli.errors import GptError
+from gptcli.tokenizers.train import train_tokenizer
+from tests.conftest import SONNETS
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    return train_tokenizer(TokenizerTrainConfig(files=[str(SONNETS)], vocab_size=500)).tokenizer
+
+
+def test_tokens_equal_encoding_each_file_with_eot_between(bpe, corpus, tmp_path):
+    a = corpus("Shall I compare thee to a summer's day?\n" * 30, "a.txt")
+    b = corpus("Thou art more lovely and more temperate.\n" * 30, "b.txt")
+    tokens, _ = tokenize_files([a, b], bpe, tmp_path / "cache")
+    expected = bpe.encode_ordinary(a.read_text()) + [bpe.eot_id] + bpe.encode_ordinary(b.read_text())
+    assert tokens.dtype == np.uint16
+    assert tokens.tolist() == expected
+
+
+def test_block_by_block_encoding_equals_whole_file(bpe, tmp_path, monkeypatch):
+    import gptcli.corpus
+
+    monkeypatch.setattr(gptcli.corpus, "BLOCK_BYTES", 257)  # many blocks
+    tokens, _ = tokenize_files([SONNETS], bpe, tmp_path / "cache")
+    assert tokens.tolist() == bpe.encode_ordinary(SONNETS.read_text())
+
+
+def test_cache_is_reused_and_keyed_by_content(bpe, corpus, tmp_path):
+    path = corpus("to be or not to be\n" * 100)
+    _, where = tokenize_files([path], bpe, tmp_path / "cache")
+    meta = json.loads((where / "meta.json").read_text())
+    assert meta["n_tokens"] > 0 and meta["vocab_size"] == bpe.vocab_size
+    (where / "tokens.bin").touch()  # same size, same key: reused, not rewritten
+    mtime = (where / "tokens.bin").stat().st_mtime_ns
+    _, again = tokenize_files([path], bpe, tmp_path / "cache")
+    assert again == where and (where / "tokens.bin").stat().st_mtime_ns == mtime
+    path.write_text("something else entirely\n" * 100)
+    _, changed = tokenize_files([path], bpe, tmp_path / "cache")
+    assert changed != where
+
+
+def test_truncated_cache_is_rebuilt(bpe, corpus, tmp_path):
+    path = corpus("to be or not to be\n" * 100)
+    tokens, where = tokenize_files([path], bpe, tmp_path / "cache")
+    n = len(tokens)
+    with open(where / "tokens.bin", "r+b") as fh:
+        fh.truncate(10)
+    tokens, _ = tokenize_files([path], bpe, tmp_path / "cache")
+    assert len(tokens) == n
+
+
+def test_split_and_separate_val_data(bpe, corpus, tmp_path):
+    path = corpus("word " * 1000)
+    data = prepare_data([str(path)], bpe, val_fraction=0.1, cache_dir=tmp_path)
+    total = len(data.train) + len(data.val)
+    assert len(data.val) == int(total * 0.1)
+    val_path = corpus("other words " * 50, "val.txt")
+    data = prepare_data([str(path)], bpe, val_data=[str(val_path)], cache_dir=tmp_path)
+    assert len(data.train) == total and data.val.tolist() == bpe.encode_ordinary(val_path.read_text())
+
+
+def test_batches_are_shifted_windows_and_resume_exactly():
+    tokens = np.arange(1000, dtype=np.uint16)
+    sampler = BatchSampler(tokens, block_size=8, batch_size=4, seed=0)
+    x, y = sampler.next_batch()
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    state = sampler.state()
+    expected = [sampler.next_batch() for _ in range(3)]
+    resumed = BatchSampler(tokens, block_size=8, batch_size=4, seed=123)
+    resumed.load_state(state)
+    for (ex, ey), (rx, ry) in zip(expected, (resumed.next_batch() for _ in range(3))):
+        assert torch.equal(ex, rx) and torch.equal(ey, ry)
+
+
+def test_data_shorter_than_a_block_is_a_clear_error():
+    with pytest.raises(GptError, match="fewer than block_size"):
+        BatchSampler(np.arange(8, dtype=np.uint16), block_size=8, batch_size=1, seed=0)
