@@ -7,6 +7,7 @@ import typer
 from gptcli import __version__
 from gptcli.cli import tokenizer
 from gptcli.cli.common import GptGroup
+from gptcli.cli.train import train_command
 
 app = typer.Typer(
     cls=GptGroup,
@@ -16,6 +17,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(tokenizer.app, name="tokenizer")
+app.command("train")(train_command)
 
 
 def _version(value: bool) -> None:

@@ -47,7 +47,7 @@ class GptGroup(TyperGroup):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except GptError as e:
-            fail(str(e), 1)
+            fail(str(e), getattr(e, "exit_code", 1))
         except NoArgsIsHelp as e:  # `gpt tokenizer` alone: show the group's help
             typer.echo(e.ctx.get_help())
             rv = 0

@@ -112,7 +112,9 @@ def test_char_kind_and_gpt2_pattern(tmp_path, corpus):
 def test_custom_split_pattern(tmp_path, corpus):
     out = tmp_path / "words.json"
     path = corpus("one two three one two one\n")
-    result = run_cli("tokenizer", "train", str(path), "--pattern", r"\w+|\s", "--vocab-size", "280", "--out", str(out))
+    result = run_cli(
+        "tokenizer", "train", str(path), "--pattern", r"\w+|\s", "--vocab-size", "280", "--out", str(out)
+    )
     assert result.exit_code == 0, result.stderr
     info = json.loads(run_cli("tokenizer", "info", str(out), "--json").stdout)
     assert info["pattern"] == "custom" and info["pattern_regex"] == r"\w+|\s"

@@ -1,0 +1,409 @@
+"""The GPT: one file, top to bottom, with GPT-2's parameter names.
+
+    tokens -> wte (+ wpe | + sinusoidal) -> dropout -> n_layer x Block -> ln_f -> lm_head -> logits
+    Block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
+
+Names follow OpenAI GPT-2 / Hugging Face (`transformer.h.0.attn.c_attn.weight` ...), so importing GPT-2
+weights is a rename-free copy plus the transposes of HF's Conv1D layers (see gptcli/hf_gpt2.py).
+Options beyond GPT-2, all set by `ModelConfig`: rotary / sinusoidal / no positions, grouped-query
+attention (n_kv_head < n_head), sliding-window attention, RMSNorm, exact GELU, untied lm_head, and a
+KV cache for generation. Attention has two paths that compute the same thing: PyTorch's fused
+`scaled_dot_product_attention` (config.flash) and the explicit softmax(q k^T / sqrt(hs)) v to read.
+
+Shapes in comments: B batch, T new tokens, L keys attended (cached + new), C n_embd, nh n_head,
+nkv n_kv_head, hs head_dim, V vocab_size.
+"""
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptcli.config import ModelConfig
+from gptcli.errors import GptError
+
+# ---------------------------------------------------------------------------------------------------
+# Positions
+
+
+def _angles(n_pos: int, dim: int, base: float) -> Tensor:
+    """Angle pos / base^(2i/dim) for every position and every pair i of dimensions: (n_pos, dim/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
+    pos = torch.arange(n_pos, dtype=torch.float64)
+    return torch.outer(pos, inv_freq)  # float64 so that cos/sin of large angles stay exact in fp32
+
+
+def sinusoidal_table(n_pos: int, dim: int, base: float = 10000.0) -> Tensor:
+    """The fixed positions of 'Attention Is All You Need': sin on even, cos on odd dims. (n_pos, dim)"""
+    angles = _angles(n_pos, dim, base)
+    table = torch.zeros(n_pos, dim, dtype=torch.float64)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles.cos()
+    return table.float()
+
+
+def rope_tables(n_pos: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles, each (n_pos, head_dim/2)."""
+    angles = _angles(n_pos, head_dim, base)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x[i], x[i + hs/2]) of every head by its position's angle (RoPE).
+
+    x: (B, nh, T, hs); cos, sin: (T, hs/2) for the positions of x's T tokens. A query at position m
+    and a key at position n then have a dot product that depends only on m - n.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, nh, T, hs)
+
+
+def attention_mask(T: int, start: int, window: int | None, device: torch.device | None = None) -> Tensor:
+    """Which keys each query may see: (T, start + T) booleans, True = attend.
+
+    Query i sits at position start + i; key j at position j. A query sees itself and earlier keys,
+    and with a window only the last `window` of them (itself included).
+    """
+    q_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(start + T, device=device)[None, :]  # (1, L)
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask = mask & (k_pos > q_pos - window)
+    return mask  # (T, L)
+
+
+# ---------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for `max_len` tokens per layer.
+
+    `pos` is how many tokens are cached. Each attention layer writes its new keys/values at
+    pos .. pos+T-1 and reads 0 .. pos+T-1; the model advances `pos` once all layers have run.
+    Keys are stored after the rotary rotation, so they are never rotated twice.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new (B, nkv, T, hs) keys/values of `layer`; return all of them, (B, nkv, pos+T, hs)."""
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        # cast back in case the cache was made in another dtype than the compute (e.g. under autocast)
+        return self.k[layer][:, :, :end].to(k.dtype), self.v[layer][:, :, :end].to(v.dtype)
+
+    def reset(self) -> None:
+        """Forget everything (the buffers are reused)."""
+        self.pos = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (GPT-2 has one; many newer models do not)."""
+
+    def __init__(self, ndim: int, bias: bool, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Scale by the root mean square, no centering and no bias (as LLaMA)."""
+
+    def __init__(self, ndim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()  # the mean of squares can overflow in half precision
+        y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return y.type_as(x) * self.weight
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return LayerNorm(config.n_embd, config.bias, config.norm_eps)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, with grouped key/value heads and an optional sliding window."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head or config.n_head
+        self.head_dim = config.head_dim
+        self.window = config.window
+        self.flash = config.flash
+        self.dropout = config.dropout
+        self.layer_idx = layer_idx  # which slot of the KV cache is ours
+        kv_dim = self.n_kv_head * self.head_dim
+        # q, k and v in one matmul; k and v are smaller than q when n_kv_head < n_head
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, kv_cache: KVCache | None = None
+    ) -> Tensor:
+        B, T, C = x.size()
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        start = 0  # position of the first new token
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
+
+        if self.n_kv_head != self.n_head:
+            # each group of n_head / n_kv_head query heads shares one key/value head
+            repeat = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
+            v = v.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
+
+        if self.flash:
+            dropout_p = self.dropout if self.training else 0.0
+            if self.window is None and start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                # is_causal aligns the triangle top-left, wrong once keys precede the queries: pass a mask
+                mask = attention_mask(T, start, self.window, x.device)  # (T, L)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, L)
+            mask = attention_mask(T, start, self.window, x.device)  # (T, L)
+            att = att.masked_fill(~mask, float("-inf"))  # every row keeps its own diagonal: no NaN
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, L) x (B, nh, L, hs) -> (B, nh, T, hs)
+
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, kv_cache: KVCache | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    """A GPT language model configured by `ModelConfig`. forward(idx) -> (logits, loss)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        V = config.padded_vocab_size  # rows beyond vocab_size exist only to make matmuls faster
+        layers: dict[str, nn.Module] = {"wte": nn.Embedding(V, config.n_embd)}
+        if config.pos_emb == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        layers["drop"] = nn.Dropout(config.dropout)
+        layers["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        layers["ln_f"] = make_norm(config)
+        self.transformer = nn.ModuleDict(layers)
+        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
+        if config.tie_weights:
+            # one Parameter for both: the input embedding of a token is its output vector too
+            self.transformer.wte.weight = self.lm_head.weight
+
+        # fixed tables: computed, not learned, so they stay out of the state_dict (persistent=False)
+        if config.pos_emb == "sinusoidal":
+            self.register_buffer(
+                "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
+            )
+        if config.pos_emb == "rope":
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs/2)
+
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that add into the residual stream by 1/sqrt(number of them)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        # norms start at weight 1, bias 0 from their constructors
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty cache for up to `max_len` tokens (default block_size), on the model's device/dtype.
+
+        Under autocast pass the compute dtype (e.g. torch.bfloat16) to halve the cache's memory.
+        """
+        cfg = self.config
+        max_len = cfg.block_size if max_len is None else max_len
+        if not 1 <= max_len <= cfg.block_size:
+            raise GptError(
+                f"KV cache max_len must be between 1 and block_size ({cfg.block_size}), got {max_len}"
+            )
+        ref = self.lm_head.weight
+        return KVCache(
+            cfg.n_layer,
+            batch_size,
+            cfg.n_kv_head or cfg.n_head,
+            max_len,
+            cfg.head_dim,
+            device=ref.device if device is None else device,
+            dtype=ref.dtype if dtype is None else dtype,
+        )
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
+
+        With a KV cache the T tokens follow the kv_cache.pos tokens already cached: they take
+        positions pos .. pos+T-1 and attend to the cached keys as well; the cache then holds pos+T.
+        Targets of -1 are ignored.
+        """
+        B, T = idx.size()
+        cfg = self.config
+        start = 0
+        if kv_cache is None:
+            if T > cfg.block_size:
+                raise GptError(f"sequence of {T} tokens is longer than block_size ({cfg.block_size})")
+        else:
+            start = kv_cache.pos
+            if start + T > kv_cache.max_len:
+                raise GptError(
+                    f"KV cache full: {start} cached + {T} new tokens > max_len ({kv_cache.max_len}); "
+                    "crop the context and prefill again"
+                )
+            if B != kv_cache.batch_size:
+                raise GptError(f"batch of {B} sequences, but the KV cache was made for {kv_cache.batch_size}")
+
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if cfg.pos_emb == "learned":
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        elif cfg.pos_emb == "sinusoidal":
+            x = x + self.sinusoid[start : start + T].to(x.dtype)  # (B, T, C) + (T, C)
+        rope = None
+        if cfg.pos_emb == "rope":
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hs/2) each
+        x = self.transformer.drop(x)
+
+        for block in self.transformer.h:
+            x = block(x, rope, kv_cache)  # (B, T, C)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.pos += T  # every layer has stored its keys/values for these T tokens
+
+        # padding rows are cut off, so a padding id can never be predicted or sampled
+        logits = self.lm_head(x)[..., : cfg.vocab_size]  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # -----------------------------------------------------------------------------------------------
+    # Bookkeeping for training
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (a tied weight counts once).
+
+        non_embedding leaves out the lookup tables: wpe, and wte when it is not also the lm_head.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
+        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights."""
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B / nanoGPT."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
+        """Model FLOPs utilization: achieved FLOP/s as a fraction of `peak_flops` (e.g. 989e12 bf16 H100)."""
+        return self.flops_per_token() * tokens_per_second / peak_flops

@@ -1,0 +1,591 @@
+"""The training loop: `train(TrainConfig)` is what `gpt train` runs.
+
+    from gptcli.config import TrainConfig
+    from gptcli.trainer import train
+    summary = train(TrainConfig(data=["corpus.txt"], tokenizer="char", max_iters=500))
+
+One run lives in one directory (`out/` by default):
+
+    config.json          the resolved TrainConfig (pass it back with --config)
+    tokenizer.json       the tokenizer of the run
+    metrics.jsonl        one JSON object per logged step and per evaluation
+    checkpoints/step_N/  checkpoints (see gptcli.checkpoint), newest few + the best by val loss
+
+Each optimizer step: `grad_accum` micro-batches (forward under autocast, backward, loss scaled by
+1/grad_accum), gradient clipping, AdamW with a learning rate from linear warmup + cosine decay.
+Every `eval_interval` steps, at the end, at `max_time` and on Ctrl-C: mean train/val loss over
+fixed batches, a short sample, a checkpoint. Everything random (batches, dropout) comes from
+generators whose states go into the checkpoint, so `--resume` reproduces the uninterrupted run
+exactly (on CPU, in fp32).
+"""
+
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli import checkpoint as ckpt
+from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
+from gptcli.data import BatchSampler, TokenData, prepare_data
+from gptcli.errors import GptError
+from gptcli.fileio import atomic_write_json
+from gptcli.model import GPT
+from gptcli.sampling import sample_ids
+from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.train import train_tokenizer
+
+Report = Callable[[str, dict[str, Any]], None]  # (event, data): "info", "step", "eval", "checkpoint", "done"
+
+DEFAULT_TOKENIZER = Path("tokenizer.json")
+REPO_TOY_DATA = Path(__file__).resolve().parents[1] / "toy_data"
+PEAK_FLOPS = {  # dense bf16 tensor-core peaks, for MFU
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
+
+
+class TrainingInterrupted(GptError):
+    """Ctrl-C: the last complete step was saved."""
+
+    exit_code = 130
+
+
+class StopOnInterrupt:
+    """Ctrl-C asks the loop to stop after the current step (which is then saved); a second one stops at once.
+
+    Stopping at a step boundary keeps the saved state exact: no half-applied update, no batch drawn
+    for a step that never happened.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    seconds: float
+    stop_reason: str  # "max_iters" or "max_time"
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# setting up a run: defaults, tokenizer, data, model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GptError(f"--device {name}: no CUDA GPU is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GptError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise GptError(f"--device {name}: Apple MPS is not available")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise GptError("fp16 training needs a CUDA GPU (use bf16 or fp32)")
+    return name
+
+
+def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
+    """Fill the everyday defaults: ./tokenizer.json (else char), the tokenizer's corpus (else toy data)."""
+    updates: dict[str, Any] = {}
+    tokenizer = config.tokenizer
+    if config.init_from is not None and tokenizer is None:
+        tokenizer = str(Path(config.init_from) / ckpt.TOKENIZER)
+        updates["tokenizer"] = tokenizer
+    if tokenizer is None:
+        tokenizer = str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_file() else "char"
+        updates["tokenizer"] = tokenizer
+        notes.append(f"tokenizer: {tokenizer} (default)")
+    if config.data is None:
+        recorded = []
+        if tokenizer != "char":
+            tok = load_tokenizer(tokenizer)
+            recorded = [f.path for f in tok.trained_on or [] if Path(f.path).is_file()]
+        if recorded:
+            updates["data"] = recorded
+            notes.append(f"data: {', '.join(recorded)} (the corpus the tokenizer was trained on)")
+        else:
+            toy = REPO_TOY_DATA / "shakespeare.txt"
+            toy = toy if toy.is_file() else REPO_TOY_DATA / "sonnets.txt"
+            if not toy.is_file():
+                raise GptError("no --data given and no default corpus found: pass --data FILE")
+            updates["data"] = [str(toy)]
+            notes.append(f"data: {toy} (the shipped toy data)")
+    return config.model_copy(update=updates)
+
+
+def build_tokenizer(config: TrainConfig) -> Tokenizer:
+    if config.tokenizer == "char":
+        return train_tokenizer(TokenizerTrainConfig(files=config.data, kind="char")).tokenizer
+    return load_tokenizer(config.tokenizer)
+
+
+def build_model_config(
+    config: TrainConfig, tokenizer: Tokenizer, init_config: ModelConfig | None
+) -> ModelConfig:
+    """The model's shape: from --init-from's checkpoint if given (only dropout/flash may change), else the flags."""
+    if init_config is None:
+        if config.model.vocab_size not in (None, tokenizer.vocab_size):
+            raise GptError(
+                f"the config's vocab_size ({config.model.vocab_size}) does not match the tokenizer ({tokenizer.vocab_size})"
+            )
+        return config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+    if init_config.vocab_size != tokenizer.vocab_size:
+        raise GptError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from's model has {init_config.vocab_size}"
+        )
+    runtime = {
+        k: getattr(config.model, k) for k in ("dropout", "flash") if k in config.model.model_fields_set
+    }
+    return init_config.model_copy(update=runtime)
+
+
+# ---------------------------------------------------------------------------------------------
+# the schedule, evaluation, checkpoint state
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup to lr, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    min_lr = config.lr / 10 if config.min_lr is None else config.min_lr
+    decay_iters = config.lr_decay_iters or config.max_iters
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= decay_iters:
+        return min_lr
+    progress = (step - config.warmup_iters) / max(1, decay_iters - config.warmup_iters)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model, data: TokenData, config: TrainConfig, device, autocast) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches of each split (the same batches at every eval)."""
+    model.eval()
+    out = {}
+    for offset, (split, tokens) in enumerate((("train", data.train), ("val", data.val))):
+        if len(tokens) < config.model.block_size + 1:
+            continue
+        sampler = BatchSampler(
+            tokens, config.model.block_size, config.batch_size, seed=config.seed + 1 + offset
+        )
+        losses = []
+        for _ in range(config.eval_iters):
+            x, y = sampler.next_batch()
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            losses.append(loss.item())
+        out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """AdamW's state as flat tensors (for safetensors) + its param groups (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors = {
+        f"optim.{pid}.{name}": value.detach().cpu()
+        for pid, state in sd["state"].items()
+        for name, value in state.items()
+        if torch.is_tensor(value)
+    }
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state(sampler: BatchSampler) -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state(), "rng.sampler": sampler.state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{i}"] = s
+    return states
+
+
+def load_rng_state(tensors: dict[str, torch.Tensor], sampler: BatchSampler) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    sampler.load_state(tensors["rng.sampler"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run directory
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory; with overwrite, remove only what a run writes."""
+    existing = [
+        run_dir / name
+        for name in ("config.json", "metrics.jsonl", "checkpoints")
+        if (run_dir / name).exists()
+    ]
+    if existing and not overwrite:
+        raise GptError(
+            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or start over with --overwrite"
+        )
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (run_dir / "tokenizer.json").unlink(missing_ok=True)
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    from pydantic import ValidationError
+
+    from gptcli.errors import one_line_validation_error
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise GptError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        raise GptError(f"{path}: invalid run config: {one_line_validation_error(e)}") from None
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop metric lines past the step a resumed run restarts from (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= after_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints and the best by val loss."""
+    found = ckpt.list_checkpoints(run_dir)
+    if len(found) <= keep:
+        return
+    losses = {d: ckpt.read_config(d).get("val_loss") for d in found}
+    scored = [d for d in found if losses[d] is not None]
+    best = min(scored, key=lambda d: losses[d]) if scored else None
+    for d in found[:-keep]:
+        if d != best:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path | str = "out",
+    resume: bool = False,
+    overwrite: bool = False,
+    report: Report | None = None,
+) -> TrainSummary:
+    """Train a GPT as `config` says, in `run_dir`; with resume=True, continue the run found there."""
+    report = report or (lambda event, data: None)
+    run_dir = Path(run_dir)
+    notes: list[str] = []
+    start_time = time.time()
+
+    resume_from = None
+    if resume:
+        found = ckpt.list_checkpoints(run_dir)
+        if not found:
+            raise GptError(
+                f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints"
+            )
+        resume_from = found[-1]
+        tokenizer = load_tokenizer(resume_from / ckpt.TOKENIZER)
+        saved = ckpt.read_config(resume_from)["model"]
+        shape = {"vocab_size", "dropout", "flash"}  # what may differ: vocab is filled in, the rest is runtime
+        if config.model.model_dump(exclude=shape) != saved.model_dump(exclude=shape):
+            raise GptError(f"the model shape of a resumed run cannot change (see {run_dir}/config.json)")
+        model_config = saved.model_copy(update={"dropout": config.model.dropout, "flash": config.model.flash})
+    else:
+        config = resolve_inputs(config, notes)
+        init_config = ckpt.read_config(config.init_from)["model"] if config.init_from else None
+        tokenizer = build_tokenizer(config)
+        model_config = build_model_config(config, tokenizer, init_config)
+        prepare_run_dir(run_dir, overwrite)
+    config = config.model_copy(update={"model": model_config})
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+
+    data = prepare_data(config.data, tokenizer, config.val_fraction, config.val_data, config.data_cache)
+    if len(data.train) < model_config.block_size + 1:
+        raise GptError(
+            f"the training data has {len(data.train)} tokens, fewer than block_size + 1 = {model_config.block_size + 1}: "
+            "use more text or a smaller --block-size"
+        )
+    if len(data.val) < model_config.block_size + 1:
+        notes.append(
+            f"validation split too small ({len(data.val)} tokens) for a block: val loss is not measured"
+        )
+    sampler = BatchSampler(data.train, model_config.block_size, config.batch_size, seed=config.seed)
+
+    model = GPT(model_config)
+    if config.init_from is not None and not resume:
+        ckpt.load_weights(Path(config.init_from), model)
+    model.to(device)
+    optimizer = model.configure_optimizers(
+        config.weight_decay, config.lr, (config.beta1, config.beta2), device.type
+    )
+
+    step, best_val = 0, None
+    if resume_from is not None:
+        ckpt.load_weights(resume_from, model)
+        tensors = ckpt.read_safetensors(resume_from / ckpt.STATE_TENSORS)
+        state = json.loads((resume_from / ckpt.STATE_JSON).read_text())
+        load_optimizer_state(optimizer, tensors, state["optimizer"])
+        load_rng_state(tensors, sampler)
+        step, best_val = state["step"], state.get("best_val_loss")
+        truncate_metrics(run_dir / "metrics.jsonl", step)
+        notes.append(f"resumed from {resume_from} at step {step}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
+    tokenizer.save(run_dir / "tokenizer.json")
+
+    raw_model = model
+    if config.compile:
+        model = torch.compile(model)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    tokens_per_step = config.batch_size * config.grad_accum * model_config.block_size
+    peak = peak_flops(device)
+    flops_per_token = raw_model.flops_per_token()
+    metrics_file = open(run_dir / "metrics.jsonl", "a")
+
+    report(
+        "info",
+        {
+            "notes": notes,
+            "run_dir": str(run_dir),
+            "device": str(device),
+            "precision": precision,
+            "params": raw_model.num_params(),
+            "train_tokens": len(data.train),
+            "val_tokens": len(data.val),
+            "tokens_per_step": tokens_per_step,
+            "start_step": step,
+            "max_iters": config.max_iters,
+        },
+    )
+
+    def log(record: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+
+    last_losses: dict[str, float] = {}
+    last_saved: Path | None = ckpt.list_checkpoints(run_dir)[-1] if resume else None
+    last_saved_step = step if resume else -1
+
+    def evaluate_and_save() -> None:
+        nonlocal best_val, last_saved, last_saved_step
+        losses = estimate_loss(model, data, config, device, autocast)
+        if any(not math.isfinite(v) for v in losses.values()):
+            raise GptError(
+                f"the loss became non-finite at step {step}; stopped without saving. "
+                f"Last good checkpoint: {last_saved or 'none'}"
+            )
+        last_losses.update(losses)
+        val = losses.get("val")
+        if val is not None and (best_val is None or val < best_val):
+            best_val = val
+        sample = draw_sample(raw_model, tokenizer, config, device)
+        log(
+            {
+                "step": step,
+                "kind": "eval",
+                "train_loss": losses.get("train"),
+                "val_loss": val,
+                "sample": sample,
+            }
+        )
+        report("eval", {"step": step, "train_loss": losses.get("train"), "val_loss": val, "sample": sample})
+        path = save(step, losses)
+        last_saved, last_saved_step = path, step
+        report("checkpoint", {"step": step, "path": str(path)})
+
+    def save(at_step: int, losses: dict[str, float]) -> Path:
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        path = ckpt.save_checkpoint(
+            run_dir / "checkpoints" / f"step_{at_step:07d}",
+            raw_model,
+            model_config,
+            tokenizer,
+            info={"step": at_step, "train_loss": losses.get("train"), "val_loss": losses.get("val")},
+            state_tensors={**opt_tensors, **rng_state(sampler)},
+            state_json={
+                "step": at_step,
+                "best_val_loss": best_val,
+                "optimizer": opt_meta,
+                "seed": config.seed,
+            },
+        )
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+        return path
+
+    model.train()
+    t_last, steps_since_log = time.time(), 0
+    train_start = time.time()
+    stop_reason = "max_iters"
+    interrupt = StopOnInterrupt()
+    try:
+        with interrupt:
+            while step < config.max_iters:
+                lr = learning_rate(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                for _ in range(config.grad_accum):
+                    x, y = sampler.next_batch()
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with autocast:
+                        _, loss = model(x, y)
+                    scaler.scale(loss / config.grad_accum).backward()
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                steps_since_log += 1
+
+                if step % config.log_interval == 0 or step == config.max_iters:
+                    loss_value = loss.item()  # the one host sync per log interval
+                    if not math.isfinite(loss_value):
+                        raise GptError(
+                            f"the loss became non-finite ({loss_value}) at step {step}; stopped. "
+                            f"Last good checkpoint: {last_saved or 'none (no checkpoint was saved yet)'}"
+                        )
+                    now = time.time()
+                    tok_per_s = steps_since_log * tokens_per_step / max(now - t_last, 1e-9)
+                    record = {
+                        "step": step,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "tokens_per_sec": round(tok_per_s, 1),
+                    }
+                    if peak:
+                        record["mfu"] = round(flops_per_token * tok_per_s / peak, 4)
+                    log(record)
+                    report("step", {**record, "elapsed": now - train_start})
+                    t_last, steps_since_log = now, 0
+
+                if step % config.eval_interval == 0 or step == config.max_iters:
+                    evaluate_and_save()
+                if interrupt.requested:
+                    stop_reason = "interrupted"
+                    break
+                if config.max_time is not None and time.time() - train_start > config.max_time:
+                    stop_reason = "max_time"
+                    break
+            if stop_reason == "interrupted":
+                saved = f"saved {save(step, {})}. " if step > last_saved_step else ""
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}; {saved}continue with: gpt train --resume {run_dir}"
+                )
+            if step > last_saved_step:
+                evaluate_and_save()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-step, without saving
+        raise TrainingInterrupted(
+            f"interrupted during step {step + 1}; the last checkpoint is {last_saved or 'none'}"
+        ) from None
+    finally:
+        metrics_file.close()
+    summary = TrainSummary(
+        run_dir=run_dir,
+        step=step,
+        train_loss=last_losses.get("train"),
+        val_loss=last_losses.get("val"),
+        best_val_loss=best_val,
+        last_checkpoint=last_saved,
+        seconds=time.time() - start_time,
+        stop_reason=stop_reason,
+        notes=notes,
+    )
+    report("done", vars(summary))
+    return summary
+
+
+def draw_sample(model: GPT, tokenizer: Tokenizer, config: TrainConfig, device) -> str | None:
+    """A short sample from a fixed seed, so runs are comparable and the global RNG is untouched."""
+    if config.sample_tokens == 0:
+        return None
+    start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
+    generator = torch.Generator().manual_seed(config.seed)
+    was_training = model.training
+    model.eval()
+    ids = sample_ids(model, start, config.sample_tokens, temperature=1.0, top_k=200, generator=generator)
+    model.train(was_training)
+    return tokenizer.decode(ids)
