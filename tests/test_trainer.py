@@ -1,0 +1,148 @@
+"""The training loop: exact resume, Ctrl-C, non-finite losses, schedule, checkpoint retention."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptcli import checkpoint as ckpt
+from gptcli.config import TrainConfig
+from gptcli.errors import GptError
+from gptcli.model import GPT
+from gptcli.trainer import TrainingInterrupted, learning_rate, read_run_config, train
+from tests.conftest import SONNETS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add noise
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        data=[str(SONNETS)],
+        tokenizer="char",
+        data_cache=tmp_path / "cache",
+        model=dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1),
+        batch_size=4,
+        max_iters=12,
+        warmup_iters=2,
+        eval_interval=6,
+        eval_iters=2,
+        log_interval=1,
+        sample_tokens=8,
+        device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def losses(run_dir) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def final_weights(run_dir):
+    return load_file(ckpt.list_checkpoints(run_dir)[-1] / ckpt.WEIGHTS)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    full = train(tiny(tmp_path), tmp_path / "full")
+    assert full.step == 12
+    # a second run that "crashed" after its step-6 checkpoint: drop what came later, then resume
+    part = tmp_path / "part"
+    train(tiny(tmp_path), part)
+    for d in ckpt.list_checkpoints(part):
+        if d.name != "step_0000006":
+            __import__("shutil").rmtree(d)
+    resumed = train(read_run_config(part), part, resume=True)
+    assert resumed.step == 12
+    expected, got = losses(tmp_path / "full"), losses(part)
+    assert sorted(got) == list(range(1, 13))  # steps after 6 were dropped and redone, once each
+    assert got == expected  # bit-for-bit equal floats
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(part))
+
+
+def test_ctrl_c_saves_the_current_step_and_resume_finishes_exactly(tmp_path):
+    train(tiny(tmp_path), tmp_path / "full")
+
+    def interrupt_at_step_4(event, data):
+        if event == "step" and data["step"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4") as info:
+        train(tiny(tmp_path), run, report=interrupt_at_step_4)
+    assert info.value.exit_code == 130
+    assert [d.name for d in ckpt.list_checkpoints(run)] == ["step_0000004"]
+    train(read_run_config(run), run, resume=True)
+    assert losses(run) == losses(tmp_path / "full")
+    assert_same_weights(final_weights(run), final_weights(tmp_path / "full"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    forward = GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, kv_cache=None):
+        logits, loss = forward(self, idx, targets, kv_cache)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] >= 9:  # the 9th training batch: step 9
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(GptError, match="non-finite.*step 9.*step_0000006"):
+        train(tiny(tmp_path), run)
+    kept = ckpt.list_checkpoints(run)
+    assert [d.name for d in kept] == ["step_0000006"]
+    model, _, config = ckpt.load_checkpoint(kept[0])
+    assert config["step"] == 6 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_keeps_the_newest_checkpoints_and_the_best(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(tmp_path, max_iters=10, eval_interval=2, keep_checkpoints=2), run)
+    kept = [d.name for d in ckpt.list_checkpoints(run)]
+    assert kept[-2:] == ["step_0000008", "step_0000010"]
+    vals = {d.name: ckpt.read_config(d)["val_loss"] for d in ckpt.list_checkpoints(run)}
+    best = ckpt.resolve_checkpoint(run, best=True)
+    assert vals[best.name] == min(vals.values())
+    assert len(kept) <= 3
+
+
+def test_schedule_warms_up_then_decays_to_min_lr(tmp_path):
+    config = tiny(tmp_path, lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
+    lrs = [learning_rate(s, config) for s in range(120)]
+    assert lrs[0] < lrs[5] < lrs[9] <= 1e-3
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:100], lrs[11:100]))
+    assert lrs[100] == lrs[119] == pytest.approx(1e-4)
+
+
+def test_grad_accum_equals_a_bigger_batch(tmp_path):
+    """4 x 2 accumulated = 8 in one batch (no dropout, fp32): the same first loss and close weights."""
+    base = dict(
+        model=dict(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0), max_iters=3, sample_tokens=0
+    )
+    a = train(tiny(tmp_path, batch_size=8, grad_accum=1, **base), tmp_path / "a")
+    b = train(tiny(tmp_path, batch_size=4, grad_accum=2, **base), tmp_path / "b")
+    assert a.step == b.step == 3
+    wa, wb = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    # two draws of 4 windows from the sampler's generator are the same windows as one draw of 8
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
