@@ -4,6 +4,7 @@ The CLI turns flags into one of these; library code takes them. A config's JSON 
 what it produced, so later commands can read the settings back instead of asking for them again.
 """
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -140,7 +141,9 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(12, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_iters: int = Field(2000, ge=1)
-    max_time: float | None = Field(None, gt=0, description="stop after this many seconds of training")
+    max_time: float | None = Field(
+        None, gt=0, description="stop after this long: seconds, or '90s', '15m', '1.5h'"
+    )
     lr: float = Field(1e-3, gt=0)
     min_lr: float | None = Field(None, ge=0, description="floor of the cosine decay (default lr / 10)")
     warmup_iters: int = Field(100, ge=0)
@@ -161,11 +164,26 @@ class TrainConfig(StrictModel):
     device: str = "auto"
     seed: int = 1337
 
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return parse_duration(v) if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         return self
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '1.5h' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a duration: use seconds or a number with s, m or h (e.g. 90, 15m, 1.5h)"
+        )
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def validate(schema: type[BaseModel], /, **values):

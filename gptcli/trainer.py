@@ -21,6 +21,7 @@ exactly (on CPU, in fp32).
 
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -145,6 +146,7 @@ def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
     if config.init_from is not None and tokenizer is None:
         tokenizer = str(Path(config.init_from) / ckpt.TOKENIZER)
         updates["tokenizer"] = tokenizer
+        notes.append(f"tokenizer: {tokenizer} (from --init-from)")
     if tokenizer is None:
         tokenizer = str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_file() else "char"
         updates["tokenizer"] = tokenizer
@@ -164,6 +166,22 @@ def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
                 raise GptError("no --data given and no default corpus found: pass --data FILE")
             updates["data"] = [str(toy)]
             notes.append(f"data: {toy} (the shipped toy data)")
+    return absolute_paths(config.model_copy(update=updates))
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Make every path absolute, so the run's config.json works from any directory (e.g. --resume)."""
+
+    def absolute(path):
+        return None if path is None else type(path)(os.path.abspath(path))
+
+    updates = {
+        "data": [absolute(p) for p in config.data] if config.data else config.data,
+        "val_data": [absolute(p) for p in config.val_data] if config.val_data else config.val_data,
+        "tokenizer": config.tokenizer if config.tokenizer in (None, "char") else absolute(config.tokenizer),
+        "data_cache": absolute(config.data_cache),
+        "init_from": absolute(config.init_from),
+    }
     return config.model_copy(update=updates)
 
 
@@ -187,10 +205,17 @@ def build_model_config(
         raise GptError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from's model has {init_config.vocab_size}"
         )
-    runtime = {
-        k: getattr(config.model, k) for k in ("dropout", "flash") if k in config.model.model_fields_set
-    }
-    return init_config.model_copy(update=runtime)
+    runtime = {"dropout", "flash", "vocab_size"}
+    given = config.model.model_fields_set - runtime
+    if config.model.n_kv_head == config.model.n_head:
+        given.discard("n_kv_head")  # filled in from n_head, not asked for
+    differ = sorted(k for k in given if getattr(config.model, k) != getattr(init_config, k))
+    if differ:
+        raise GptError(
+            f"--init-from fixes the model shape; these settings differ from the checkpoint's: {', '.join(differ)}"
+        )
+    kept = config.model.model_fields_set & {"dropout", "flash"}  # runtime settings a fine-tune may change
+    return init_config.model_copy(update={k: getattr(config.model, k) for k in kept})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,20 +304,22 @@ def peak_flops(device: torch.device) -> float | None:
 # the run directory
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; with overwrite, remove only what a run writes."""
-    existing = [
-        run_dir / name
-        for name in ("config.json", "metrics.jsonl", "checkpoints")
-        if (run_dir / name).exists()
-    ]
-    if existing and not overwrite:
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse to mix two runs in one directory."""
+    if (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists():
         raise GptError(
             f"{run_dir} already holds a run: continue it with --resume {run_dir}, or start over with --overwrite"
         )
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    (run_dir / "tokenizer.json").unlink(missing_ok=True)
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a run writes (and nothing else: --out may be a folder with other files)."""
+    for name in ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints"):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -307,6 +334,23 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as e:
         raise GptError(f"{path}: invalid run config: {one_line_validation_error(e)}") from None
+
+
+def read_train_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer/RNG tensors and the JSON state a checkpoint holds for --resume."""
+    tensors = ckpt.read_safetensors(checkpoint / ckpt.STATE_TENSORS)
+    path = checkpoint / ckpt.STATE_JSON
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptError(
+            f"{checkpoint} has no {ckpt.STATE_JSON}: it can be used with --init-from, not resumed"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GptError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
+        raise GptError(f"{path}: not a training state (needs 'step' and 'optimizer')")
+    return tensors, state
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
@@ -372,7 +416,16 @@ def train(
         init_config = ckpt.read_config(config.init_from)["model"] if config.init_from else None
         tokenizer = build_tokenizer(config)
         model_config = build_model_config(config, tokenizer, init_config)
-        prepare_run_dir(run_dir, overwrite)
+        if not overwrite:
+            check_run_dir_free(run_dir)  # refuse early; clearing waits until every other check has passed
+        if (
+            overwrite
+            and config.init_from
+            and Path(run_dir).resolve() in Path(config.init_from).resolve().parents
+        ):
+            raise GptError(
+                f"--init-from {config.init_from} lies inside {run_dir}, which --overwrite would clear"
+            )
     config = config.model_copy(update={"model": model_config})
 
     device = resolve_device(config.device)
@@ -402,17 +455,22 @@ def train(
     step, best_val = 0, None
     if resume_from is not None:
         ckpt.load_weights(resume_from, model)
-        tensors = ckpt.read_safetensors(resume_from / ckpt.STATE_TENSORS)
-        state = json.loads((resume_from / ckpt.STATE_JSON).read_text())
-        load_optimizer_state(optimizer, tensors, state["optimizer"])
-        load_rng_state(tensors, sampler)
+        tensors, state = read_train_state(resume_from)
+        try:
+            load_optimizer_state(optimizer, tensors, state["optimizer"])
+            load_rng_state(tensors, sampler)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
         step, best_val = state["step"], state.get("best_val_loss")
+        if step >= config.max_iters:
+            raise GptError(
+                f"{run_dir} is already at step {step}: raise --max-iters above {step} to train further"
+            )
         truncate_metrics(run_dir / "metrics.jsonl", step)
         notes.append(f"resumed from {resume_from} at step {step}")
-
+    else:
+        clear_run_dir(run_dir)  # --overwrite, or the leftovers of a run that died before its first checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
-    tokenizer.save(run_dir / "tokenizer.json")
 
     raw_model = model
     if config.compile:
@@ -476,7 +534,16 @@ def train(
         last_saved, last_saved_step = path, step
         report("checkpoint", {"step": step, "path": str(path)})
 
+    wrote_run_files = False
+
     def save(at_step: int, losses: dict[str, float]) -> Path:
+        nonlocal wrote_run_files
+        if (
+            not wrote_run_files
+        ):  # with the first checkpoint: a run that dies before it leaves no config behind
+            atomic_write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
+            tokenizer.save(run_dir / "tokenizer.json")
+            wrote_run_files = True
         opt_tensors, opt_meta = optimizer_state(optimizer)
         path = ckpt.save_checkpoint(
             run_dir / "checkpoints" / f"step_{at_step:07d}",

@@ -1,7 +1,6 @@
 """`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.trainer.train."""
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,16 +26,6 @@ PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_EVAL, PANEL_SYS = (
 )
 
 
-def parse_duration(text: str | None) -> float | None:
-    """'90', '90s', '15m', '1.5h' -> seconds."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise GptError(f"--max-time {text!r}: use seconds or a number with s, m or h (e.g. 90, 15m, 1.5h)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
 def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GptError(f"config file not found: {path}")
@@ -51,7 +40,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def merge_config(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """Flags the user gave (not None) override the base; model flags go into base['model']."""
-    merged = {**base, "model": dict(base.get("model") or {})}
+    model = base.get("model") or {}
+    if not isinstance(model, dict):
+        raise GptError("the config's 'model' must be a JSON object of model settings")
+    merged = {**base, "model": dict(model)}
     for key, value in flags.items():
         if value is None:
             continue
@@ -87,53 +79,67 @@ def train_command(
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help="Fraction of tokens held out for validation [0.1].", rich_help_panel=PANEL_DATA),
+        typer.Option(
+            help="Fraction of tokens held out for validation (default: 0.1).", rich_help_panel=PANEL_DATA
+        ),
     ] = None,
     data_cache: Annotated[
         Path | None,
-        typer.Option(help="Folder for token caches [~/.cache/gptcli].", rich_help_panel=PANEL_DATA),
+        typer.Option(help="Folder for token caches (default: ~/.cache/gptcli).", rich_help_panel=PANEL_DATA),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory [out].", rich_help_panel=PANEL_DATA)
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=PANEL_DATA),
     ] = None,
     n_layer: Annotated[
-        int | None, typer.Option(help="Transformer blocks [6].", rich_help_panel=PANEL_MODEL)
+        int | None, typer.Option(help="Transformer blocks (default: 6).", rich_help_panel=PANEL_MODEL)
     ] = None,
     n_head: Annotated[
-        int | None, typer.Option(help="Attention heads [6].", rich_help_panel=PANEL_MODEL)
+        int | None, typer.Option(help="Attention heads (default: 6).", rich_help_panel=PANEL_MODEL)
     ] = None,
     n_kv_head: Annotated[
-        int | None, typer.Option(help="Key/value heads for GQA/MQA [n_head].", rich_help_panel=PANEL_MODEL)
+        int | None,
+        typer.Option(help="Key/value heads for GQA/MQA (default: n_head).", rich_help_panel=PANEL_MODEL),
     ] = None,
-    n_embd: Annotated[int | None, typer.Option(help="Width [384].", rich_help_panel=PANEL_MODEL)] = None,
+    n_embd: Annotated[
+        int | None, typer.Option(help="Width (default: 384).", rich_help_panel=PANEL_MODEL)
+    ] = None,
     block_size: Annotated[
-        int | None, typer.Option(help="Context length in tokens [256].", rich_help_panel=PANEL_MODEL)
+        int | None, typer.Option(help="Context length in tokens (default: 256).", rich_help_panel=PANEL_MODEL)
     ] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout [0.0].", rich_help_panel=PANEL_MODEL)] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="Dropout (default: 0.0).", rich_help_panel=PANEL_MODEL)
+    ] = None,
     bias: Annotated[
         bool | None,
         typer.Option(
-            "--bias/--no-bias", help="Biases in Linear and LayerNorm [bias].", rich_help_panel=PANEL_MODEL
+            "--bias/--no-bias",
+            help="Biases in Linear and LayerNorm (default: bias).",
+            rich_help_panel=PANEL_MODEL,
         ),
     ] = None,
     pos_emb: Annotated[
         str | None,
         typer.Option(
-            help="Positions: learned, rope, sinusoidal or none [learned].", rich_help_panel=PANEL_MODEL
+            help="Positions: learned, rope, sinusoidal or none (default: learned).",
+            rich_help_panel=PANEL_MODEL,
         ),
     ] = None,
     window: Annotated[
         int | None,
-        typer.Option(help="Sliding-window attention span in tokens [off].", rich_help_panel=PANEL_MODEL),
+        typer.Option(
+            help="Sliding-window attention span in tokens (default: off).", rich_help_panel=PANEL_MODEL
+        ),
     ] = None,
     norm: Annotated[
-        str | None, typer.Option(help="layernorm or rmsnorm [layernorm].", rich_help_panel=PANEL_MODEL)
+        str | None,
+        typer.Option(help="layernorm or rmsnorm (default: layernorm).", rich_help_panel=PANEL_MODEL),
     ] = None,
     flash: Annotated[
         bool | None,
         typer.Option(
             "--flash/--no-flash",
-            help="Fused attention (else the explicit path) [flash].",
+            help="Fused attention (else the explicit path) (default: flash).",
             rich_help_panel=PANEL_MODEL,
         ),
     ] = None,
@@ -142,66 +148,78 @@ def train_command(
         typer.Option(help="Start from this checkpoint's weights (fine-tuning).", rich_help_panel=PANEL_MODEL),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Sequences per micro-batch [12].", rich_help_panel=PANEL_OPT)
+        int | None, typer.Option(help="Sequences per micro-batch (default: 12).", rich_help_panel=PANEL_OPT)
     ] = None,
     grad_accum: Annotated[
-        int | None, typer.Option(help="Micro-batches per optimizer step [1].", rich_help_panel=PANEL_OPT)
+        int | None,
+        typer.Option(help="Micro-batches per optimizer step (default: 1).", rich_help_panel=PANEL_OPT),
     ] = None,
     max_iters: Annotated[
-        int | None, typer.Option(help="Optimizer steps [2000].", rich_help_panel=PANEL_OPT)
+        int | None, typer.Option(help="Optimizer steps (default: 2000).", rich_help_panel=PANEL_OPT)
     ] = None,
     max_time: Annotated[
         str | None, typer.Option(help="Stop after this long: 90, 90s, 15m, 1.5h.", rich_help_panel=PANEL_OPT)
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate [1e-3].", rich_help_panel=PANEL_OPT)
+        float | None, typer.Option(help="Peak learning rate (default: 1e-3).", rich_help_panel=PANEL_OPT)
     ] = None,
     min_lr: Annotated[
         float | None,
-        typer.Option(help="Learning rate at the end of the cosine decay [lr/10].", rich_help_panel=PANEL_OPT),
+        typer.Option(
+            help="Learning rate at the end of the cosine decay (default: lr/10).", rich_help_panel=PANEL_OPT
+        ),
     ] = None,
     warmup_iters: Annotated[
-        int | None, typer.Option(help="Linear warmup steps [100].", rich_help_panel=PANEL_OPT)
+        int | None, typer.Option(help="Linear warmup steps (default: 100).", rich_help_panel=PANEL_OPT)
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="AdamW weight decay on matrices [0.1].", rich_help_panel=PANEL_OPT)
+        float | None,
+        typer.Option(help="AdamW weight decay on matrices (default: 0.1).", rich_help_panel=PANEL_OPT),
     ] = None,
     grad_clip: Annotated[
-        float | None, typer.Option(help="Max gradient norm, 0 = off [1.0].", rich_help_panel=PANEL_OPT)
+        float | None,
+        typer.Option(help="Max gradient norm, 0 = off (default: 1.0).", rich_help_panel=PANEL_OPT),
     ] = None,
     eval_interval: Annotated[
-        int | None, typer.Option(help="Steps between evals + checkpoints [250].", rich_help_panel=PANEL_EVAL)
+        int | None,
+        typer.Option(help="Steps between evals + checkpoints (default: 250).", rich_help_panel=PANEL_EVAL),
     ] = None,
     eval_iters: Annotated[
-        int | None, typer.Option(help="Batches per eval [20].", rich_help_panel=PANEL_EVAL)
+        int | None, typer.Option(help="Batches per eval (default: 20).", rich_help_panel=PANEL_EVAL)
     ] = None,
     log_interval: Annotated[
-        int | None, typer.Option(help="Steps between log lines [10].", rich_help_panel=PANEL_EVAL)
+        int | None, typer.Option(help="Steps between log lines (default: 10).", rich_help_panel=PANEL_EVAL)
     ] = None,
     sample_tokens: Annotated[
         int | None,
-        typer.Option(help="Tokens sampled at each eval, 0 = none [200].", rich_help_panel=PANEL_EVAL),
+        typer.Option(
+            help="Tokens sampled at each eval, 0 = none (default: 200).", rich_help_panel=PANEL_EVAL
+        ),
     ] = None,
     keep_checkpoints: Annotated[
         int | None,
-        typer.Option(help="Newest checkpoints kept, plus the best [3].", rich_help_panel=PANEL_EVAL),
+        typer.Option(help="Newest checkpoints kept, plus the best (default: 3).", rich_help_panel=PANEL_EVAL),
     ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
-            help="auto, fp32, bf16 or fp16 [auto: bf16 on GPU, else fp32].", rich_help_panel=PANEL_SYS
+            help="auto, fp32, bf16 or fp16 (default: auto: bf16 on GPU, else fp32).",
+            rich_help_panel=PANEL_SYS,
         ),
     ] = None,
     compile: Annotated[
         bool | None,
         typer.Option(
-            "--compile/--no-compile", help="torch.compile the model [no].", rich_help_panel=PANEL_SYS
+            "--compile/--no-compile", help="torch.compile the model (default: no).", rich_help_panel=PANEL_SYS
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps [auto].", rich_help_panel=PANEL_SYS)
+        str | None,
+        typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: auto).", rich_help_panel=PANEL_SYS),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [1337].", rich_help_panel=PANEL_SYS)] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (default: 1337).", rich_help_panel=PANEL_SYS)
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -236,7 +254,7 @@ def train_command(
         "data_cache": data_cache, "init_from": init_from,
         "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head, "n_embd": n_embd, "block_size": block_size,
         "dropout": dropout, "bias": bias, "pos_emb": pos_emb, "window": window, "norm": norm, "flash": flash,
-        "batch_size": batch_size, "grad_accum": grad_accum, "max_iters": max_iters, "max_time": parse_duration(max_time),
+        "batch_size": batch_size, "grad_accum": grad_accum, "max_iters": max_iters, "max_time": max_time,
         "lr": lr, "min_lr": min_lr, "warmup_iters": warmup_iters, "weight_decay": weight_decay, "grad_clip": grad_clip,
         "eval_interval": eval_interval, "eval_iters": eval_iters, "log_interval": log_interval,
         "sample_tokens": sample_tokens, "keep_checkpoints": keep_checkpoints,
