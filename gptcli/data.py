@@ -28,6 +28,7 @@ from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe_train import Progress
 
 CACHE_FORMAT = 1
+ENCODE_BLOCK_BYTES = 1 << 22  # text encoded per call: memory stays bounded by cores x this
 
 
 def default_cache_dir() -> Path:
@@ -91,12 +92,12 @@ def tokenize_files(
                 if i > 0 and tokenizer.eot_id is not None:  # documents are separated by <|endoftext|>
                     np.array([tokenizer.eot_id], dtype=dtype).tofile(out)
                     n_tokens += 1
-                reader = TextReader(f)
-                for block in reader:
-                    ids = np.asarray(tokenizer.encode_ordinary(block), dtype=dtype)
-                    ids.tofile(out)
-                    n_tokens += len(ids)
-                    done += len(block)
+                reader = TextReader(f, ENCODE_BLOCK_BYTES)
+                for group in _groups(reader, os.cpu_count() or 1):  # one block per core at a time
+                    for ids in tokenizer.encode_batch(group):
+                        np.asarray(ids, dtype=dtype).tofile(out)
+                        n_tokens += len(ids)
+                    done += sum(len(block) for block in group)
                     if progress:
                         progress("tokenizing", min(done, total), total)
                 invalid += reader.invalid_bytes
@@ -118,6 +119,17 @@ def tokenize_files(
     }
     atomic_write_json(meta_path, meta)  # written last: its presence marks a complete cache entry
     return _memmap(bin_path, meta), folder
+
+
+def _groups(blocks, n: int):
+    group = []
+    for block in blocks:
+        group.append(block)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _memmap(path: Path, meta: dict) -> np.ndarray:

@@ -113,6 +113,10 @@ class Tokenizer(ABC):
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode treating special-token strings as plain text."""
 
+    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        """encode_ordinary over many texts (BPE runs them on tiktoken's threads)."""
+        return [self.encode_ordinary(t) for t in texts]
+
     def _encode_allowing_special(self, text: str) -> list[int]:
         if self._special_re is None:
             return self.encode_ordinary(text)

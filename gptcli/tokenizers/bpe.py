@@ -12,6 +12,8 @@ byte strings (checked here) that is the same as applying our merges in rank orde
 `reference_encode` does in pure Python for the tests.
 """
 
+import os
+
 import regex
 import tiktoken
 
@@ -68,9 +70,9 @@ class BPETokenizer(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
-        """Encode many texts (specials as plain text) on tiktoken's thread pool."""
-        return self._enc.encode_ordinary_batch(texts, num_threads=num_threads)
+    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        """Encode many texts (specials as plain text) on tiktoken's thread pool (default: one per core)."""
+        return self._enc.encode_ordinary_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
 
     def _encode_allowing_special(self, text: str) -> list[int]:
         return self._enc.encode(text, allowed_special="all")
