@@ -14,6 +14,7 @@
 
 import base64
 import json
+import re
 from pathlib import Path
 
 from gptcli.errors import GptError
@@ -71,7 +72,7 @@ def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: li
             "pretokenizers": [
                 {
                     "type": "Split",
-                    "pattern": {"Regex": tokenizer.pattern},
+                    "pattern": {"Regex": hf_pattern(tokenizer.pattern)},
                     "behavior": "Isolated",
                     "invert": False,
                 },
@@ -93,6 +94,16 @@ def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: li
             "merges": [m.split(" ") for m in merges],
         },
     }
+
+
+def hf_pattern(pattern: str) -> str:
+    """The split regex as HF `tokenizers` (Oniguruma, Ruby syntax) reads it the same way.
+
+    Ruby syntax reads `X{1,3}+` as "X{1,3}, repeated", not as a possessive `{1,3}`, so GPT-4's
+    `\\p{N}{1,3}+` would let digit chunks grow past three. Dropping that `+` gives the same chunks
+    wherever the counted repetition ends its alternative, as in GPT-4's pattern.
+    """
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pattern)
 
 
 def export_tiktoken(tokenizer: BPETokenizer, out_dir: Path) -> list[Path]:

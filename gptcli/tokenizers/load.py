@@ -14,7 +14,8 @@ from gptcli.tokenizers.base import FORMAT, Tokenizer, read_tokenizer_file
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.char import CharTokenizer
 from gptcli.tokenizers.gpt2 import find_vocab_files, load_gpt2_tokenizer
-from gptcli.tokenizers.patterns import GPT2_PATTERN
+from gptcli.tokenizers.export import hf_pattern
+from gptcli.tokenizers.patterns import GPT2_PATTERN, NAMED_PATTERNS
 
 TOKENIZER_FILENAME = "tokenizer.json"
 
@@ -63,7 +64,9 @@ def _hf_split_pattern(path: Path) -> str | None:
         pre = data.get("pre_tokenizer") or {}
         for step in pre.get("pretokenizers", [pre]):
             if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
-                return step["pattern"]["Regex"]
+                found = step["pattern"]["Regex"]
+                # our export rewrites a named pattern for HF's regex engine: map it back to the original
+                return next((p for p in NAMED_PATTERNS.values() if hf_pattern(p) == found), found)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
     return None

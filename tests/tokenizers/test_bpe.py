@@ -60,6 +60,14 @@ def test_specials_roundtrip_when_allowed(sonnets_tok, parts):
     assert n_special == sum(text.count(s) for s in SPECIALS)
 
 
+def test_encode_batch_equals_encoding_each_text(sonnets_tok):
+    texts = SONNETS.read_text().splitlines()
+    expected = [sonnets_tok.encode_ordinary(t) for t in texts]
+    assert sonnets_tok.encode_batch(texts) == expected
+    assert sonnets_tok.encode_batch(texts, num_threads=3) == expected
+    assert sonnets_tok.encode_batch([]) == []
+
+
 def test_special_token_text_is_refused_unless_allowed(sonnets_tok):
     with pytest.raises(GptError, match="special token '<|endoftext|>'"):
         sonnets_tok.encode("end<|endoftext|>")

@@ -24,6 +24,7 @@ random_text = st.lists(
         st.sampled_from(
             [" the", "Thou", "'s", "'LL", "\n\n", "  ", " \n", "\t", "!?", " 12345", "é", "🙂", "日本語"]
         ),
+        st.integers(0, 10**9).map(str),
         st.text(max_size=6),
     ),
     max_size=30,
@@ -31,10 +32,12 @@ random_text = st.lists(
 
 
 def train_and_export(pattern, tmp_path_factory):
-    """(our tokenizer trained on the sonnets, folder with its HF export)."""
-    tok = train_tokenizer(
-        TokenizerTrainConfig(files=[str(SONNETS)], vocab_size=1000, pattern=pattern)
-    ).tokenizer
+    """(our tokenizer trained on the sonnets + numbers, folder with its HF export)."""
+    numbers = tmp_path_factory.mktemp("numbers") / "numbers.txt"
+    # digit runs longer than three make digit merges, where split-pattern differences show
+    numbers.write_text("".join(f"In {1900 + i % 130} came {i * 7919} and {i % 1000:03d}.\n" for i in range(3000)))
+    config = TokenizerTrainConfig(files=[str(SONNETS), str(numbers)], vocab_size=1000, pattern=pattern)
+    tok = train_tokenizer(config).tokenizer
     out = tmp_path_factory.mktemp(f"hf-{pattern}")
     export_tokenizer(tok, "hf", out)
     return tok, out
