@@ -13,8 +13,8 @@ from gptcli.errors import GptError
 from gptcli.tokenizers.base import FORMAT, Tokenizer, read_tokenizer_file
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.char import CharTokenizer
-from gptcli.tokenizers.gpt2 import find_vocab_files, load_gpt2_tokenizer
 from gptcli.tokenizers.export import hf_pattern
+from gptcli.tokenizers.gpt2 import find_vocab_files, load_gpt2_tokenizer
 from gptcli.tokenizers.patterns import GPT2_PATTERN, NAMED_PATTERNS
 
 TOKENIZER_FILENAME = "tokenizer.json"

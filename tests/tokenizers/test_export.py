@@ -35,7 +35,9 @@ def train_and_export(pattern, tmp_path_factory):
     """(our tokenizer trained on the sonnets + numbers, folder with its HF export)."""
     numbers = tmp_path_factory.mktemp("numbers") / "numbers.txt"
     # digit runs longer than three make digit merges, where split-pattern differences show
-    numbers.write_text("".join(f"In {1900 + i % 130} came {i * 7919} and {i % 1000:03d}.\n" for i in range(3000)))
+    numbers.write_text(
+        "".join(f"In {1900 + i % 130} came {i * 7919} and {i % 1000:03d}.\n" for i in range(3000))
+    )
     config = TokenizerTrainConfig(files=[str(SONNETS), str(numbers)], vocab_size=1000, pattern=pattern)
     tok = train_tokenizer(config).tokenizer
     out = tmp_path_factory.mktemp(f"hf-{pattern}")
