@@ -146,3 +146,23 @@ def test_grad_accum_equals_a_bigger_batch(tmp_path):
     # two draws of 4 windows from the sampler's generator are the same windows as one draw of 8
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    summary = train(
+        tiny(tmp_path, precision="bf16", max_iters=4, eval_interval=4, sample_tokens=4), tmp_path / "run"
+    )
+    assert summary.step == 4 and summary.val_loss is not None
+    weights = final_weights(tmp_path / "run")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # autocast: weights stay fp32
+
+
+def test_rope_gqa_window_rmsnorm_model_trains_and_reloads(tmp_path):
+    model = dict(
+        n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16, pos_emb="rope", window=8, norm="rmsnorm"
+    )
+    summary = train(tiny(tmp_path, model=model, max_iters=6, eval_interval=6), tmp_path / "run")
+    loaded, _, config = ckpt.load_checkpoint(summary.last_checkpoint)
+    assert (
+        config["model"].pos_emb == "rope" and config["model"].n_kv_head == 2 and config["model"].window == 8
+    )
