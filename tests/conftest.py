@@ -4,12 +4,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from gptcli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 SONNETS = REPO / "toy_data" / "sonnets.txt"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every model in the tests is tiny: threads gain nothing, and lose a lot when processes share cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass

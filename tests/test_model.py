@@ -15,15 +15,6 @@ ATTENTION = [(None, None), (2, None), (1, None), (None, 3), (2, 3)]
 ATTENTION_IDS = ["mha", "gqa", "mqa", "window", "gqa-window"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, **overrides) -> GPT:
     """A tiny model in eval mode (no dropout), deterministic weights."""
     values = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)

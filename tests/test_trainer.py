@@ -16,14 +16,6 @@ from gptcli.trainer import TrainingInterrupted, learning_rate, read_run_config, 
 from tests.conftest import SONNETS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add noise
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(tmp_path, **overrides) -> TrainConfig:
     values = dict(
         data=[str(SONNETS)],
