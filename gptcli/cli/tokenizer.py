@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from gptcli.cli.common import console, human_bytes, read_input, stage_progress, write_text
 from gptcli.config import TokenizerTrainConfig, validate
@@ -168,17 +167,19 @@ def info(
     if as_json:
         write_text(json.dumps(data, ensure_ascii=False) + "\n")
         return
-    table = Table(show_header=False, box=None)
+    width = max(len(key) for key in data)
+    lines = []
     for key, value in data.items():
         if key == "longest_tokens":
             value = ", ".join(f"{t['id']}={t['text']!r}" for t in value)
         elif key == "trained_on":
-            value = ", ".join(f"{f['path']} ({human_bytes(f['bytes'])})" for f in value)
+            shown = ", ".join(f"{f['path']} ({human_bytes(f['bytes'])})" for f in value[:3])
+            total = human_bytes(sum(f["bytes"] for f in value))
+            value = shown if len(value) <= 3 else f"{shown} and {len(value) - 3} more files ({total} in all)"
         elif key == "special_tokens":
             value = ", ".join(f"{s}={i}" for s, i in value.items()) or "none"
-        table.add_row(f"[bold]{key}[/]", str(value))
-    Console = type(console)
-    Console(highlight=False).print(table)
+        lines.append(f"{key:<{width}}  {value}")
+    write_text("\n".join(lines) + "\n")
 
 
 @app.command()
