@@ -215,8 +215,9 @@ def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
     if not found:
         if not path.exists():
             raise GptError(f"checkpoint not found: {path}")
-        read_config(path)  # names what is missing when it looks like a checkpoint
-        raise GptError(f"{path} holds no complete checkpoint")
+        if not (path / "checkpoints").is_dir():
+            read_config(path)  # not a run dir: name what the checkpoint is missing
+        raise GptError(f"{path} holds no complete checkpoint (nothing under {path / 'checkpoints'})")
     if not best:
         return found[-1]
     scored = [(read_config(d).get("val_loss"), d) for d in found]

@@ -176,6 +176,30 @@ class TrainConfig(StrictModel):
         return self
 
 
+class SampleConfig(StrictModel):
+    """`gpt generate`: how to sample. The model, tokenizer and context length come from the checkpoint."""
+
+    num_samples: int = Field(1, ge=1, description="samples generated together, as one batch")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.8, ge=0.0, description="0 means greedy")
+    top_k: int | None = Field(200, ge=1, description="keep the k most likely tokens (None: all)")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="nucleus: the smallest set with this much mass"
+    )
+    seed: int | None = Field(None, description="same seed + checkpoint + device = same text (None: random)")
+    stop: list[str] = Field(
+        default_factory=list, description="stop strings: a sample ends before the first one"
+    )
+    ignore_eos: bool = Field(False, description="keep going past the end-of-text token")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+
 def parse_duration(text: str) -> float:
     """'90', '90s', '15m', '1.5h' -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)

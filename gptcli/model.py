@@ -323,13 +323,18 @@ class GPT(nn.Module):
         )
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
         With a KV cache the T tokens follow the kv_cache.pos tokens already cached: they take
         positions pos .. pos+T-1 and attend to the cached keys as well; the cache then holds pos+T.
-        Targets of -1 are ignored.
+        Targets of -1 are ignored. last_only (generation): logits of the last position only,
+        (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
         """
         B, T = idx.size()
         cfg = self.config
@@ -364,6 +369,8 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T  # every layer has stored its keys/values for these T tokens
 
+        if last_only and targets is None:
+            x = x[:, -1:, :]  # (B, 1, C)
         # padding rows are cut off, so a padding id can never be predicted or sampled
         logits = self.lm_head(x)[..., : cfg.vocab_size]  # (B, T, V)
         loss = None

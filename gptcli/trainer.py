@@ -35,12 +35,12 @@ from typing import Any
 import torch
 
 from gptcli import checkpoint as ckpt
-from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
+from gptcli.config import ModelConfig, SampleConfig, TokenizerTrainConfig, TrainConfig
 from gptcli.data import BatchSampler, TokenData, prepare_data
 from gptcli.errors import GptError
 from gptcli.fileio import atomic_write_json
 from gptcli.model import GPT
-from gptcli.sampling import sample_ids
+from gptcli.sampling import Engine
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.train import train_tokenizer
@@ -650,9 +650,9 @@ def draw_sample(model: GPT, tokenizer: Tokenizer, config: TrainConfig, device) -
     if config.sample_tokens == 0:
         return None
     start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
-    generator = torch.Generator().manual_seed(config.seed)
     was_training = model.training
-    model.eval()
-    ids = sample_ids(model, start, config.sample_tokens, temperature=1.0, top_k=200, generator=generator)
+    engine = Engine(model, tokenizer)  # puts the model in eval mode
+    settings = SampleConfig(max_new_tokens=config.sample_tokens, temperature=1.0, top_k=200, seed=config.seed)
+    text = engine.generate(start, settings).samples[0].text
     model.train(was_training)
-    return tokenizer.decode(ids)
+    return text

@@ -88,8 +88,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     forward = GPT.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None, kv_cache=None):
-        logits, loss = forward(self, idx, targets, kv_cache)
+    def poisoned(self, idx, targets=None, kv_cache=None, last_only=False):
+        logits, loss = forward(self, idx, targets, kv_cache, last_only)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] >= 9:  # the 9th training batch: step 9

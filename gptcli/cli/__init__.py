@@ -7,6 +7,7 @@ import typer
 from gptcli import __version__
 from gptcli.cli import tokenizer
 from gptcli.cli.common import GptGroup
+from gptcli.cli.generate import generate_command
 from gptcli.cli.train import train_command
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(tokenizer.app, name="tokenizer")
 app.command("train")(train_command)
+app.command("generate")(generate_command)
 
 
 def _version(value: bool) -> None:
