@@ -200,6 +200,11 @@ class CausalSelfAttention(nn.Module):
             dropout_p = self.dropout if self.training else 0.0
             if self.window is None and start == 0:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            elif T == 1:
+                # one new token (a decode step) sees every cached key, or the last `window` of them: no mask
+                if self.window is not None and k.size(2) > self.window:
+                    k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             else:
                 # is_causal aligns the triangle top-left, wrong once keys precede the queries: pass a mask
                 mask = attention_mask(T, start, self.window, x.device)  # (T, L)
