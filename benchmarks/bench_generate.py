@@ -45,11 +45,11 @@ def hf_copy(model: GPT):
     return hf.eval()
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int, *args) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -95,17 +95,17 @@ def main() -> None:
             seed=0,
         )
         engine = Engine(model, tokenizer, precision)
-        ours = best_time(lambda: engine.generate(prompt, sample), args.repeats)
+        ours = best_time(engine.generate, args.repeats, prompt, sample)
         ids = torch.tensor([prompt] * batch, device=device)
 
-        def hf_generate():
+        def hf_generate(ids):
             with torch.no_grad():
                 hf.generate(
                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
                     min_new_tokens=args.new_tokens, do_sample=True, top_k=200, pad_token_id=0,
                 )  # fmt: skip
 
-        theirs = best_time(hf_generate, args.repeats)
+        theirs = best_time(hf_generate, args.repeats, ids)
         tokens = batch * args.new_tokens
         results.append(
             {"batch": batch, "ours_tok_s": tokens / ours, "hf_tok_s": tokens / theirs, "ratio": theirs / ours}
