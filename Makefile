@@ -29,13 +29,15 @@ toy_data/shakespeare.txt: scripts/fetch_shakespeare.py | install
 	$(BIN)/python scripts/fetch_shakespeare.py --out $@
 
 # The main job end to end on 2 CPU cores in about 4 minutes: a BPE tokenizer, a 1M-parameter
-# GPT trained on Shakespeare (a sample printed at every eval), then the tokenizer round trip.
+# GPT trained on Shakespeare (a sample printed at every eval), text generated from it, and the
+# tokenizer round trip.
 demo: install data
 	$(GPT) tokenizer train toy_data/shakespeare.txt --vocab-size 2048 --out $(DEMO)/tokenizer.json
 	$(GPT) train --tokenizer $(DEMO)/tokenizer.json --out $(DEMO)/run --overwrite \
 		--n-layer 4 --n-head 4 --n-embd 128 --block-size 128 --batch-size 16 --dropout 0 \
 		--max-iters 2000 --warmup-iters 100 --lr 2e-3 --eval-interval 500 --eval-iters 20 \
 		--sample-tokens 120 --log-interval 100
+	$(GPT) generate --checkpoint $(DEMO)/run --prompt "ROMEO:" --max-new-tokens 120 --seed 1
 	$(GPT) tokenizer encode --tokenizer $(DEMO)/tokenizer.json "To be, or not to be" \
 		| $(GPT) tokenizer decode --tokenizer $(DEMO)/tokenizer.json
 	@echo
@@ -43,6 +45,7 @@ demo: install data
 bench: install data
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_train.py --full-run
+	$(BIN)/python benchmarks/bench_generate.py
 
 lint: install
 	$(BIN)/ruff check gptcli tests benchmarks scripts
