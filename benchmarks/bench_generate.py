@@ -18,6 +18,7 @@ import json
 import time
 
 import torch
+from bench_train import hf_model  # same folder
 
 from gptcli.config import ModelConfig, SampleConfig
 from gptcli.model import GPT
@@ -30,15 +31,7 @@ HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
 def hf_copy(model: GPT):
     """An HF GPT2LMHeadModel with our weights (GPT-2 names; Conv1D weights are stored transposed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = model.config
-    hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=c.padded_vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-            n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )
-    )  # fmt: skip
+    hf = hf_model(model.config.model_copy(update={"vocab_size": model.config.padded_vocab_size}))
     state = {k: (v.t() if k.endswith(CONV1D) else v) for k, v in model.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing), missing

@@ -101,19 +101,22 @@ def read_input(text: str | None, file: Path | None, what: str) -> str:
     if text is not None and file is not None:
         raise GptError(f"give the {what} either as an argument or with --file, not both")
     if file is not None:
-        if str(file) == "-":
-            return sys.stdin.read()
-        if not file.is_file():
-            raise GptError(f"file not found: {file}")
-        try:
-            return file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise GptError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return sys.stdin.read() if str(file) == "-" else read_text_file(file, "file")
     if text is not None:
         return text
     if not sys.stdin.isatty():
         return sys.stdin.read()
     raise GptError(f"no {what} given: pass it as an argument, with --file, or on stdin")
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents; a missing or non-UTF-8 file is a one-line error."""
+    if not path.is_file():
+        raise GptError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GptError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def write_text(text: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 import typer
 
-from gptcli.cli.common import console
+from gptcli.cli.common import console, read_text_file
 from gptcli.config import SampleConfig, validate
 from gptcli.errors import GptError
 from gptcli.sampling import Engine
@@ -18,15 +18,7 @@ SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py pri
 
 def read_prompt(prompt: str) -> str:
     """TEXT, or FILE:path for the contents of a file (as nanoGPT's sample.py)."""
-    if not prompt.startswith("FILE:"):
-        return prompt
-    path = Path(prompt[5:])
-    if not path.is_file():
-        raise GptError(f"prompt file not found: {path}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GptError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return read_text_file(Path(prompt[5:]), "prompt file") if prompt.startswith("FILE:") else prompt
 
 
 def generate_command(
