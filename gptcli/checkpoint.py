@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError, one_line_validation_error
 from gptcli.fileio import atomic_write_json, current_umask
+from gptcli.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 
@@ -57,7 +56,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
-        save_file(model_weights(model), tmp / WEIGHTS)
+        write_safetensors(tmp / WEIGHTS, model_weights(model))
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -68,7 +67,7 @@ def save_checkpoint(
         atomic_write_json(tmp / CONFIG, config)
         tokenizer.save(tmp / TOKENIZER)
         if state_tensors is not None:
-            save_file({k: v.contiguous() for k, v in state_tensors.items()}, tmp / STATE_TENSORS)
+            write_safetensors(tmp / STATE_TENSORS, state_tensors)
             atomic_write_json(tmp / STATE_JSON, state_json or {})
         _fsync_tree(tmp)
         if directory.exists():  # replace: move the old one aside first so there is never a gap
@@ -141,33 +140,29 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
-    """Load model.safetensors into `model`, checking every key and shape."""
+    """Load model.safetensors into `model` tensor by tensor, checking every key and shape."""
     path = Path(directory) / WEIGHTS
-    tensors = read_safetensors(path)
     model = unwrap(model)
-    expected = model_weights(model)
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise GptError(f"{path}: weights do not match the model config ({what})")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise GptError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}"
-            )
-        if not torch.isfinite(tensor).all() and tensor.is_floating_point():
-            raise GptError(f"{path}: {name} holds non-finite values")
-    model.load_state_dict(tensors, strict=False)  # strict=False: a tied lm_head is stored once
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise GptError(f"missing file: {path}")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise GptError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
+    expected = model_weights(model)  # name -> the model's own tensor (tied weights once)
+    with SafetensorsReader(path) as reader:
+        names = reader.keys()
+        missing = [k for k in expected if k not in names]
+        unexpected = [k for k in names if k not in expected]
+        if missing or unexpected:
+            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+            raise GptError(f"{path}: weights do not match the model config ({what})")
+        for name, target in expected.items():
+            if reader.shape(name) != tuple(target.shape):
+                raise GptError(
+                    f"{path}: {name} has shape {reader.shape(name)}, the config needs {tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                if reader.dtype(name) == target.dtype:
+                    reader.read_into(name, target)  # straight into the parameter: no second copy
+                else:
+                    target.copy_(reader.get(name))
+            if target.is_floating_point() and not torch.isfinite(target).all():
+                raise GptError(f"{path}: {name} holds non-finite values")
 
 
 def load_checkpoint(

@@ -41,6 +41,7 @@ from gptcli.errors import GptError
 from gptcli.fileio import atomic_write_json
 from gptcli.model import GPT
 from gptcli.sampling import Engine
+from gptcli.tensorfile import read_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.train import train_tokenizer
@@ -338,7 +339,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 def read_train_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The optimizer/RNG tensors and the JSON state a checkpoint holds for --resume."""
-    tensors = ckpt.read_safetensors(checkpoint / ckpt.STATE_TENSORS)
+    tensors = read_safetensors(checkpoint / ckpt.STATE_TENSORS)
     path = checkpoint / ckpt.STATE_JSON
     try:
         state = json.loads(path.read_text(encoding="utf-8"))

@@ -41,7 +41,9 @@ def test_a_failed_save_leaves_nothing_half_written(saved, monkeypatch):
     path, model, tok = saved
     before = sorted(p.name for p in path.iterdir())
     monkeypatch.setattr(
-        ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        ckpt,
+        "write_safetensors",
+        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")),
     )
     with pytest.raises(OSError):
         ckpt.save_checkpoint(path, model, model.config, tok)  # replacing the same step
