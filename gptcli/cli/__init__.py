@@ -8,6 +8,7 @@ from gptcli import __version__
 from gptcli.cli import tokenizer
 from gptcli.cli.common import GptGroup
 from gptcli.cli.generate import generate_command
+from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
 from gptcli.cli.train import train_command
 
 app = typer.Typer(
@@ -20,6 +21,8 @@ app = typer.Typer(
 app.add_typer(tokenizer.app, name="tokenizer")
 app.command("train")(train_command)
 app.command("generate")(generate_command)
+app.command("load-gpt2")(load_gpt2_command)
+app.command("export-hf")(export_hf_command)
 
 
 def _version(value: bool) -> None:
