@@ -262,7 +262,10 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         V = config.padded_vocab_size  # rows beyond vocab_size exist only to make matmuls faster
-        layers: dict[str, nn.Module] = {"wte": nn.Embedding(V, config.n_embd)}
+        # tied: wte gets lm_head's weight below, so its own is never allocated (meta) - saves a copy
+        layers: dict[str, nn.Module] = {
+            "wte": nn.Embedding(V, config.n_embd, device="meta" if config.tie_weights else None)
+        }
         if config.pos_emb == "learned":
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         layers["drop"] = nn.Dropout(config.dropout)
