@@ -17,7 +17,6 @@ leaves either no checkpoint or a complete one. Loading checks that every file is
 and matches the config, and reports problems as one-line GptErrors.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from pydantic import ValidationError
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError, one_line_validation_error
-from gptcli.fileio import atomic_write_json, current_umask
+from gptcli.fileio import atomic_write_json, current_umask, read_json
 from gptcli.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
@@ -127,10 +126,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     missing = [name for name in REQUIRED if not (directory / name).is_file()]
     if missing:
         raise GptError(f"{directory} is not a complete checkpoint: missing {', '.join(missing)}")
-    try:
-        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptError(f"{directory / CONFIG}: invalid JSON ({e})") from None
+    config = read_json(directory / CONFIG)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise GptError(f"{directory / CONFIG}: not a gptcli checkpoint config")
     if config.get("version") != FORMAT_VERSION:

@@ -10,6 +10,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gptcli.errors import GptError
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a missing file or invalid JSON is a one-line GptError naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptError(f"missing file: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GptError(f"{path}: invalid JSON ({e})") from None
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)

@@ -14,7 +14,6 @@ Weights are read tensor by tensor (model.safetensors without mmap, pytorch_model
 torch.load(weights_only=True, mmap=True)), so a big model never sits in memory twice.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.fileio import atomic_write_json
+from gptcli.fileio import atomic_write_json, read_json
 from gptcli.model import GPT
 from gptcli.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
@@ -116,11 +115,7 @@ def load_hf_gpt2(folder: str | Path, tokenizer_dir: str | Path | None = None) ->
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise GptError(f"{folder}: no config.json")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptError(f"{config_path}: invalid JSON ({e})") from None
-    config = model_config_from_hf(hf_config, str(config_path))
+    config = model_config_from_hf(read_json(config_path), str(config_path))
     tokenizer = load_tokenizer(tokenizer_dir or folder)
     if tokenizer.vocab_size != config.vocab_size:
         raise GptError(

@@ -38,7 +38,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig, SampleConfig, TokenizerTrainConfig, TrainConfig
 from gptcli.data import BatchSampler, TokenData, prepare_data
 from gptcli.errors import GptError
-from gptcli.fileio import atomic_write_json
+from gptcli.fileio import atomic_write_json, read_json
 from gptcli.model import GPT
 from gptcli.sampling import Engine
 from gptcli.tensorfile import read_safetensors
@@ -341,14 +341,9 @@ def read_train_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[st
     """The optimizer/RNG tensors and the JSON state a checkpoint holds for --resume."""
     tensors = read_safetensors(checkpoint / ckpt.STATE_TENSORS)
     path = checkpoint / ckpt.STATE_JSON
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptError(
-            f"{checkpoint} has no {ckpt.STATE_JSON}: it can be used with --init-from, not resumed"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptError(f"{path}: invalid JSON ({e})") from None
+    if not path.is_file():
+        raise GptError(f"{checkpoint} has no {ckpt.STATE_JSON}: it can be used with --init-from, not resumed")
+    state = read_json(path)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
         raise GptError(f"{path}: not a training state (needs 'step' and 'optimizer')")
     return tensors, state

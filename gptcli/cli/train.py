@@ -1,6 +1,5 @@
 """`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.trainer.train."""
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from gptcli.cli.common import console
 from gptcli.config import TrainConfig, validate
 from gptcli.errors import GptError
+from gptcli.fileio import read_json
 from gptcli.trainer import read_run_config, train
 
 MODEL_FIELDS = {
@@ -29,10 +29,7 @@ PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_EVAL, PANEL_SYS = (
 def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GptError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptError(f"{path}: invalid JSON ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise GptError(f"{path}: a config file holds one JSON object")
     return data
