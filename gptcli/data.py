@@ -176,6 +176,28 @@ class BatchSampler:
         batch = torch.from_numpy(windows)
         return batch[:, :-1], batch[:, 1:]  # x, y: (B, T)
 
+    def next_step(
+        self, grad_accum: int, rank: int = 0, world_size: int = 1
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of one optimizer step that belong to this rank.
+
+        All grad_accum x batch_size windows of the step are drawn at once, from the same
+        generator on every rank, and rank r takes the r-th contiguous share of the micro-batches.
+        So the step's data, and the sampler's state, are the same whatever the number of
+        processes: one process or N give the same global batch, and resume works across N.
+        """
+        B, T = self.batch_size, self.block_size
+        starts = torch.randint(len(self.tokens) - T, (grad_accum * B,), generator=self.generator).tolist()
+        per_rank = grad_accum // world_size
+        batches = []
+        for m in range(rank * per_rank, (rank + 1) * per_rank):
+            windows = np.stack([self.tokens[s : s + T + 1] for s in starts[m * B : (m + 1) * B]]).astype(
+                np.int64
+            )
+            batch = torch.from_numpy(windows)  # (B, T + 1)
+            batches.append((batch[:, :-1], batch[:, 1:]))
+        return batches
+
     def state(self) -> torch.Tensor:
         return self.generator.get_state()
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import distributed
 from gptcli.config import ModelConfig, SampleConfig, TokenizerTrainConfig, TrainConfig
 from gptcli.data import BatchSampler, TokenData, prepare_data
 from gptcli.errors import GptError
@@ -387,9 +388,23 @@ def train(
     overwrite: bool = False,
     report: Report | None = None,
 ) -> TrainSummary:
-    """Train a GPT as `config` says, in `run_dir`; with resume=True, continue the run found there."""
-    report = report or (lambda event, data: None)
-    run_dir = Path(run_dir)
+    """Train a GPT as `config` says, in `run_dir`; with resume=True, continue the run found there.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this same function: all of them check the
+    inputs and train; rank 0 alone reports, logs and writes files.
+    """
+    world, device_name = distributed.setup(config.device)
+    try:
+        return _train(config, Path(run_dir), resume, overwrite, report, world, device_name)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(
+    config, run_dir: Path, resume, overwrite, report, world: distributed.Dist, device_name: str
+) -> TrainSummary:
+    main = world.is_main
+    report = report if (report and main) else (lambda event, data: None)
     notes: list[str] = []
     start_time = time.time()
 
@@ -423,12 +438,21 @@ def train(
                 f"--init-from {config.init_from} lies inside {run_dir}, which --overwrite would clear"
             )
     config = config.model_copy(update={"model": model_config})
+    if config.grad_accum % world.world_size:
+        raise GptError(
+            f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
+            "each optimizer step's micro-batches are split evenly between them"
+        )
 
-    device = resolve_device(config.device)
+    device = resolve_device(device_name)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
 
+    if not main:
+        world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
     data = prepare_data(config.data, tokenizer, config.val_fraction, config.val_data, config.data_cache)
+    if main:
+        world.barrier()
     if len(data.train) < model_config.block_size + 1:
         raise GptError(
             f"the training data has {len(data.train)} tokens, fewer than block_size + 1 = {model_config.block_size + 1}: "
@@ -444,6 +468,7 @@ def train(
     if config.init_from is not None and not resume:
         ckpt.load_weights(Path(config.init_from), model)
     model.to(device)
+    raw_model = model
     optimizer = model.configure_optimizers(
         config.weight_decay, config.lr, (config.beta1, config.beta2), device.type
     )
@@ -464,11 +489,18 @@ def train(
             )
         truncate_metrics(run_dir / "metrics.jsonl", step)
         notes.append(f"resumed from {resume_from} at step {step}")
-    else:
+    elif main:
         clear_run_dir(run_dir)  # --overwrite, or the leftovers of a run that died before its first checkpoint
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if world.rank > 0:  # other dropout masks on other ranks (the weights were set above, alike everywhere)
+        torch.manual_seed(config.seed + 1000 * world.rank + step)
+    if world.enabled:
+        # DDP makes every rank start from rank 0's weights and averages the gradients
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    world.barrier()
 
-    raw_model = model
     if config.compile:
         model = torch.compile(model)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -477,7 +509,8 @@ def train(
     tokens_per_step = config.batch_size * config.grad_accum * model_config.block_size
     peak = peak_flops(device)
     flops_per_token = raw_model.flops_per_token()
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
+    local_accum = config.grad_accum // world.world_size  # micro-batches per rank per step
 
     report(
         "info",
@@ -496,8 +529,9 @@ def train(
     )
 
     def log(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
 
     last_losses: dict[str, float] = {}
     last_saved: Path | None = ckpt.list_checkpoints(run_dir)[-1] if resume else None
@@ -505,7 +539,9 @@ def train(
 
     def evaluate_and_save() -> None:
         nonlocal best_val, last_saved, last_saved_step
-        losses = estimate_loss(model, data, config, device, autocast)
+        losses = estimate_loss(
+            raw_model, data, config, device, autocast
+        )  # every rank: same batches, same result
         if any(not math.isfinite(v) for v in losses.values()):
             raise GptError(
                 f"the loss became non-finite at step {step}; stopped without saving. "
@@ -515,7 +551,7 @@ def train(
         val = losses.get("val")
         if val is not None and (best_val is None or val < best_val):
             best_val = val
-        sample = draw_sample(raw_model, tokenizer, config, device)
+        sample = draw_sample(raw_model, tokenizer, config, device) if main else None
         log(
             {
                 "step": step,
@@ -533,6 +569,14 @@ def train(
     wrote_run_files = False
 
     def save(at_step: int, losses: dict[str, float]) -> Path:
+        """Rank 0 writes the checkpoint; every rank waits for it and knows its path."""
+        path = run_dir / "checkpoints" / f"step_{at_step:07d}"
+        if main:
+            write_checkpoint(path, at_step, losses)
+        world.barrier()
+        return path
+
+    def write_checkpoint(path: Path, at_step: int, losses: dict[str, float]) -> None:
         nonlocal wrote_run_files
         if (
             not wrote_run_files
@@ -541,8 +585,8 @@ def train(
             tokenizer.save(run_dir / "tokenizer.json")
             wrote_run_files = True
         opt_tensors, opt_meta = optimizer_state(optimizer)
-        path = ckpt.save_checkpoint(
-            run_dir / "checkpoints" / f"step_{at_step:07d}",
+        ckpt.save_checkpoint(
+            path,
             raw_model,
             model_config,
             tokenizer,
@@ -556,7 +600,6 @@ def train(
             },
         )
         prune_checkpoints(run_dir, config.keep_checkpoints)
-        return path
 
     model.train()
     t_last, steps_since_log = time.time(), 0
@@ -569,12 +612,17 @@ def train(
                 lr = learning_rate(step, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                for _ in range(config.grad_accum):
-                    x, y = sampler.next_batch()
+                loss_sum = torch.zeros((), device=device)
+                micro_batches = sampler.next_step(config.grad_accum, world.rank, world.world_size)
+                for i, (x, y) in enumerate(micro_batches):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with autocast:
-                        _, loss = model(x, y)
-                    scaler.scale(loss / config.grad_accum).backward()
+                    # DDP averages gradients over ranks on the last micro-batch only
+                    sync = nullcontext() if not world.enabled or i == local_accum - 1 else model.no_sync()
+                    with sync:
+                        with autocast:
+                            _, loss = model(x, y)
+                        scaler.scale(loss / local_accum).backward()
+                    loss_sum += loss.detach()
                 if config.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -585,7 +633,8 @@ def train(
                 steps_since_log += 1
 
                 if step % config.log_interval == 0 or step == config.max_iters:
-                    loss_value = loss.item()  # the one host sync per log interval
+                    # the step's mean loss over all micro-batches of all ranks: the one host sync per log
+                    loss_value = world.sum(loss_sum).item() / config.grad_accum
                     if not math.isfinite(loss_value):
                         raise GptError(
                             f"the loss became non-finite ({loss_value}) at step {step}; stopped. "
@@ -607,10 +656,12 @@ def train(
 
                 if step % config.eval_interval == 0 or step == config.max_iters:
                     evaluate_and_save()
-                if interrupt.requested:
+                timed_out = config.max_time is not None and time.time() - train_start > config.max_time
+                interrupted, timed_out = world.any(interrupt.requested, timed_out)  # all ranks stop together
+                if interrupted:
                     stop_reason = "interrupted"
                     break
-                if config.max_time is not None and time.time() - train_start > config.max_time:
+                if timed_out:
                     stop_reason = "max_time"
                     break
             if stop_reason == "interrupted":
@@ -625,7 +676,8 @@ def train(
             f"interrupted during step {step + 1}; the last checkpoint is {last_saved or 'none'}"
         ) from None
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
     summary = TrainSummary(
         run_dir=run_dir,
         step=step,

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from gptcli.cli.common import console
 from gptcli.config import TrainConfig, validate
+from gptcli.distributed import is_main_process
 from gptcli.errors import GptError
 from gptcli.fileio import read_json
 from gptcli.trainer import read_run_config, train
@@ -268,6 +269,7 @@ def train_command(
         run_dir = out or Path("out")
         base = load_config_file(config) if config else {}
     train_config = validate(TrainConfig, **merge_config(base, flags))
+    quiet = quiet or not is_main_process()  # under torchrun only rank 0 speaks
     reporter = TrainReporter(quiet)
     try:
         summary = train(
@@ -275,6 +277,8 @@ def train_command(
         )
     finally:
         reporter.close()
+    if quiet and not is_main_process():
+        return
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
