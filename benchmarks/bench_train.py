@@ -114,6 +114,15 @@ def bench_step_time(
     ours_times, hf_times = time_interleaved([(ours, ours_step), (theirs, hf_step)], batches, warmup, device)
     results = {"ours": statistics.median(ours_times), "hf": statistics.median(hf_times)}
     tokens = batch_size * config.block_size
+    peak_memory, mfu = None, None
+    if device.type == "cuda":
+        from gptcli.trainer import peak_flops
+
+        torch.cuda.reset_peak_memory_stats(device)
+        time_interleaved([(ours, ours_step)], batches[:3], warmup=3, device=device)
+        peak_memory = torch.cuda.max_memory_allocated(device)  # ours alone: weights, AdamW state, activations
+        peak = peak_flops(device)
+        mfu = ours.flops_per_token() * tokens / results["ours"] / peak if peak else None
     return {
         "ours_ms": results["ours"] * 1e3,
         "hf_ms": results["hf"] * 1e3,
@@ -121,7 +130,8 @@ def bench_step_time(
         "ours_tokens_per_s": tokens / results["ours"],
         "hf_tokens_per_s": tokens / results["hf"],
         "ours_params": ours.num_params(non_embedding=False),
-        "mfu": None,
+        "mfu": mfu,
+        "peak_memory_bytes": peak_memory,
     }
 
 
@@ -193,6 +203,10 @@ def main() -> None:
     print(f"  ours {s['ours_ms']:.1f} ms ({s['ours_tokens_per_s']:,.0f} tok/s)")
     print(f"  HF   {s['hf_ms']:.1f} ms ({s['hf_tokens_per_s']:,.0f} tok/s)")
     print(f"  ratio ours/HF = {s['ratio']:.2f} (target <= 0.8)")
+    if s["mfu"] is not None:
+        print(f"  ours: MFU {s['mfu'] * 100:.1f}% of the detected GPU's bf16 peak")
+    if s["peak_memory_bytes"] is not None:
+        print(f"  ours: peak GPU memory {s['peak_memory_bytes'] / 2**30:.2f} GiB")
     if "full_run" in result:
         f = result["full_run"]
         print(

@@ -161,6 +161,9 @@ class TrainConfig(StrictModel):
     # system
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    activation_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory"
+    )
     device: str = "auto"
     seed: int = 1337
 

@@ -19,6 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
@@ -287,6 +288,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
             self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs/2)
 
+        self.activation_checkpointing = False  # a training-time switch (gpt train --activation-checkpointing)
         self.apply(self._init_weights)
         # GPT-2: scale the projections that add into the residual stream by 1/sqrt(number of them)
         for name, p in self.named_parameters():
@@ -372,7 +374,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
 
         for block in self.transformer.h:
-            x = block(x, rope, kv_cache)  # (B, T, C)
+            if self.activation_checkpointing and self.training and kv_cache is None:
+                # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)  # (B, T, C)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T  # every layer has stored its keys/values for these T tokens

@@ -468,6 +468,7 @@ def _train(
     if config.init_from is not None and not resume:
         ckpt.load_weights(Path(config.init_from), model)
     model.to(device)
+    model.activation_checkpointing = config.activation_checkpointing
     raw_model = model
     optimizer = model.configure_optimizers(
         config.weight_decay, config.lr, (config.beta1, config.beta2), device.type
@@ -615,6 +616,8 @@ def _train(
                 loss_sum = torch.zeros((), device=device)
                 micro_batches = sampler.next_step(config.grad_accum, world.rank, world.world_size)
                 for i, (x, y) in enumerate(micro_batches):
+                    if device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
+                        x, y = x.pin_memory(), y.pin_memory()
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     # DDP averages gradients over ranks on the last micro-batch only
                     sync = nullcontext() if not world.enabled or i == local_accum - 1 else model.no_sync()
@@ -657,7 +660,10 @@ def _train(
                 if step % config.eval_interval == 0 or step == config.max_iters:
                     evaluate_and_save()
                 timed_out = config.max_time is not None and time.time() - train_start > config.max_time
-                interrupted, timed_out = world.any(interrupt.requested, timed_out)  # all ranks stop together
+                interrupted = interrupt.requested
+                if world.enabled:  # all ranks stop together: agree at log steps (an all-reduce is a sync)
+                    agree = step % config.log_interval == 0 or step == config.max_iters
+                    interrupted, timed_out = world.any(interrupted, timed_out) if agree else (False, False)
                 if interrupted:
                     stop_reason = "interrupted"
                     break

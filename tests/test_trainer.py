@@ -158,3 +158,13 @@ def test_rope_gqa_window_rmsnorm_model_trains_and_reloads(tmp_path):
     assert (
         config["model"].pos_emb == "rope" and config["model"].n_kv_head == 2 and config["model"].window == 8
     )
+
+
+def test_activation_checkpointing_changes_memory_not_results(tmp_path):
+    plain = train(tiny(tmp_path, max_iters=4, eval_interval=4), tmp_path / "plain")
+    saving = train(
+        tiny(tmp_path, max_iters=4, eval_interval=4, activation_checkpointing=True), tmp_path / "ckpt"
+    )
+    assert losses(tmp_path / "plain") == losses(tmp_path / "ckpt")  # dropout included: its RNG is replayed
+    assert_same_weights(final_weights(tmp_path / "plain"), final_weights(tmp_path / "ckpt"))
+    assert plain.val_loss == saving.val_loss

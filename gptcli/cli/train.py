@@ -211,6 +211,14 @@ def train_command(
             "--compile/--no-compile", help="torch.compile the model (default: no).", rich_help_panel=PANEL_SYS
         ),
     ] = None,
+    activation_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--activation-checkpointing/--no-activation-checkpointing",
+            help="Recompute activations in backward: less memory for long contexts (default: off).",
+            rich_help_panel=PANEL_SYS,
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: auto).", rich_help_panel=PANEL_SYS),
@@ -257,6 +265,7 @@ def train_command(
         "eval_interval": eval_interval, "eval_iters": eval_iters, "log_interval": log_interval,
         "sample_tokens": sample_tokens, "keep_checkpoints": keep_checkpoints,
         "precision": precision, "compile": compile, "device": device, "seed": seed,
+        "activation_checkpointing": activation_checkpointing,
     }  # fmt: skip
     if resume is not None:
         if config is not None or overwrite or out is not None:
