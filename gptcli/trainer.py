@@ -395,7 +395,9 @@ def train(
     """
     world, device_name = distributed.setup(config.device)
     try:
-        return _train(config, Path(run_dir), resume, overwrite, report, world, device_name)
+        summary = _train(config, Path(run_dir), resume, overwrite, report, world, device_name)
+        world.barrier()  # leave together: gloo aborts a process whose peer tears down mid-flight
+        return summary
     finally:
         distributed.teardown(world)
 
