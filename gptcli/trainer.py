@@ -19,6 +19,7 @@ generators whose states go into the checkpoint, so `--resume` reproduces the uni
 exactly (on CPU, in fp32).
 """
 
+import gc
 import json
 import math
 import os
@@ -399,6 +400,8 @@ def train(
         world.barrier()  # leave together: gloo aborts a process whose peer tears down mid-flight
         return summary
     finally:
+        if world.enabled:
+            gc.collect()  # free DDP's reducer (held in reference cycles) while its process group still exists
         distributed.teardown(world)
 
 
