@@ -42,13 +42,6 @@ def token_to_str(token: bytes) -> str:
     return "".join(BYTE_TO_CHAR[b] for b in token)
 
 
-def str_to_token(s: str) -> bytes:
-    try:
-        return bytes(CHAR_TO_BYTE[c] for c in s)
-    except KeyError as e:
-        raise GptError(f"token {s!r} holds {e.args[0]!r}, which is not a GPT-2 byte character") from None
-
-
 def find_vocab_files(directory: Path) -> tuple[Path, Path] | None:
     for vocab_name, merges_name in VOCAB_FILE_PAIRS:
         if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
