@@ -182,7 +182,7 @@ def load_checkpoint(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
             f"{config['model'].vocab_size}"
         )
-    model = GPT(config["model"])
+    model = GPT.empty(config["model"])  # every weight is filled from the file below
     load_weights(directory, model)
     return model.to(device).eval(), tokenizer, config
 

@@ -121,7 +121,7 @@ def load_hf_gpt2(folder: str | Path, tokenizer_dir: str | Path | None = None) ->
         raise GptError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
-    model = GPT(config)
+    model = GPT.empty(config)  # every weight is filled from the file below (checked)
     reader = open_weights(folder)
     try:
         copy_hf_weights(reader, model, str(folder))

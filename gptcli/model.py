@@ -278,7 +278,18 @@ class GPT(nn.Module):
             # one Parameter for both: the input embedding of a token is its output vector too
             self.transformer.wte.weight = self.lm_head.weight
 
-        # fixed tables: computed, not learned, so they stay out of the state_dict (persistent=False)
+        self._register_position_tables()
+
+        self.activation_checkpointing = False  # a training-time switch (gpt train --activation-checkpointing)
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that add into the residual stream by 1/sqrt(number of them)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _register_position_tables(self) -> None:
+        """Fixed tables: computed, not learned, so they stay out of the state_dict (persistent=False)."""
+        config = self.config
         if config.pos_emb == "sinusoidal":
             self.register_buffer(
                 "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
@@ -288,12 +299,20 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
             self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs/2)
 
-        self.activation_checkpointing = False  # a training-time switch (gpt train --activation-checkpointing)
-        self.apply(self._init_weights)
-        # GPT-2: scale the projections that add into the residual stream by 1/sqrt(number of them)
-        for name, p in self.named_parameters():
-            if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+    @classmethod
+    def empty(cls, config: ModelConfig) -> "GPT":
+        """A CPU model whose weights are allocated but not initialized: for loading weights into.
+
+        Built on the meta device, so no time goes into a random init that is overwritten at once,
+        and no page of memory is touched before the loaded weights fill it.
+        """
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        if config.tie_weights:  # to_empty gives the two modules separate tensors: tie them again
+            model.transformer.wte.weight = model.lm_head.weight
+        model._register_position_tables()  # the meta tables hold no values
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
