@@ -42,20 +42,24 @@ REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
 
 def save_checkpoint(
     directory: str | Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     model_config: ModelConfig,
     tokenizer: Tokenizer,
     info: dict[str, Any] | None = None,
     state_tensors: dict[str, torch.Tensor] | None = None,
     state_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (replacing one of the same name)."""
+    """Write a checkpoint directory atomically (replacing one of the same name).
+
+    `model` is the model, or its weights already gathered (sharded training) by our names.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
-        write_safetensors(tmp / WEIGHTS, model_weights(model))
+        weights = model if isinstance(model, dict) else model_weights(model)
+        write_safetensors(tmp / WEIGHTS, weights)
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -164,6 +164,9 @@ class TrainConfig(StrictModel):
     activation_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory"
     )
+    fsdp: bool = Field(
+        False, description="shard weights, gradients and optimizer state across torchrun ranks"
+    )
     device: str = "auto"
     seed: int = 1337
 

@@ -79,3 +79,58 @@ def setup(device_name: str) -> tuple[Dist, str]:
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# sharded training (FSDP2): parameters, gradients and optimizer state split across ranks
+
+
+def shard(model: torch.nn.Module) -> None:
+    """fully_shard each transformer block, then the rest (embeddings, final norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """All ranks call this; rank 0 gets every weight whole, on the CPU (the others get {})."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def _param_names(model, optimizer) -> list[str]:
+    """Names of the optimizer's parameters in its own order: the ids of optimizer.state_dict()."""
+    name_of = {p: n for n, p in model.named_parameters()}
+    return [name_of[p] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """All ranks call this; rank 0 gets the optimizer state whole, in optimizer.state_dict()'s
+    format (parameters by position), so a sharded run writes the same checkpoint as any other."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    position = {n: i for i, n in enumerate(_param_names(model, optimizer))}
+    groups = [{**g, "params": [position[n] for n in g["params"]]} for g in by_name.get("param_groups", [])]
+    return {"state": {position[n]: s for n, s in by_name.get("state", {}).items()}, "param_groups": groups}
+
+
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
+    """The inverse: a whole optimizer state (by position) into a sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = _param_names(model, optimizer)
+    by_name = {
+        "state": {names[int(i)]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=_options())

@@ -259,9 +259,15 @@ def estimate_loss(model, data: TokenData, config: TrainConfig, device, autocast)
     return out
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """AdamW's state as flat tensors (for safetensors) + its param groups (for JSON)."""
-    sd = optimizer.state_dict()
+def optimizer_state(optimizer, sharded_model=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """AdamW's state as flat tensors (for safetensors) + its param groups (for JSON).
+
+    With a sharded (FSDP) model every rank must call this; the state is gathered whole on rank 0.
+    """
+    if sharded_model is not None:
+        sd = distributed.full_optimizer_state(sharded_model, optimizer)
+    else:
+        sd = optimizer.state_dict()
     tensors = {
         f"optim.{pid}.{name}": value.detach().cpu()
         for pid, state in sd["state"].items()
@@ -271,13 +277,19 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def load_optimizer_state(
+    optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], sharded_model=None
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    full = {"state": state, "param_groups": meta["param_groups"]}
+    if sharded_model is not None:
+        distributed.load_full_optimizer_state(sharded_model, optimizer, full)
+    else:
+        optimizer.load_state_dict(full)
 
 
 def rng_state(sampler: BatchSampler) -> dict[str, torch.Tensor]:
@@ -443,6 +455,10 @@ def _train(
                 f"--init-from {config.init_from} lies inside {run_dir}, which --overwrite would clear"
             )
     config = config.model_copy(update={"model": model_config})
+    if config.fsdp and not world.enabled:
+        raise GptError(
+            "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
+        )
     if config.grad_accum % world.world_size:
         raise GptError(
             f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
@@ -472,27 +488,34 @@ def _train(
     model = GPT(model_config)
     if config.init_from is not None and not resume:
         ckpt.load_weights(Path(config.init_from), model)
-    model.to(device)
-    model.activation_checkpointing = config.activation_checkpointing
-    raw_model = model
-    optimizer = model.configure_optimizers(
-        config.weight_decay, config.lr, (config.beta1, config.beta2), device.type
-    )
-
     step, best_val = 0, None
     if resume_from is not None:
         ckpt.load_weights(resume_from, model)
         tensors, state = read_train_state(resume_from)
-        try:
-            load_optimizer_state(optimizer, tensors, state["optimizer"])
-            load_rng_state(tensors, sampler)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
         step, best_val = state["step"], state.get("best_val_loss")
         if step >= config.max_iters:
             raise GptError(
                 f"{run_dir} is already at step {step}: raise --max-iters above {step} to train further"
             )
+    model.to(device)
+    model.activation_checkpointing = config.activation_checkpointing
+    raw_model = model  # what is saved and sampled from (under FSDP: the sharded module itself)
+    if config.fsdp:
+        distributed.shard(model)  # in place: each rank keeps 1/N of every parameter
+    elif world.enabled:
+        # DDP makes every rank start from rank 0's weights and averages the gradients
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = raw_model.configure_optimizers(
+        config.weight_decay, config.lr, (config.beta1, config.beta2), device.type
+    )
+
+    if resume_from is not None:
+        try:
+            load_optimizer_state(optimizer, tensors, state["optimizer"], raw_model if config.fsdp else None)
+            load_rng_state(tensors, sampler)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
         truncate_metrics(run_dir / "metrics.jsonl", step)
         notes.append(f"resumed from {resume_from} at step {step}")
     elif main:
@@ -501,10 +524,6 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
     if world.rank > 0:  # other dropout masks on other ranks (the weights were set above, alike everywhere)
         torch.manual_seed(config.seed + 1000 * world.rank + step)
-    if world.enabled:
-        # DDP makes every rank start from rank 0's weights and averages the gradients
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     world.barrier()
 
     if config.compile:
@@ -557,7 +576,7 @@ def _train(
         val = losses.get("val")
         if val is not None and (best_val is None or val < best_val):
             best_val = val
-        sample = draw_sample(raw_model, tokenizer, config, device) if main else None
+        sample = draw_sample(raw_model, tokenizer, config, device)  # all ranks: FSDP forwards are collective
         log(
             {
                 "step": step,
@@ -577,12 +596,18 @@ def _train(
     def save(at_step: int, losses: dict[str, float]) -> Path:
         """Rank 0 writes the checkpoint; every rank waits for it and knows its path."""
         path = run_dir / "checkpoints" / f"step_{at_step:07d}"
+        sharded = raw_model if config.fsdp else None
+        # under FSDP gathering the whole weights and optimizer state takes every rank
+        weights = distributed.full_weights(raw_model) if sharded else raw_model
+        opt_tensors, opt_meta = optimizer_state(optimizer, sharded)
         if main:
-            write_checkpoint(path, at_step, losses)
+            if isinstance(weights, dict) and model_config.tie_weights:
+                weights.pop("lm_head.weight", None)  # the tied head is wte: stored once
+            write_checkpoint(path, at_step, losses, weights, opt_tensors, opt_meta)
         world.barrier()
         return path
 
-    def write_checkpoint(path: Path, at_step: int, losses: dict[str, float]) -> None:
+    def write_checkpoint(path: Path, at_step: int, losses, weights, opt_tensors, opt_meta) -> None:
         nonlocal wrote_run_files
         if (
             not wrote_run_files
@@ -590,10 +615,9 @@ def _train(
             atomic_write_json(run_dir / "config.json", json.loads(config.model_dump_json()))
             tokenizer.save(run_dir / "tokenizer.json")
             wrote_run_files = True
-        opt_tensors, opt_meta = optimizer_state(optimizer)
         ckpt.save_checkpoint(
             path,
-            raw_model,
+            weights,
             model_config,
             tokenizer,
             info={"step": at_step, "train_loss": losses.get("train"), "val_loss": losses.get("val")},
@@ -625,7 +649,12 @@ def _train(
                         x, y = x.pin_memory(), y.pin_memory()
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     # DDP averages gradients over ranks on the last micro-batch only
-                    sync = nullcontext() if not world.enabled or i == local_accum - 1 else model.no_sync()
+                    last = i == local_accum - 1
+                    if config.fsdp:
+                        model.set_requires_gradient_sync(last)
+                    sync = (
+                        model.no_sync() if world.enabled and not config.fsdp and not last else nullcontext()
+                    )
                     with sync:
                         with autocast:
                             _, loss = model(x, y)

@@ -91,3 +91,30 @@ def test_grad_accum_must_split_evenly(tmp_path):
     assert result.returncode != 0
     # each rank says it in one line (torchrun then adds its own report of the failed launch)
     assert result.stderr.count("error: --grad-accum 3 must be a multiple of the 2 processes") == 2
+
+
+def test_fsdp_trains_like_one_process_and_resumes_in_the_same_format(tmp_path):
+    one = gpt(tmp_path, "train", *TINY, "--max-iters", "8", "--out", "one")
+    sharded = gpt(tmp_path, "train", *TINY, "--max-iters", "8", "--out", "fs", "--fsdp", procs=2)
+    assert one.returncode == 0, one.stderr
+    assert sharded.returncode == 0, sharded.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "fs")  # and the same single-file checkpoint format
+    # a sharded run stopped at 4 resumes sharded; a plain run resumes from a sharded checkpoint
+    for name, procs, extra in (("f2", 2, ["--fsdp"]), ("p1", 1, [])):
+        started = gpt(tmp_path, "train", *TINY, "--max-iters", "4", "--out", name, *extra, procs=procs)
+        assert started.returncode == 0, started.stderr
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["max_iters"] = 8
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert gpt(tmp_path, "train", "--resume", "f2", procs=2).returncode == 0
+    assert gpt(tmp_path, "train", "--resume", "p1", procs=1).returncode == 0
+    assert_same_run(tmp_path / "f2", tmp_path / "p1")
+
+
+def test_fsdp_needs_torchrun(tmp_path):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    result = run_cli(
+        "train", *TINY, "--data-cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--fsdp"
+    )
+    assert_one_line_error(result, "--fsdp shards the model across processes", "torchrun")

@@ -219,6 +219,14 @@ def train_command(
             rich_help_panel=PANEL_SYS,
         ),
     ] = None,
+    fsdp: Annotated[
+        bool | None,
+        typer.Option(
+            "--fsdp/--no-fsdp",
+            help="Under torchrun: shard weights, gradients and AdamW state across ranks (FSDP2) (default: off).",
+            rich_help_panel=PANEL_SYS,
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: auto).", rich_help_panel=PANEL_SYS),
@@ -265,7 +273,7 @@ def train_command(
         "eval_interval": eval_interval, "eval_iters": eval_iters, "log_interval": log_interval,
         "sample_tokens": sample_tokens, "keep_checkpoints": keep_checkpoints,
         "precision": precision, "compile": compile, "device": device, "seed": seed,
-        "activation_checkpointing": activation_checkpointing,
+        "activation_checkpointing": activation_checkpointing, "fsdp": fsdp,
     }  # fmt: skip
     if resume is not None:
         if config is not None or overwrite or out is not None:
