@@ -282,13 +282,26 @@ class GenerationRun:
 
 
 def generate(
-    source: str | Path | Engine, prompt: str = "", config: SampleConfig | None = None, **options
+    source: "str | Path | Engine | torch.nn.Module",
+    prompt: str | list[int] = "",
+    config: SampleConfig | None = None,
+    tokenizer: Tokenizer | None = None,
+    **options,
 ) -> GenerationResult:
-    """One call from Python: a checkpoint/run dir (or an Engine) + prompt -> GenerationResult.
+    """One call from Python: a checkpoint/run dir, an Engine, or a model + its tokenizer -> result.
 
     Options are SampleConfig fields (num_samples, max_new_tokens, temperature, top_k, top_p, seed,
     stop, ignore_eos).
     """
-    engine = source if isinstance(source, Engine) else Engine.from_checkpoint(source)
+    if isinstance(source, Engine):
+        engine = source
+    elif isinstance(source, torch.nn.Module):
+        if tokenizer is None:
+            raise GptError(
+                "generate(model, ...) needs the model's tokenizer: generate(model, prompt, tokenizer=tok)"
+            )
+        engine = Engine(source, tokenizer)
+    else:
+        engine = Engine.from_checkpoint(source)
     config = config or SampleConfig(**options)
     return engine.generate(prompt, config)

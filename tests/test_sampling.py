@@ -185,3 +185,7 @@ def test_generate_from_a_checkpoint_directory(tmp_path):
     result = generate(tmp_path / "run", "abc", max_new_tokens=8, seed=0)
     assert result.new_tokens == 8 and result.tokens_per_second > 0
     assert result.to_json()["samples"][0]["tokens"] == 8
+    same = generate(model, "abc", tokenizer=tok, max_new_tokens=8, seed=0)  # a model in memory
+    assert same.samples[0].ids == result.samples[0].ids
+    with pytest.raises(GptError, match="needs the model's tokenizer"):
+        generate(model, "abc")
