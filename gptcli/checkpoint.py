@@ -17,6 +17,7 @@ leaves either no checkpoint or a complete one. Loading checks that every file is
 and matches the config, and reports problems as one-line GptErrors.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -238,3 +239,43 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress."""
+    path = Path(path)
+    run = None
+    if not is_checkpoint(path):
+        found = list_checkpoints(path)
+        if not found:
+            resolve_checkpoint(path)  # raises the right one-line error
+        run = path
+        path = found[-1]
+    config = read_config(path)
+    model: ModelConfig = config.pop("model")
+    tokenizer = load_tokenizer(path / TOKENIZER)
+    with SafetensorsReader(path / WEIGHTS) as reader:
+        n_params = sum(math.prod(reader.shape(k)) for k in reader.keys())
+    info: dict[str, Any] = {
+        "checkpoint": str(path),
+        "model": model.model_dump(mode="json"),
+        "parameters": n_params,
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "special_tokens": tokenizer.special_tokens,
+        },
+        **{k: v for k, v in config.items() if k not in ("format", "version", "tokenizer_kind")},
+        "files": {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()},
+    }
+    if run is not None:
+        found = list_checkpoints(run)
+        vals = {d.name: read_config(d).get("val_loss") for d in found}
+        scored = {k: v for k, v in vals.items() if v is not None}
+        info["run"] = {
+            "run_dir": str(run),
+            "checkpoints": [{"name": k, "val_loss": v} for k, v in vals.items()],
+            "best": min(scored, key=scored.get) if scored else None,
+            "best_val_loss": min(scored.values()) if scored else None,
+        }
+    return info

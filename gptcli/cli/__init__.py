@@ -7,6 +7,7 @@ import typer
 from gptcli import __version__
 from gptcli.cli import tokenizer
 from gptcli.cli.common import GptGroup
+from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
 from gptcli.cli.train import train_command
@@ -23,6 +24,8 @@ app.command("train")(train_command)
 app.command("generate")(generate_command)
 app.command("load-gpt2")(load_gpt2_command)
 app.command("export-hf")(export_hf_command)
+app.command("eval")(eval_command)
+app.command("info")(info_command)
 
 
 def _version(value: bool) -> None:

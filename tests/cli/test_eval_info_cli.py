@@ -1,0 +1,86 @@
+"""`gpt eval` (loss, perplexity, bits per byte) and `gpt info` on checkpoints and run directories."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gptcli import checkpoint as ckpt
+from gptcli.config import ModelConfig
+from gptcli.model import GPT
+from gptcli.tokenizers import CharTokenizer
+from tests.conftest import assert_one_line_error, run_cli
+
+TEXT = "shall i compare thee to a summers day\nthou art more lovely and more temperate\n"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    torch.manual_seed(0)
+    tok = CharTokenizer(sorted(set(TEXT)), {"<|endoftext|>": len(set(TEXT))})
+    config = ModelConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config)
+    for step, val in ((10, 3.1), (20, 2.9)):
+        ckpt.save_checkpoint(tmp_path / "run" / "checkpoints" / f"step_{step:07d}", model, config, tok,
+                             {"step": step, "val_loss": val})  # fmt: skip
+    (tmp_path / "text.txt").write_text(TEXT)
+    return tmp_path / "run", model, tok
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_byte(run_dir, tmp_path):
+    run, model, tok = run_dir
+    result = run_cli("eval", "-c", str(run), "--data", str(tmp_path / "text.txt"), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    ids = tok.encode(TEXT)  # the whole text fits one window: the loss is one forward pass
+    with torch.no_grad():
+        _, expected = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
+    assert data["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert data["perplexity"] == pytest.approx(math.exp(data["loss"]), rel=1e-5)
+    assert data["tokens"] == len(ids) - 1 and data["bytes"] == len(TEXT.encode()) - 1
+    assert data["bits_per_byte"] == pytest.approx(
+        data["loss"] * data["tokens"] / math.log(2) / data["bytes"], rel=1e-5
+    )
+    plain = run_cli("eval", "-c", str(run), "--data", str(tmp_path / "text.txt"))
+    assert plain.stdout.startswith("loss ") and "bits/byte" in plain.stdout
+
+
+def test_eval_windows_cover_every_token_once(run_dir, tmp_path):
+    run, _, _ = run_dir
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(TEXT * 10)  # several windows of 128 tokens, the last one partial
+    data = json.loads(
+        run_cli("eval", "-c", str(run), "--data", str(long_text), "--json", "--batch-size", "3").stdout
+    )
+    assert data["tokens"] == len(TEXT) * 10 - 1
+
+
+def test_info_on_a_run_and_on_a_checkpoint(run_dir):
+    run, model, _ = run_dir
+    data = json.loads(run_cli("info", str(run), "--json").stdout)
+    assert data["checkpoint"].endswith("step_0000020") and data["step"] == 20
+    assert data["parameters"] == sum(t.numel() for t in ckpt.model_weights(model).values())
+    assert data["run"]["best"] == "step_0000020" and len(data["run"]["checkpoints"]) == 2
+    assert set(data["files"]) == {"model.safetensors", "config.json", "tokenizer.json"}
+    text = run_cli("info", str(run / "checkpoints" / "step_0000010")).stdout
+    assert "1 layers" in text and "char" in text and "step         10" in text
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["eval", "-c", "{run}", "--data", "{missing}"], ["data file not found"]),
+        (["eval", "-c", "{run}", "--data", "{one_char}"], ["at least 2 are needed"]),
+        (["eval", "-c", "{run}", "--data", "{unknown}"], ["does not know", "'Z'"]),
+        (["eval", "-c", "{nowhere}", "--data", "{missing}"], ["checkpoint not found"]),
+        (["info", "{nowhere}"], ["checkpoint not found"]),
+    ],
+)
+def test_bad_input(run_dir, tmp_path, args, fragments):
+    run, _, _ = run_dir
+    (tmp_path / "one.txt").write_text("s")
+    (tmp_path / "unknown.txt").write_text("Zebra")
+    places = {"run": str(run), "missing": str(tmp_path / "missing.txt"), "one_char": str(tmp_path / "one.txt"),
+              "unknown": str(tmp_path / "unknown.txt"), "nowhere": str(tmp_path / "nowhere")}  # fmt: skip
+    assert_one_line_error(run_cli(*[a.format(**places) for a in args]), *fragments)
