@@ -516,7 +516,8 @@ def _train(
             load_rng_state(tensors, sampler)
         except (KeyError, ValueError, RuntimeError) as e:
             raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
-        truncate_metrics(run_dir / "metrics.jsonl", step)
+        if main:  # one writer: other ranks rewriting the file at the same time would lose lines
+            truncate_metrics(run_dir / "metrics.jsonl", step)
         notes.append(f"resumed from {resume_from} at step {step}")
     elif main:
         clear_run_dir(run_dir)  # --overwrite, or the leftovers of a run that died before its first checkpoint
