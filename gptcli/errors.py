@@ -13,7 +13,8 @@ class GptError(Exception):
 def one_line_validation_error(e) -> str:
     """First problem of a Pydantic ValidationError as 'field.path: message (and N more)'."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
+    # a key from the input may hold anything, newlines included: quote what is not a plain name
+    loc = ".".join(str(x) if isinstance(x, int) or str(x).isidentifier() else repr(x) for x in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"

@@ -15,7 +15,13 @@ from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.tokenizers import CharTokenizer, load_tokenizer
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples on every run, so CI stays reproducible (raise max_examples to hunt)
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_values = st.recursive(
     st.none()
