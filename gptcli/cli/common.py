@@ -4,6 +4,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,6 +25,14 @@ try:  # recent Typer releases vendor their own copy of Click
 except ImportError:  # pragma: no cover - older Typer on the real Click
     from click import exceptions as click_errors
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+# options that several commands share, declared once
+CheckpointOption = Annotated[
+    Path, typer.Option("--checkpoint", "-c", help="Checkpoint dir, or a run dir (its newest checkpoint).")
+]
+BestOption = Annotated[
+    bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
+]
 
 # Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.
 console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -8,19 +8,22 @@ from typing import Annotated
 import typer
 
 from gptcli import checkpoint as ckpt
-from gptcli.cli.common import console, human_bytes, read_text_file, stage_progress
+from gptcli.cli.common import (
+    BestOption,
+    CheckpointOption,
+    console,
+    human_bytes,
+    read_text_file,
+    stage_progress,
+)
 from gptcli.evaluate import evaluate_text
 from gptcli.trainer import resolve_device
 
 
 def eval_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Text file to evaluate on.")],
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="Checkpoint dir, or a run dir (its newest checkpoint).")
-    ] = Path("out"),
-    best: Annotated[
-        bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
-    ] = False,
+    checkpoint: CheckpointOption = Path("out"),
+    best: BestOption = False,
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 import typer
 
-from gptcli.cli.common import console, read_text_file
+from gptcli.cli.common import BestOption, CheckpointOption, console, read_text_file
 from gptcli.config import SampleConfig, validate
 from gptcli.errors import GptError
 from gptcli.sampling import Engine
@@ -26,12 +26,8 @@ def generate_command(
         str,
         typer.Option("--prompt", "-p", help="Prompt text, or FILE:path. Empty: start from <|endoftext|>."),
     ] = "",
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="Checkpoint dir, or a run dir (its newest checkpoint).")
-    ] = Path("out"),
-    best: Annotated[
-        bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
-    ] = False,
+    checkpoint: CheckpointOption = Path("out"),
+    best: BestOption = False,
     num_samples: Annotated[
         int, typer.Option("--num-samples", "-n", help="Samples, generated together as one batch.")
     ] = 1,
