@@ -176,8 +176,8 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
 def load_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """A checkpoint directory -> (GPT in eval mode on `device`, tokenizer, config dict)."""
-    from gptcli.model import GPT  # here, not at the top: the model imports nothing from us but config
+    """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict)."""
+    from gptcli.model import build_model  # here, not at the top: the model imports nothing from us but config
 
     directory = Path(directory)
     config = read_config(directory)
@@ -187,7 +187,7 @@ def load_checkpoint(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
             f"{config['model'].vocab_size}"
         )
-    model = GPT.empty(config["model"])  # every weight is filled from the file below
+    model = build_model(config["model"], empty=True)  # every weight is filled from the file below
     load_weights(directory, model)
     return model.to(device).eval(), tokenizer, config
 

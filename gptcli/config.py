@@ -63,9 +63,13 @@ class TokenizerTrainConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """The shape of a GPT. Saved in every checkpoint's config.json, so nothing is typed twice."""
+    """The shape of a model. Saved in every checkpoint's config.json, so nothing is typed twice.
 
-    arch: Literal["gpt"] = "gpt"
+    arch "gpt" is the transformer; "lstm" the baseline LSTM (gptcli/lstm.py), which reads only
+    vocab_size, block_size, n_layer, n_embd (its hidden size), dropout, bias and tie_weights.
+    """
+
+    arch: Literal["gpt", "lstm"] = Field("gpt", description="gpt (the transformer) or lstm (the baseline)")
     vocab_size: int | None = Field(
         None,
         ge=1,
@@ -93,6 +97,14 @@ class ModelConfig(StrictModel):
     def _shapes(self) -> "ModelConfig":
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.arch == "lstm":
+            # a transformer-only setting changed from its default would silently do nothing: refuse it
+            changed = [k for k in TRANSFORMER_ONLY if getattr(self, k) != ModelConfig.model_fields[k].default]
+            if self.n_kv_head != self.n_head:
+                changed.append("n_kv_head")
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: transformer settings, an LSTM has none")
+            return self
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
@@ -113,6 +125,10 @@ class ModelConfig(StrictModel):
         if self.vocab_size is None:
             raise GptError("the model's vocab_size is not set (it comes from the tokenizer)")
         return -(-self.vocab_size // 64) * 64
+
+
+# ModelConfig fields only the transformer reads (n_kv_head too, unless it just follows n_head)
+TRANSFORMER_ONLY = ("n_head", "pos_emb", "rope_base", "window", "norm", "norm_eps", "gelu")
 
 
 class TrainConfig(StrictModel):
@@ -179,6 +195,8 @@ class TrainConfig(StrictModel):
     def _check(self) -> "TrainConfig":
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        if self.fsdp and self.model.arch != "gpt":
+            raise ValueError("fsdp shards transformer blocks: train the LSTM baseline without it")
         return self
 
 

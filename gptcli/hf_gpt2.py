@@ -208,6 +208,8 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path) -> list[Path]:
     """`gpt export-hf`: a GPT-2-shaped checkpoint -> a folder transformers' GPT2LMHeadModel loads."""
     directory = ckpt.resolve_checkpoint(checkpoint)
     config = ckpt.read_config(directory)["model"]
+    if config.arch != "gpt":
+        raise GptError(f"{directory}: an {config.arch} model has no GPT-2 layout to export to")
     unsupported = {
         "pos_emb": config.pos_emb != "learned",
         "norm": config.norm != "layernorm",

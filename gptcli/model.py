@@ -253,10 +253,61 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
+# What every language model here shares (the GPT below, and the LSTM baseline in gptcli/lstm.py)
+
+
+class LanguageModel(nn.Module):
+    """forward(idx, targets, kv_cache, last_only) -> (logits, loss); the trainer's bookkeeping."""
+
+    config: ModelConfig
+
+    @classmethod
+    def empty(cls, config: ModelConfig) -> "LanguageModel":
+        """A CPU model to load weights into (subclasses skip the random init where it is costly)."""
+        return cls(config)
+
+    def lookup_tables(self) -> list[Tensor]:
+        """Weights read by index rather than multiplied (left out of the non-embedding count)."""
+        return []
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (a tied weight counts once); non_embedding leaves out lookup tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(t.numel() for t in self.lookup_tables())
+        return n
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
+        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights."""
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        # the fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): much faster
+        if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+            try:
+                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+            except (RuntimeError, ValueError):
+                pass  # this build has no fused kernel for the device
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 per weight (a multiply-add forward, two backward)."""
+        return 6 * self.num_params()
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
+        """Model FLOPs utilization: achieved FLOP/s as a fraction of `peak_flops` (e.g. 989e12 bf16 H100)."""
+        return self.flops_per_token() * tokens_per_second / peak_flops
+
+
+# ---------------------------------------------------------------------------------------------------
 # The model
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     """A GPT language model configured by `ModelConfig`. forward(idx) -> (logits, loss)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -411,44 +462,26 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    # -----------------------------------------------------------------------------------------------
-    # Bookkeeping for training
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Number of parameters (a tied weight counts once).
-
-        non_embedding leaves out the lookup tables: wpe, and wte when it is not also the lm_head.
-        """
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            if "wpe" in self.transformer:
-                n -= self.transformer.wpe.weight.numel()
-            if not self.config.tie_weights:
-                n -= self.transformer.wte.weight.numel()
-        return n
-
-    def configure_optimizers(
-        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
-    ) -> torch.optim.AdamW:
-        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights."""
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        # the fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): much faster
-        if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-            try:
-                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
-            except (RuntimeError, ValueError):
-                pass  # this build has no fused kernel for the device
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    def lookup_tables(self) -> list[Tensor]:
+        """Weights read by index, not multiplied: wpe, and wte when it is not also the lm_head."""
+        tables = [self.transformer.wpe.weight] if "wpe" in self.transformer else []
+        if not self.config.tie_weights:
+            tables.append(self.transformer.wte.weight)
+        return tables
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B / nanoGPT."""
         cfg = self.config
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+        attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size  # q k^T and att v
+        return super().flops_per_token() + attention
 
-    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
-        """Model FLOPs utilization: achieved FLOP/s as a fraction of `peak_flops` (e.g. 989e12 bf16 H100)."""
-        return self.flops_per_token() * tokens_per_second / peak_flops
+
+def build_model(config: ModelConfig, empty: bool = False) -> "LanguageModel":
+    """The model `config.arch` names, randomly initialized, or `empty` to load weights into."""
+    if config.arch == "lstm":
+        from gptcli.lstm import LSTM  # imported here: gptcli.lstm builds on this module
+
+        cls = LSTM
+    else:
+        cls = GPT
+    return cls.empty(config) if empty else cls(config)

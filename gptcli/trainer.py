@@ -41,7 +41,7 @@ from gptcli.config import ModelConfig, SampleConfig, TokenizerTrainConfig, Train
 from gptcli.data import BatchSampler, TokenData, prepare_data
 from gptcli.errors import GptError
 from gptcli.fileio import atomic_write_json, read_json
-from gptcli.model import GPT
+from gptcli.model import LanguageModel, build_model
 from gptcli.sampling import Engine
 from gptcli.tensorfile import read_safetensors
 from gptcli.tokenizers import load_tokenizer
@@ -485,7 +485,7 @@ def _train(
         )
     sampler = BatchSampler(data.train, model_config.block_size, config.batch_size, seed=config.seed)
 
-    model = GPT(model_config)
+    model = build_model(model_config)  # a GPT, or the LSTM baseline (arch)
     if config.init_from is not None and not resume:
         ckpt.load_weights(Path(config.init_from), model)
     step, best_val = 0, None
@@ -734,7 +734,7 @@ def _train(
     return summary
 
 
-def draw_sample(model: GPT, tokenizer: Tokenizer, config: TrainConfig, device) -> str | None:
+def draw_sample(model: LanguageModel, tokenizer: Tokenizer, config: TrainConfig, device) -> str | None:
     """A short sample from a fixed seed, so runs are comparable and the global RNG is untouched."""
     if config.sample_tokens == 0:
         return None

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from gptcli import checkpoint as ckpt
 from gptcli.cli.common import (
     BestOption,
-    CheckpointOption,
     console,
     human_bytes,
     read_text_file,
@@ -22,30 +23,69 @@ from gptcli.trainer import resolve_device
 
 def eval_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Text file to evaluate on.")],
-    checkpoint: CheckpointOption = Path("out"),
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Checkpoint dir, or a run dir (its newest checkpoint); repeat to compare models "
+            "(default: out).",
+        ),
+    ] = None,
     best: BestOption = False,
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per checkpoint, one per line.")
+    ] = False,
 ) -> None:
-    """Loss, perplexity and bits per byte (comparable across tokenizers) of a checkpoint on a text file."""
-    directory = ckpt.resolve_checkpoint(checkpoint, best=best)
-    model, tokenizer, _ = ckpt.load_checkpoint(directory, resolve_device(device))
+    """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a text file.
+
+    With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side.
+    """
+    directories = [ckpt.resolve_checkpoint(c, best=best) for c in checkpoint or [Path("out")]]
     text = read_text_file(data, "data file")
-    with stage_progress(enabled=not as_json) as progress:
-        result = evaluate_text(
-            model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+    torch_device = resolve_device(device)
+    rows = []
+    for directory in directories:
+        model, tokenizer, config = ckpt.load_checkpoint(directory, torch_device)
+        with stage_progress(enabled=not as_json) as progress:
+            result = evaluate_text(
+                model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+            )
+        row = {
+            "checkpoint": str(directory),
+            "data": str(data),
+            "arch": config["model"].arch,
+            "parameters": model.num_params(non_embedding=False),
+            "tokenizer": tokenizer.kind,
+            **result.to_json(),
+        }
+        rows.append(row)
+        if as_json:
+            sys.stdout.write(json.dumps(row) + "\n")
+    if not as_json:
+        write_eval_table(rows)
+
+
+def write_eval_table(rows: list[dict]) -> None:
+    """One line per checkpoint; bits per byte is the column to compare across tokenizers."""
+    table = Table(box=None, pad_edge=False)
+    for name in ("checkpoint", "arch", "params", "tokenizer", "loss", "perplexity", "bits/byte", "tokens"):
+        table.add_column(name, justify="left" if name in ("checkpoint", "arch", "tokenizer") else "right")
+    for r in rows:
+        table.add_row(
+            r["checkpoint"],
+            r["arch"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            r["tokenizer"],
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.2f}",
+            f"{r['bits_per_byte']:.4f}",
+            f"{r['tokens']:,}",
         )
-    if as_json:
-        sys.stdout.write(
-            json.dumps({"checkpoint": str(directory), "data": str(data), **result.to_json()}) + "\n"
-        )
-        return
-    sys.stdout.write(
-        f"loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  bits/byte {result.bits_per_byte:.4f}  "
-        f"({result.tokens:,} tokens, {human_bytes(result.bytes)}; {directory})\n"
-    )
+    Console(width=200, highlight=False).print(table)  # stdout: the figures are the command's output
 
 
 def info_command(
@@ -58,10 +98,16 @@ def info_command(
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return
     m = info["model"]
+    if m["arch"] == "lstm":
+        shape = f"LSTM, {m['n_layer']} layers, {m['n_embd']} units, trained on windows of {m['block_size']}"
+    else:
+        shape = (
+            f"{m['n_layer']} layers, {m['n_head']} heads ({m['n_kv_head']} kv), {m['n_embd']} wide, "
+            f"context {m['block_size']}, {m['pos_emb']} positions, {m['norm']}, window {m['window'] or 'off'}"
+        )
     lines = [
         f"checkpoint   {info['checkpoint']}",
-        f"model        {m['n_layer']} layers, {m['n_head']} heads ({m['n_kv_head']} kv), {m['n_embd']} wide, "
-        f"context {m['block_size']}, {m['pos_emb']} positions, {m['norm']}, window {m['window'] or 'off'}",
+        f"model        {shape}",
         f"parameters   {info['parameters']:,}",
         f"tokenizer    {info['tokenizer']['kind']}, {info['tokenizer']['vocab_size']:,} tokens",
     ]
@@ -73,7 +119,8 @@ def info_command(
     if "run" in info:
         r = info["run"]
         lines.append(
-            f"run          {r['run_dir']}: {len(r['checkpoints'])} checkpoint(s), best {r['best']} (val {r['best_val_loss']})"
+            f"run          {r['run_dir']}: {len(r['checkpoints'])} checkpoint(s)"
+            + (f", best {r['best']} (val {r['best_val_loss']:.4f})" if r["best"] else "")
         )
     sys.stdout.write("\n".join(lines) + "\n")
     console.print("[dim]--json for everything[/]")

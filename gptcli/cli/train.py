@@ -14,7 +14,7 @@ from gptcli.fileio import read_json
 from gptcli.trainer import read_run_config, train
 
 MODEL_FIELDS = {
-    "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "pos_emb", "rope_base",
+    "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "pos_emb", "rope_base",
     "window", "norm", "gelu", "tie_weights", "flash",
 }  # fmt: skip
 
@@ -89,8 +89,17 @@ def train_command(
         Path | None,
         typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=PANEL_DATA),
     ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="gpt (the transformer) or lstm (the baseline: reads n-layer, n-embd, block-size, dropout) "
+            "(default: gpt).",
+            rich_help_panel=PANEL_MODEL,
+        ),
+    ] = None,
     n_layer: Annotated[
-        int | None, typer.Option(help="Transformer blocks (default: 6).", rich_help_panel=PANEL_MODEL)
+        int | None,
+        typer.Option(help="Transformer blocks, or LSTM layers (default: 6).", rich_help_panel=PANEL_MODEL),
     ] = None,
     n_head: Annotated[
         int | None, typer.Option(help="Attention heads (default: 6).", rich_help_panel=PANEL_MODEL)
@@ -100,7 +109,8 @@ def train_command(
         typer.Option(help="Key/value heads for GQA/MQA (default: n_head).", rich_help_panel=PANEL_MODEL),
     ] = None,
     n_embd: Annotated[
-        int | None, typer.Option(help="Width (default: 384).", rich_help_panel=PANEL_MODEL)
+        int | None,
+        typer.Option(help="Width; an LSTM's hidden size (default: 384).", rich_help_panel=PANEL_MODEL),
     ] = None,
     block_size: Annotated[
         int | None, typer.Option(help="Context length in tokens (default: 256).", rich_help_panel=PANEL_MODEL)
@@ -266,7 +276,7 @@ def train_command(
     flags = {
         "data": data, "tokenizer": tokenizer, "val_data": val_data, "val_fraction": val_fraction,
         "data_cache": data_cache, "init_from": init_from,
-        "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head, "n_embd": n_embd, "block_size": block_size,
+        "arch": arch, "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head, "n_embd": n_embd, "block_size": block_size,
         "dropout": dropout, "bias": bias, "pos_emb": pos_emb, "window": window, "norm": norm, "flash": flash,
         "batch_size": batch_size, "grad_accum": grad_accum, "max_iters": max_iters, "max_time": max_time,
         "lr": lr, "min_lr": min_lr, "warmup_iters": warmup_iters, "weight_decay": weight_decay, "grad_clip": grad_clip,
