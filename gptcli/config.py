@@ -185,6 +185,7 @@ class TrainConfig(StrictModel):
     )
     device: str = "auto"
     seed: int = 1337
+    tensorboard: bool = Field(False, description="also write TensorBoard event files to RUN_DIR/tensorboard")
 
     @field_validator("max_time", mode="before")
     @classmethod

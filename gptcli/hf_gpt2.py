@@ -204,9 +204,9 @@ def import_gpt2(source: str | Path, out: str | Path, tokenizer_dir: str | Path |
     return ckpt.save_checkpoint(out, model, model.config, tokenizer, info=info)
 
 
-def export_hf_gpt2(checkpoint: str | Path, out: str | Path) -> list[Path]:
-    """`gpt export-hf`: a GPT-2-shaped checkpoint -> a folder transformers' GPT2LMHeadModel loads."""
-    directory = ckpt.resolve_checkpoint(checkpoint)
+def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) -> list[Path]:
+    """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel loads."""
+    directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     config = ckpt.read_config(directory)["model"]
     if config.arch != "gpt":
         raise GptError(f"{directory}: an {config.arch} model has no GPT-2 layout to export to")

@@ -43,6 +43,7 @@ from gptcli.errors import GptError
 from gptcli.fileio import atomic_write_json, read_json
 from gptcli.model import LanguageModel, build_model
 from gptcli.sampling import Engine
+from gptcli.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, summary_writer_class
 from gptcli.tensorfile import read_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
@@ -329,7 +330,7 @@ def check_run_dir_free(run_dir: Path) -> None:
 
 def clear_run_dir(run_dir: Path) -> None:
     """Remove what a run writes (and nothing else: --out may be a folder with other files)."""
-    for name in ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints"):
+    for name in ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints", TENSORBOARD_DIR):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -427,10 +428,14 @@ def _train(
 
     resume_from = None
     if resume:
+        if main:
+            ckpt.tidy_checkpoints(run_dir)
+        world.barrier()
         found = ckpt.list_checkpoints(run_dir)
         if not found:
             raise GptError(
-                f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints"
+                f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints "
+                f"(start over with: gpt train --config {run_dir}/config.json --out {run_dir} --overwrite)"
             )
         resume_from = found[-1]
         tokenizer = load_tokenizer(resume_from / ckpt.TOKENIZER)
@@ -459,6 +464,8 @@ def _train(
         raise GptError(
             "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
         )
+    if config.tensorboard:
+        summary_writer_class()  # a missing optional package fails now, not after the data is prepared
     if config.grad_accum % world.world_size:
         raise GptError(
             f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
@@ -536,12 +543,14 @@ def _train(
     peak = peak_flops(device)
     flops_per_token = raw_model.flops_per_token()
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
+    tensorboard = TensorBoardLog(run_dir, step) if main and config.tensorboard else None
     local_accum = config.grad_accum // world.world_size  # micro-batches per rank per step
 
     report(
         "info",
         {
             "notes": notes,
+            "config": config.model_dump(mode="json"),  # as resolved for this run
             "run_dir": str(run_dir),
             "device": str(device),
             "precision": precision,
@@ -558,6 +567,8 @@ def _train(
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+        if tensorboard is not None:
+            tensorboard.write(record)
 
     last_losses: dict[str, float] = {}
     last_saved: Path | None = ckpt.list_checkpoints(run_dir)[-1] if resume else None
@@ -609,6 +620,19 @@ def _train(
         return path
 
     def write_checkpoint(path: Path, at_step: int, losses, weights, opt_tensors, opt_meta) -> None:
+        try:
+            _write_checkpoint(path, at_step, losses, weights, opt_tensors, opt_meta)
+        except OSError as e:  # disk full, no permission: the half-written checkpoint is already gone
+            where = f" ({e.filename})" if e.filename else ""
+            after = (
+                f"the previous checkpoint {last_saved} is intact: make room and continue with "
+                f"gpt train --resume {run_dir}"
+                if last_saved
+                else "no checkpoint was saved before it"
+            )
+            raise GptError(f"could not save {path.name}: {e.strerror or e}{where}; {after}") from None
+
+    def _write_checkpoint(path: Path, at_step: int, losses, weights, opt_tensors, opt_meta) -> None:
         nonlocal wrote_run_files
         if (
             not wrote_run_files
@@ -719,6 +743,8 @@ def _train(
     finally:
         if metrics_file is not None:
             metrics_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
     summary = TrainSummary(
         run_dir=run_dir,
         step=step,

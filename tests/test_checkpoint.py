@@ -53,6 +53,20 @@ def test_a_failed_save_leaves_nothing_half_written(saved, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["step_0000010"]  # no temp dirs left behind
 
 
+def test_tidy_removes_unfinished_saves_and_puts_back_a_checkpoint_caught_between_renames(saved):
+    path, model, tok = saved
+    folder = path.parent
+    unfinished = folder / ".step_0000020.abc123.tmp"
+    ckpt.save_checkpoint(unfinished, model, model.config, tok)  # looks whole, but was never renamed in
+    between = ckpt.save_checkpoint(folder / ".step_0000015.old", model, model.config, tok, {"step": 15})
+    replaced = ckpt.save_checkpoint(folder / ".step_0000010.old", model, model.config, tok)  # step 10 exists
+    assert [d.name for d in ckpt.list_checkpoints(folder.parent)] == ["step_0000010"]  # hidden: not listed
+    ckpt.tidy_checkpoints(folder.parent)
+    assert not unfinished.exists() and not between.exists() and not replaced.exists()
+    assert [d.name for d in ckpt.list_checkpoints(folder.parent)] == ["step_0000010", "step_0000015"]
+    assert ckpt.read_config(folder / "step_0000015")["step"] == 15
+
+
 def test_resolve_picks_newest_or_best(saved):
     path, model, tok = saved
     run = path.parent.parent

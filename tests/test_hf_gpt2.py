@@ -213,3 +213,5 @@ def test_cli_import_then_generate_and_fine_tune(tmp_path, bpe_1000, monkeypatch)
     assert ft.exit_code == 0, ft.stderr
     assert run_cli("export-hf", "ft", "--out", "ft_hf").exit_code == 0
     assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ft_hf").config.n_positions == 64
+    best = run_cli("export-hf", "ft", "--best", "--out", "ft_best", "-v")  # the run's one eval is its best
+    assert best.exit_code == 0 and (tmp_path / "ft_best" / "model.safetensors").is_file()

@@ -36,6 +36,51 @@ BestOption = Annotated[
 
 # Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+verbose = False  # --verbose: detail() prints too
+
+
+def _set_quiet(value: bool) -> bool:
+    if value:
+        console.quiet = True  # everything on the console goes; errors and warnings do not use it
+    return value
+
+
+def _set_verbose(value: bool) -> bool:
+    global verbose
+    verbose = verbose or value
+    return value
+
+
+# every command takes these two, with the same meaning
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", callback=_set_quiet, help="Only results and errors: no progress, notes or summary."
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", callback=_set_verbose, help="Also the settings used, timings and other detail."
+    ),
+]
+
+
+def detail(message: str) -> None:
+    """A message for --verbose only."""
+    if verbose:
+        console.print(message, style="dim", markup=False, highlight=False)
+
+
+def warn(message: str) -> None:
+    """`warning: ...` on stderr, even under --quiet."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def reset_verbosity() -> None:
+    """Back to normal output: each command line starts here (tests run many in one process)."""
+    global verbose
+    console.quiet, verbose = False, False
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -53,6 +98,7 @@ class GptGroup(TyperGroup):
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        reset_verbosity()
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except GptError as e:

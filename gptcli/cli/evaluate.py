@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,10 @@ from rich.table import Table
 from gptcli import checkpoint as ckpt
 from gptcli.cli.common import (
     BestOption,
+    QuietOption,
+    VerboseOption,
     console,
+    detail,
     human_bytes,
     read_text_file,
     stage_progress,
@@ -39,6 +43,8 @@ def eval_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per checkpoint, one per line.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a text file.
 
@@ -50,10 +56,12 @@ def eval_command(
     rows = []
     for directory in directories:
         model, tokenizer, config = ckpt.load_checkpoint(directory, torch_device)
+        t0 = time.perf_counter()
         with stage_progress(enabled=not as_json) as progress:
             result = evaluate_text(
                 model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
             )
+        detail(f"{directory}: {result.tokens:,} tokens in {time.perf_counter() - t0:.1f}s on {torch_device}")
         row = {
             "checkpoint": str(directory),
             "data": str(data),
@@ -91,6 +99,8 @@ def write_eval_table(rows: list[dict]) -> None:
 def info_command(
     path: Annotated[Path, typer.Argument(help="A checkpoint or run directory.")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
     info = ckpt.describe(path)

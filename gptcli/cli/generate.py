@@ -8,7 +8,15 @@ from typing import Annotated
 import torch
 import typer
 
-from gptcli.cli.common import BestOption, CheckpointOption, console, read_text_file
+from gptcli.cli.common import (
+    BestOption,
+    CheckpointOption,
+    QuietOption,
+    VerboseOption,
+    console,
+    detail,
+    read_text_file,
+)
 from gptcli.config import SampleConfig, validate
 from gptcli.errors import GptError
 from gptcli.sampling import Engine
@@ -57,6 +65,8 @@ def generate_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object: prompt, samples, ids, counts, speed.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Generate text from a checkpoint. Example: gpt generate --prompt "Once upon a time" --top-k 200"""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -71,6 +81,10 @@ def generate_command(
     if compile:
         engine.model = torch.compile(engine.model)
     run = engine.start(text, config)
+    detail(
+        f"{engine.checkpoint} on {engine.device} ({engine.precision}); prompt {len(run.prompt_ids)} tokens; "
+        f"sampling {config.model_dump_json()}"
+    )
     if len(run.prompt_ids) > engine.block_size:
         console.print(
             f"[dim]the prompt has {len(run.prompt_ids)} tokens; the model sees the last {engine.block_size}[/]"

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.common import console
+from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console
 from gptcli.hf_gpt2 import HUB_NAMES, export_hf_gpt2, import_gpt2
 
 
@@ -20,6 +20,8 @@ def load_gpt2_command(
         Path | None,
         typer.Option("--tokenizer", "-t", help="Folder with vocab.json + merges.txt (default: SOURCE)."),
     ] = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Import GPT-2 weights and tokenizer into a checkpoint that generate and train --init-from use."""
     path = import_gpt2(source, out, tokenizer)
@@ -34,7 +36,10 @@ def export_hf_command(
             "--out", "-o", help="Folder for config.json, model.safetensors and the tokenizer files."
         ),
     ] = Path("hf_export"),
+    best: BestOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Export a GPT-2-shaped checkpoint so transformers' GPT2LMHeadModel.from_pretrained loads it."""
-    written = export_hf_gpt2(checkpoint, out)
+    written = export_hf_gpt2(checkpoint, out, best=best)
     console.print(f"wrote {', '.join(str(p) for p in written)}")

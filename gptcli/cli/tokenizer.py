@@ -1,12 +1,23 @@
 """`gpt tokenizer train|encode|decode|info|export`: thin wrappers over gptcli.tokenizers."""
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gptcli.cli.common import console, human_bytes, read_input, stage_progress, write_text
+from gptcli.cli.common import (
+    QuietOption,
+    VerboseOption,
+    console,
+    detail,
+    human_bytes,
+    read_input,
+    stage_progress,
+    warn,
+    write_text,
+)
 from gptcli.config import TokenizerTrainConfig, validate
 from gptcli.errors import GptError
 from gptcli.tokenizers import load_tokenizer
@@ -53,7 +64,8 @@ def train(
     workers: Annotated[
         int | None, typer.Option(help="Processes for pre-tokenizing large corpora (default: all cores).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
     if kind not in ("bpe", "char"):
@@ -69,11 +81,12 @@ def train(
         out=out,
         workers=workers,
     )
+    detail(f"settings: {config.model_dump_json()}")
     with stage_progress(enabled=not quiet) as progress:
         result = train_tokenizer(config, progress)
     result.tokenizer.save(config.out)
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     if not quiet:
         tok = result.tokenizer
         corpus = sum(f.bytes for f in tok.trained_on or [])
@@ -98,10 +111,18 @@ def encode(
     allow_special: Annotated[
         bool, typer.Option(help="Encode special-token strings such as <|endoftext|> as their ids.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print the token ids of a text as one JSON array."""
     tok = load_tokenizer(tokenizer)
-    ids = tok.encode(read_input(text, file, "text"), allow_special=allow_special)
+    source = read_input(text, file, "text")
+    t0 = time.perf_counter()
+    ids = tok.encode(source, allow_special=allow_special)
+    detail(
+        f"{len(source):,} characters -> {len(ids):,} tokens ({len(source) / max(len(ids), 1):.2f} per token) "
+        f"in {time.perf_counter() - t0:.3f}s with {tok.kind} tokenizer {tokenizer} (vocab {tok.vocab_size:,})"
+    )
     write_text(json.dumps(ids) + "\n")
 
 
@@ -115,10 +136,15 @@ def decode(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="Read the ids from this file ('-' for stdin).")
     ] = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print the text of a JSON array of token ids."""
     tok = load_tokenizer(tokenizer)
-    write_text(tok.decode(parse_ids(read_input(ids, file, "ids"))))
+    id_list = parse_ids(read_input(ids, file, "ids"))
+    text = tok.decode(id_list)
+    detail(f"{len(id_list):,} tokens -> {len(text):,} characters with {tok.kind} tokenizer {tokenizer}")
+    write_text(text)
 
 
 def parse_ids(raw: str) -> list[int]:
@@ -161,6 +187,8 @@ def info(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show a tokenizer's kind, sizes, special tokens, split pattern and longest tokens."""
     data = describe(load_tokenizer(path))
@@ -193,6 +221,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the exported files into.")] = Path(
         "tokenizer_export"
     ),
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Export a BPE tokenizer for other tools: HF (vocab.json + merges.txt + tokenizer.json) or tiktoken."""
     written = export_tokenizer(load_tokenizer(path), format, out)

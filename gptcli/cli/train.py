@@ -1,12 +1,13 @@
 """`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.trainer.train."""
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gptcli.cli.common import console
+from gptcli.cli.common import QuietOption, VerboseOption, console, detail
 from gptcli.config import TrainConfig, validate
 from gptcli.distributed import is_main_process
 from gptcli.errors import GptError
@@ -56,7 +57,10 @@ def train_command(
     data: Annotated[
         list[str] | None,
         typer.Option(
-            help="Corpus files/dirs/globs (default: the tokenizer's corpus).", rich_help_panel=PANEL_DATA
+            "--data",
+            "-d",
+            help="Corpus files/dirs/globs (default: the tokenizer's corpus).",
+            rich_help_panel=PANEL_DATA,
         ),
     ] = None,
     tokenizer: Annotated[
@@ -222,13 +226,13 @@ def train_command(
         ),
     ] = None,
     activation_checkpointing: Annotated[
-        bool | None,
+        bool,
         typer.Option(
-            "--activation-checkpointing/--no-activation-checkpointing",
+            "--activation-checkpointing",
             help="Recompute activations in backward: less memory for long contexts (default: off).",
             rich_help_panel=PANEL_SYS,
         ),
-    ] = None,
+    ] = False,
     fsdp: Annotated[
         bool | None,
         typer.Option(
@@ -244,11 +248,18 @@ def train_command(
     seed: Annotated[
         int | None, typer.Option(help="Random seed (default: 1337).", rich_help_panel=PANEL_SYS)
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Also write TensorBoard event files to RUN_DIR/tensorboard (default: no).",
+            rich_help_panel=PANEL_SYS,
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
-            "-c",
             help="JSON config file (e.g. a run's config.json); flags override it.",
             rich_help_panel=PANEL_SYS,
         ),
@@ -267,10 +278,8 @@ def train_command(
             rich_help_panel=PANEL_SYS,
         ),
     ] = False,
-    quiet: Annotated[
-        bool,
-        typer.Option("--quiet", "-q", help="Only errors and the final summary.", rich_help_panel=PANEL_SYS),
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train a GPT. With no flags: ./tokenizer.json (else characters), its corpus, a 6-layer model, into out/."""
     flags = {
@@ -283,7 +292,8 @@ def train_command(
         "eval_interval": eval_interval, "eval_iters": eval_iters, "log_interval": log_interval,
         "sample_tokens": sample_tokens, "keep_checkpoints": keep_checkpoints,
         "precision": precision, "compile": compile, "device": device, "seed": seed,
-        "activation_checkpointing": activation_checkpointing, "fsdp": fsdp,
+        "activation_checkpointing": activation_checkpointing or None,  # unset: the config decides
+        "fsdp": fsdp, "tensorboard": tensorboard,
     }  # fmt: skip
     if resume is not None:
         if config is not None or overwrite or out is not None:
@@ -296,7 +306,8 @@ def train_command(
         run_dir = out or Path("out")
         base = load_config_file(config) if config else {}
     train_config = validate(TrainConfig, **merge_config(base, flags))
-    quiet = quiet or not is_main_process()  # under torchrun only rank 0 speaks
+    if not is_main_process():  # under torchrun only rank 0 speaks
+        quiet = console.quiet = True
     reporter = TrainReporter(quiet)
     try:
         summary = train(
@@ -304,8 +315,6 @@ def train_command(
         )
     finally:
         reporter.close()
-    if quiet and not is_main_process():
-        return
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
@@ -333,6 +342,7 @@ class TrainReporter:
     def on_info(self, d: dict[str, Any]) -> None:
         for note in d["notes"]:
             console.print(f"[dim]{note}[/]")
+        detail(f"settings: {json.dumps(d['config'])}")
         console.print(
             f"training {d['params'] / 1e6:.2f}M parameters on {d['device']} ({d['precision']}); "
             f"{d['train_tokens']:,} train / {d['val_tokens']:,} val tokens; {d['tokens_per_step']:,} tokens per step "

@@ -443,3 +443,24 @@ def test_help_shows_every_default():
     help_text = " ".join(run_cli("train", "--help").stdout.replace("│", " ").split())  # undo the wrapping
     for default in ("Run directory (default: out)", "(default: n_head)", "(default: auto)"):
         assert default in help_text, default
+
+
+def test_every_option_reaches_the_config(monkeypatch):
+    """An option left out of train_command's flags dict would be accepted and silently ignored."""
+    import inspect
+
+    from gptcli.cli import train as train_cli
+    from gptcli.config import ModelConfig, TrainConfig
+
+    seen = {}
+
+    def capture(base, flags):
+        seen.update(flags)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_cli, "merge_config", capture)
+    assert run_cli("train").exit_code == 0
+    control = {"config", "resume", "overwrite", "out", "quiet", "verbose"}  # how to run, not what
+    assert set(seen) == set(inspect.signature(train_cli.train_command).parameters) - control
+    fields = set(TrainConfig.model_fields) | set(ModelConfig.model_fields)
+    assert set(seen) <= fields, set(seen) - fields
