@@ -164,6 +164,9 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
                 raise GptError(
                     f"{path}: {name} has shape {reader.shape(name)}, the config needs {tuple(target.shape)}"
                 )
+            if reader.dtype(name).is_floating_point != target.is_floating_point():
+                # fp16/bf16 weights load into an fp32 model, but integers or booleans are no weights
+                raise GptError(f"{path}: {name} is stored as {reader.dtype(name)}, not floating point")
             with torch.no_grad():
                 if reader.dtype(name) == target.dtype:
                     reader.read_into(name, target)  # straight into the parameter: no second copy

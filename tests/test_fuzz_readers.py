@@ -74,6 +74,42 @@ def test_truncated_or_bit_flipped_checkpoint_files(tmp_path, good, name, cut, fl
     assert (directory / name).read_bytes() == bytes(data)  # reading never writes
 
 
+def with_dtype(weights: bytes, tensor: int, dtype: str, keep_size: bool) -> bytes:
+    """The weights file with one tensor's header dtype changed (and its byte range, unless keep_size)."""
+    n = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8 : 8 + n])
+    name = sorted(k for k in header if k != "__metadata__")[
+        tensor % (len(header) - ("__metadata__" in header))
+    ]
+    header[name]["dtype"] = dtype
+    if not keep_size:
+        begin, end = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [begin, begin + (end - begin) // 2]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + weights[8 + n :]
+
+
+@FUZZ
+@given(
+    tensor=st.integers(0, 100),
+    dtype=st.sampled_from(
+        ["F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "Q4", ""]
+    ),
+    keep_size=st.booleans(),
+)
+def test_weights_of_the_wrong_dtype(tmp_path, good, tensor, dtype, keep_size):
+    data = with_dtype(good[ckpt.WEIGHTS], tensor, dtype, keep_size)
+    directory = damaged_copy(tmp_path, good, ckpt.WEIGHTS, data)
+    try:
+        model, _, _ = ckpt.load_checkpoint(directory)
+        assert dtype in ("F16", "BF16", "F64")  # only another float width may load, converted
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    except GptError as e:
+        assert "\n" not in str(e) and str(e)
+    assert (directory / ckpt.WEIGHTS).read_bytes() == data
+
+
 @FUZZ
 @given(
     model=json_values,
