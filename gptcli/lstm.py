@@ -15,11 +15,9 @@ Shapes in comments: B batch, T new tokens, C n_embd, L n_layer, V vocab_size.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
-from gptcli.errors import GptError
 from gptcli.model import LanguageModel
 
 
@@ -38,6 +36,8 @@ class RecurrentState:
 
 class LSTM(LanguageModel):
     """An LSTM language model configured by `ModelConfig` (arch "lstm"). forward(idx) -> (logits, loss)."""
+
+    cache_kind = "state"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -77,12 +77,7 @@ class LSTM(LanguageModel):
         dtype: torch.dtype | None = None,
     ) -> RecurrentState:
         """An empty recurrent state; the GPT's cache interface, so the generation engine takes either."""
-        max_len = self.config.block_size if max_len is None else max_len
-        if not 1 <= max_len <= self.config.block_size:
-            raise GptError(
-                f"max_len must be between 1 and block_size ({self.config.block_size}), got {max_len}"
-            )
-        return RecurrentState(batch_size, max_len)
+        return RecurrentState(batch_size, self.cache_length(max_len))
 
     def forward(
         self,
@@ -97,32 +92,11 @@ class LSTM(LanguageModel):
         state then holds pos + T. Targets of -1 are ignored. last_only: logits of the last
         position only, (B, 1, vocab_size).
         """
-        B, T = idx.size()
-        cfg = self.config
-        hc = None
-        if kv_cache is None:
-            if T > cfg.block_size:
-                raise GptError(f"sequence of {T} tokens is longer than block_size ({cfg.block_size})")
-        else:
-            if kv_cache.pos + T > kv_cache.max_len:
-                raise GptError(
-                    f"state full: {kv_cache.pos} seen + {T} new tokens > max_len ({kv_cache.max_len}); "
-                    "crop the context and prefill again"
-                )
-            if B != kv_cache.batch_size:
-                raise GptError(f"batch of {B} sequences, but the state was made for {kv_cache.batch_size}")
-            hc = kv_cache.hc
-
+        self.check_input(idx, kv_cache)
+        hc = None if kv_cache is None else kv_cache.hc  # None: a zero state
         x = self.drop(self.wte(idx))  # (B, T, C)
         x, new_hc = self.lstm(x, hc)  # (B, T, C); h and c: (L, B, C)
         x = self.drop(x)
         if kv_cache is not None:
-            kv_cache.hc, kv_cache.pos = new_hc, kv_cache.pos + T
-
-        if last_only and targets is None:
-            x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(x)[..., : cfg.vocab_size]  # (B, T, V): padding rows cut off
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            kv_cache.hc, kv_cache.pos = new_hc, kv_cache.pos + idx.size(1)
+        return self.logits_and_loss(x, targets, last_only)

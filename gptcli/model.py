@@ -260,6 +260,7 @@ class LanguageModel(nn.Module):
     """forward(idx, targets, kv_cache, last_only) -> (logits, loss); the trainer's bookkeeping."""
 
     config: ModelConfig
+    cache_kind = "cache"  # what generation carries from step to step (see new_kv_cache)
 
     @classmethod
     def empty(cls, config: ModelConfig) -> "LanguageModel":
@@ -269,6 +270,50 @@ class LanguageModel(nn.Module):
     def lookup_tables(self) -> list[Tensor]:
         """Weights read by index rather than multiplied (left out of the non-embedding count)."""
         return []
+
+    def cache_length(self, max_len: int | None) -> int:
+        """A new cache's capacity: block_size by default, never more (no longer window was trained)."""
+        block = self.config.block_size
+        max_len = block if max_len is None else max_len
+        if not 1 <= max_len <= block:
+            raise GptError(
+                f"{self.cache_kind} max_len must be between 1 and block_size ({block}), got {max_len}"
+            )
+        return max_len
+
+    def check_input(self, idx: Tensor, kv_cache) -> None:
+        """(B, T) ids must fit the context, or the cache they continue (its room and its batch)."""
+        B, T = idx.size()
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise GptError(f"sequence of {T} tokens is longer than block_size ({self.config.block_size})")
+            return
+        if kv_cache.pos + T > kv_cache.max_len:
+            raise GptError(
+                f"{self.cache_kind} full: {kv_cache.pos} tokens held + {T} new > max_len ({kv_cache.max_len}); "
+                "crop the context and prefill again"
+            )
+        if B != kv_cache.batch_size:
+            raise GptError(
+                f"batch of {B} sequences, but the {self.cache_kind} was made for {kv_cache.batch_size}"
+            )
+
+    def logits_and_loss(
+        self, x: Tensor, targets: Tensor | None, last_only: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Final hidden states (B, T, C) -> logits (B, T, vocab_size) and the mean cross-entropy if targets.
+
+        last_only (generation, no targets): the last position's logits only, (B, 1, vocab_size), which
+        spares the (B, T, V) matmul of a long prefill. Targets of -1 are ignored.
+        """
+        if last_only and targets is None:
+            x = x[:, -1:, :]  # (B, 1, C)
+        # padding rows are cut off, so a padding id can never be predicted or sampled
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Number of parameters (a tied weight counts once); non_embedding leaves out lookup tables."""
@@ -309,6 +354,8 @@ class LanguageModel(nn.Module):
 
 class GPT(LanguageModel):
     """A GPT language model configured by `ModelConfig`. forward(idx) -> (logits, loss)."""
+
+    cache_kind = "KV cache"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -386,17 +433,12 @@ class GPT(LanguageModel):
         Under autocast pass the compute dtype (e.g. torch.bfloat16) to halve the cache's memory.
         """
         cfg = self.config
-        max_len = cfg.block_size if max_len is None else max_len
-        if not 1 <= max_len <= cfg.block_size:
-            raise GptError(
-                f"KV cache max_len must be between 1 and block_size ({cfg.block_size}), got {max_len}"
-            )
         ref = self.lm_head.weight
         return KVCache(
             cfg.n_layer,
             batch_size,
             cfg.n_kv_head or cfg.n_head,
-            max_len,
+            self.cache_length(max_len),
             cfg.head_dim,
             device=ref.device if device is None else device,
             dtype=ref.dtype if dtype is None else dtype,
@@ -416,21 +458,10 @@ class GPT(LanguageModel):
         Targets of -1 are ignored. last_only (generation): logits of the last position only,
         (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
         """
-        B, T = idx.size()
+        self.check_input(idx, kv_cache)
+        T = idx.size(1)
         cfg = self.config
-        start = 0
-        if kv_cache is None:
-            if T > cfg.block_size:
-                raise GptError(f"sequence of {T} tokens is longer than block_size ({cfg.block_size})")
-        else:
-            start = kv_cache.pos
-            if start + T > kv_cache.max_len:
-                raise GptError(
-                    f"KV cache full: {start} cached + {T} new tokens > max_len ({kv_cache.max_len}); "
-                    "crop the context and prefill again"
-                )
-            if B != kv_cache.batch_size:
-                raise GptError(f"batch of {B} sequences, but the KV cache was made for {kv_cache.batch_size}")
+        start = 0 if kv_cache is None else kv_cache.pos
 
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.pos_emb == "learned":
@@ -452,15 +483,7 @@ class GPT(LanguageModel):
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T  # every layer has stored its keys/values for these T tokens
-
-        if last_only and targets is None:
-            x = x[:, -1:, :]  # (B, 1, C)
-        # padding rows are cut off, so a padding id can never be predicted or sampled
-        logits = self.lm_head(x)[..., : cfg.vocab_size]  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.logits_and_loss(x, targets, last_only)
 
     def lookup_tables(self) -> list[Tensor]:
         """Weights read by index, not multiplied: wpe, and wte when it is not also the lm_head."""
