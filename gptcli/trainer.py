@@ -615,24 +615,21 @@ def _train(
         if main:
             if isinstance(weights, dict) and model_config.tie_weights:
                 weights.pop("lm_head.weight", None)  # the tied head is wte: stored once
-            write_checkpoint(path, at_step, losses, weights, opt_tensors, opt_meta)
+            try:
+                write_checkpoint(path, at_step, losses, weights, opt_tensors, opt_meta)
+            except OSError as e:  # disk full, no permission: the half-written checkpoint is already gone
+                where = f" ({e.filename})" if e.filename else ""
+                after = (
+                    f"the previous checkpoint {last_saved} is intact: make room and continue with "
+                    f"gpt train --resume {run_dir}"
+                    if last_saved
+                    else "no checkpoint was saved before it"
+                )
+                raise GptError(f"could not save {path.name}: {e.strerror or e}{where}; {after}") from None
         world.barrier()
         return path
 
     def write_checkpoint(path: Path, at_step: int, losses, weights, opt_tensors, opt_meta) -> None:
-        try:
-            _write_checkpoint(path, at_step, losses, weights, opt_tensors, opt_meta)
-        except OSError as e:  # disk full, no permission: the half-written checkpoint is already gone
-            where = f" ({e.filename})" if e.filename else ""
-            after = (
-                f"the previous checkpoint {last_saved} is intact: make room and continue with "
-                f"gpt train --resume {run_dir}"
-                if last_saved
-                else "no checkpoint was saved before it"
-            )
-            raise GptError(f"could not save {path.name}: {e.strerror or e}{where}; {after}") from None
-
-    def _write_checkpoint(path: Path, at_step: int, losses, weights, opt_tensors, opt_meta) -> None:
         nonlocal wrote_run_files
         if (
             not wrote_run_files

@@ -15,7 +15,7 @@ from gptcli.sampling import Engine
 from gptcli.trainer import read_run_config, train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 from tests.test_sampling import GREEDY, char_tokenizer, greedy_by_recomputation
-from tests.test_trainer import assert_same_weights, final_weights, losses, tiny
+from tests.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses, tiny
 
 LSTM_SHAPE = dict(arch="lstm", n_layer=2, n_embd=32, block_size=16)
 
@@ -102,9 +102,7 @@ def test_trains_saves_resumes_exactly_samples_and_evaluates(tmp_path):
     assert full.step == 12 and full.val_loss < 4.5  # ln(vocab) ~ 4.1 at the start: it learned
     part = tmp_path / "part"
     train(config, part)
-    for d in ckpt.list_checkpoints(part):
-        if d.name != "step_0000006":
-            __import__("shutil").rmtree(d)
+    keep_only_checkpoint(part, "step_0000006")
     train(read_run_config(part), part, resume=True)
     assert losses(part) == losses(tmp_path / "full")  # bit-exact, as for the GPT
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(part))

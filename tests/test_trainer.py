@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -44,6 +45,13 @@ def final_weights(run_dir):
     return load_file(ckpt.list_checkpoints(run_dir)[-1] / ckpt.WEIGHTS)
 
 
+def keep_only_checkpoint(run_dir, name: str) -> None:
+    """Make a finished run look as if it had crashed right after checkpoint `name`."""
+    for d in ckpt.list_checkpoints(run_dir):
+        if d.name != name:
+            shutil.rmtree(d)
+
+
 def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
@@ -56,9 +64,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     # a second run that "crashed" after its step-6 checkpoint: drop what came later, then resume
     part = tmp_path / "part"
     train(tiny(tmp_path), part)
-    for d in ckpt.list_checkpoints(part):
-        if d.name != "step_0000006":
-            __import__("shutil").rmtree(d)
+    keep_only_checkpoint(part, "step_0000006")
     resumed = train(read_run_config(part), part, resume=True)
     assert resumed.step == 12
     expected, got = losses(tmp_path / "full"), losses(part)
