@@ -21,8 +21,8 @@ import torch
 from bench_train import hf_model  # same folder
 
 from gptcli.config import ModelConfig, SampleConfig
-from gptcli.model import GPT
-from gptcli.sampling import Engine
+from gptcli.generation import Engine
+from gptcli.models import GPT
 from gptcli.tokenizers import BPETokenizer
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -28,7 +28,8 @@ SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024)}
 CHILD = r"""
 import json, sys, time
 import torch, transformers
-from gptcli import checkpoint, hf_gpt2
+from gptcli import hf_gpt2
+from gptcli.storage import checkpoint
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -36,7 +37,7 @@ def rss(field):
 # warm-up before the baseline: torch's CPU kernels and the modules a first model build imports
 # lazily (~75 MB, whatever the model's size); then only what scales with the model is counted
 from gptcli.config import ModelConfig
-from gptcli.model import GPT
+from gptcli.models import GPT
 tiny = ModelConfig(vocab_size=64, n_layer=1, n_head=1, n_embd=8, block_size=8)
 GPT.empty(tiny)(torch.zeros(1, 8, dtype=torch.long)), GPT(tiny)
 base = rss("VmRSS:")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from gptcli.config import ModelConfig, TrainConfig
-from gptcli.model import GPT
+from gptcli.models import GPT
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "toy_data" / "shakespeare.txt"
@@ -116,7 +116,7 @@ def bench_step_time(
     tokens = batch_size * config.block_size
     peak_memory, mfu = None, None
     if device.type == "cuda":
-        from gptcli.trainer import peak_flops
+        from gptcli.runtime import peak_flops
 
         torch.cuda.reset_peak_memory_stats(device)
         time_interleaved([(ours, ours_step)], batches[:3], warmup=3, device=device)
@@ -136,7 +136,7 @@ def bench_step_time(
 
 
 def full_run(args) -> dict:
-    from gptcli.trainer import train
+    from gptcli.training.trainer import train
 
     if not SHAKESPEARE.is_file():
         raise SystemExit("error: toy_data/shakespeare.txt is missing: run `make data`")

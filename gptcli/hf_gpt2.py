@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.fileio import atomic_write_json, read_json
-from gptcli.model import GPT
-from gptcli.tensorfile import SafetensorsReader, write_safetensors
+from gptcli.models import GPT
+from gptcli.storage import checkpoint as ckpt
+from gptcli.storage.files import atomic_write_json, read_json
+from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer

@@ -10,14 +10,13 @@ are overlaid in one figure, one colour per run.
 """
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptcli.errors import GptError
-from gptcli.fileio import atomic_write_bytes
+from gptcli.storage.files import atomic_write_bytes
+from gptcli.training.metrics import METRICS, read_records, record_kind
 
-METRICS = "metrics.jsonl"
 FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -46,23 +45,10 @@ def read_metrics(run_dir: str | Path) -> Curves:
     path = run_dir / METRICS
     if not path.is_file():
         raise GptError(f"{run_dir} holds no {METRICS}: is it a `gpt train` run directory?")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise GptError(f"{path} is not UTF-8 text") from None
-    lines = text.splitlines()
     logs: dict[int, dict] = {}
     evals: dict[int, dict] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not text.endswith("\n"):
-                continue  # the run was killed while writing this line
-            raise GptError(f"{path}, line {number}: not JSON") from None
-        kind = check_record(record, f"{path}, line {number}")
+    for number, record in read_records(path):
+        kind = record_kind(record, f"{path}, line {number}")
         if kind == "eval":
             evals[record["step"]] = record
         elif kind == "log":
@@ -79,33 +65,6 @@ def read_metrics(run_dir: str | Path) -> Curves:
         curves.train_loss.append(evals[step].get("train_loss"))
         curves.val_loss.append(evals[step].get("val_loss"))
     return curves
-
-
-def check_record(record, where: str) -> str | None:
-    """'log' or 'eval' for the records the trainer writes (see gptcli.trainer); None for other kinds."""
-    if not isinstance(record, dict) or not is_int(record.get("step")):
-        raise GptError(f"{where}: not a metrics record (a JSON object with an integer 'step')")
-    kind = record.get("kind")
-    if kind == "eval":
-        keys, optional = ("train_loss", "val_loss"), True
-    elif kind is None:
-        kind, keys, optional = "log", ("loss", "lr"), False
-    else:
-        return None  # a kind this version does not draw
-    for key in keys:
-        value = record.get(key)
-        if not (is_number(value) or (optional and value is None)):
-            raise GptError(f"{where}: '{key}' is {json.dumps(value)}, not a number")
-    return kind
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    # NaN and inf are numbers too: the trainer stops on them, but a plot of the run should still work
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:

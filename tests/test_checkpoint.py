@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.model import GPT
+from gptcli.models import GPT
+from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer
 
 

@@ -5,7 +5,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli.corpus import TextReader, find_text_files
+from gptcli.data.corpus import TextReader, find_text_files
 from gptcli.errors import GptError
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 

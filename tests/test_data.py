@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gptcli.config import TokenizerTrainConfig
-from gptcli.data import BatchSampler, prepare_data, tokenize_files
+from gptcli.data.sampler import BatchSampler
+from gptcli.data.token_cache import prepare_data, tokenize_files
 from gptcli.errors import GptError
 from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS
@@ -26,9 +27,9 @@ def test_tokens_equal_encoding_each_file_with_eot_between(bpe, corpus, tmp_path)
 
 
 def test_block_by_block_encoding_equals_whole_file(bpe, tmp_path, monkeypatch):
-    import gptcli.corpus
+    import gptcli.data.corpus
 
-    monkeypatch.setattr(gptcli.corpus, "BLOCK_BYTES", 257)  # many blocks
+    monkeypatch.setattr(gptcli.data.corpus, "BLOCK_BYTES", 257)  # many blocks
     tokens, _ = tokenize_files([SONNETS], bpe, tmp_path / "cache")
     assert tokens.tolist() == bpe.encode_ordinary(SONNETS.read_text())
 

@@ -18,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptcli import checkpoint as ckpt
-from gptcli import tensorfile
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
-from gptcli.trainer import read_run_config, train
+from gptcli.storage import checkpoint as ckpt
+from gptcli.storage import tensorfile
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.skipif(

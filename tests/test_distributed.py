@@ -8,7 +8,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from gptcli import checkpoint as ckpt
+from gptcli.storage import checkpoint as ckpt
 from tests.conftest import SONNETS
 
 TINY = [

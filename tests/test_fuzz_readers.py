@@ -9,10 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig, TrainConfig, validate
 from gptcli.errors import GptError
-from gptcli.model import GPT
+from gptcli.models import GPT
+from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer, load_tokenizer
 
 # derandomize: the same examples on every run, so CI stays reproducible (raise max_examples to hunt)

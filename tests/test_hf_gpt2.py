@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import SampleConfig, TokenizerTrainConfig
 from gptcli.errors import GptError
+from gptcli.generation import Engine
 from gptcli.hf_gpt2 import export_hf_gpt2, import_gpt2, load_hf_gpt2
-from gptcli.sampling import Engine
-from gptcli.tensorfile import read_safetensors, write_safetensors
+from gptcli.storage import checkpoint as ckpt
+from gptcli.storage.tensorfile import read_safetensors, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.export import export_tokenizer
 from gptcli.tokenizers.train import train_tokenizer
@@ -103,7 +103,7 @@ def test_export_hf_round_trip_gives_identical_logits_and_tokens(tmp_path, bpe_10
 
 def test_a_trained_model_exports_to_hf(tmp_path):
     from gptcli.config import TrainConfig
-    from gptcli.trainer import train
+    from gptcli.training.trainer import train
 
     summary = train(
         TrainConfig(
@@ -133,7 +133,7 @@ def test_a_trained_model_exports_to_hf(tmp_path):
 
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
     from gptcli.config import ModelConfig
-    from gptcli.model import GPT
+    from gptcli.models import GPT
     from gptcli.tokenizers import CharTokenizer
 
     tok = CharTokenizer(list("abc"))

@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig, SampleConfig, TrainConfig
 from gptcli.errors import GptError
 from gptcli.evaluate import evaluate_text
-from gptcli.lstm import LSTM
-from gptcli.model import GPT, build_model
-from gptcli.sampling import Engine
-from gptcli.trainer import read_run_config, train
+from gptcli.generation import Engine
+from gptcli.models import GPT, build_model
+from gptcli.models.lstm import LSTM
+from gptcli.storage import checkpoint as ckpt
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 from tests.test_sampling import GREEDY, char_tokenizer, greedy_by_recomputation
 from tests.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses, tiny
@@ -49,14 +50,14 @@ def test_state_carrying_decoding_equals_full_recomputation():
     ids = torch.randint(0, 40, (2, 16))
     with torch.no_grad():
         full, _ = model(ids)
-        state = model.new_kv_cache(2)
-        first, _ = model(ids[:, :9], kv_cache=state)
-        steps = [model(ids[:, t : t + 1], kv_cache=state, last_only=True)[0] for t in range(9, 16)]
+        state = model.new_cache(2)
+        first, _ = model(ids[:, :9], cache=state)
+        steps = [model(ids[:, t : t + 1], cache=state, last_only=True)[0] for t in range(9, 16)]
     assert state.pos == 16
     torch.testing.assert_close(first, full[:, :9])
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 9:], rtol=1e-5, atol=1e-5)
     with pytest.raises(GptError, match="state full"):
-        model(ids[:, :1], kv_cache=state)
+        model(ids[:, :1], cache=state)
 
 
 def test_generation_past_the_context_equals_recomputation():

@@ -7,7 +7,8 @@ import torch
 
 from gptcli.config import ModelConfig, validate
 from gptcli.errors import GptError
-from gptcli.model import GPT, apply_rotary, attention_mask, rope_tables
+from gptcli.models.gpt import GPT, apply_rotary, attention_mask, rope_tables
+from gptcli.runtime import mfu
 
 POS_EMBS = ["learned", "rope", "sinusoidal", "none"]
 # (n_kv_head, window): MHA, GQA, MQA, sliding window, GQA + window
@@ -177,30 +178,30 @@ def test_kv_cache_decoding_equals_full_recomputation(pos_emb, n_kv_head, window,
     full = logits_of(model, idx)  # (B, T, V)
 
     # prefill 4 tokens, then one token at a time
-    cache = model.new_kv_cache(batch_size=2)
-    prefill = logits_of(model, idx[:, :4], kv_cache=cache)
+    cache = model.new_cache(batch_size=2)
+    prefill = logits_of(model, idx[:, :4], cache=cache)
     torch.testing.assert_close(prefill, full[:, :4], atol=1e-5, rtol=0)
     assert cache.pos == 4
     for t in range(4, 12):
-        step = logits_of(model, idx[:, t : t + 1], kv_cache=cache)
+        step = logits_of(model, idx[:, t : t + 1], cache=cache)
         torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=0)
     assert cache.pos == 12
 
     # prefill in two chunks (the second attends to the first through the cache)
     cache.reset()
-    first = logits_of(model, idx[:, :5], kv_cache=cache)
-    second = logits_of(model, idx[:, 5:], kv_cache=cache)
+    first = logits_of(model, idx[:, :5], cache=cache)
+    second = logits_of(model, idx[:, 5:], cache=cache)
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, atol=1e-5, rtol=0)
 
 
 def test_kv_cache_is_preallocated_per_layer():
     model = make_model(n_kv_head=2)
-    cache = model.new_kv_cache(batch_size=3, max_len=8)
+    cache = model.new_cache(batch_size=3, max_len=8)
     assert len(cache.k) == len(cache.v) == 2
     assert cache.k[0].shape == (3, 2, 8, 8) and cache.k[0].dtype == torch.float32
     assert cache.pos == 0 and cache.max_len == 8
-    assert model.new_kv_cache(1).max_len == 16
-    assert model.new_kv_cache(1, dtype=torch.bfloat16).v[1].dtype == torch.bfloat16
+    assert model.new_cache(1).max_len == 16
+    assert model.new_cache(1, dtype=torch.bfloat16).v[1].dtype == torch.bfloat16
 
 
 def test_too_long_sequences_are_clear_errors():
@@ -208,14 +209,14 @@ def test_too_long_sequences_are_clear_errors():
     with pytest.raises(GptError, match="block_size"):
         model(tokens(T=17))
     with pytest.raises(GptError, match="max_len"):
-        model.new_kv_cache(1, max_len=17)
-    cache = model.new_kv_cache(batch_size=2, max_len=8)
-    model(tokens(T=6), kv_cache=cache)
+        model.new_cache(1, max_len=17)
+    cache = model.new_cache(batch_size=2, max_len=8)
+    model(tokens(T=6), cache=cache)
     with pytest.raises(GptError, match="KV cache full"):
-        model(tokens(T=3), kv_cache=cache)
+        model(tokens(T=3), cache=cache)
     assert cache.pos == 6  # a refused call leaves the cache as it was
     with pytest.raises(GptError, match="batch"):
-        model(tokens(B=1, T=1), kv_cache=cache)
+        model(tokens(B=1, T=1), cache=cache)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_param_counts_flops_and_mfu():
     assert untied.num_params() == untied.num_params(non_embedding=False) - 64 * 32
     flops = model.flops_per_token()
     assert flops == 6 * model.num_params() + 12 * 2 * 4 * 8 * 16
-    assert model.estimate_mfu(tokens_per_second=1000.0, peak_flops=flops * 4000.0) == pytest.approx(0.25)
+    assert mfu(flops, tokens_per_second=1000.0, peak=flops * 4000.0) == pytest.approx(0.25)
 
 
 def test_config_rejects_n_embd_not_divisible_by_n_head():

@@ -8,7 +8,7 @@ import pytest
 
 from gptcli.errors import GptError
 from gptcli.plot import plot_runs, read_metrics
-from gptcli.trainer import train
+from gptcli.training.trainer import train
 from tests.test_trainer import tiny
 
 

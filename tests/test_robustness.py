@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptcli import checkpoint as ckpt
+from gptcli.storage import checkpoint as ckpt
 from tests.conftest import SONNETS
 
 ARGS = [

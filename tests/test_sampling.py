@@ -5,8 +5,9 @@ import torch
 
 from gptcli.config import ModelConfig, SampleConfig
 from gptcli.errors import GptError
-from gptcli.model import GPT
-from gptcli.sampling import Engine, filter_logits, generate, pick_next
+from gptcli.generation import Engine, generate
+from gptcli.generation.sampling import filter_logits, pick_next
+from gptcli.models import GPT
 from gptcli.tokenizers import BPETokenizer, CharTokenizer
 from gptcli.tokenizers.patterns import GPT4_PATTERN
 
@@ -110,12 +111,12 @@ class ScriptedModel(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.step = 0
 
-    def new_kv_cache(self, batch_size, device=None):
+    def new_cache(self, batch_size, device=None):
         return type("Cache", (), {"pos": 0})()
 
-    def forward(self, idx, kv_cache=None, last_only=False):
+    def forward(self, idx, cache=None, last_only=False):
         B, T = idx.shape
-        kv_cache.pos += T
+        cache.pos += T
         logits = torch.full((B, 1, self.config.vocab_size), -1e9)
         logits[:, :, self.script[min(self.step, len(self.script) - 1)]] = 0.0
         self.step += 1
@@ -178,7 +179,7 @@ def test_prompts_empty_unknown_or_longer_than_the_context():
 
 
 def test_generate_from_a_checkpoint_directory(tmp_path):
-    from gptcli import checkpoint as ckpt
+    from gptcli.storage import checkpoint as ckpt
 
     model, tok = tiny_model(), char_tokenizer()
     ckpt.save_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000001", model, model.config, tok)

@@ -8,9 +8,10 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gptcli import checkpoint as ckpt
 from gptcli.errors import GptError
-from gptcli.trainer import read_run_config, train
+from gptcli.storage import checkpoint as ckpt
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.trainer import train
 from tests.test_trainer import tiny
 
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_sec": "train/tokens_per_sec"}

@@ -9,11 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
-from gptcli.model import GPT
-from gptcli.trainer import TrainingInterrupted, learning_rate, read_run_config, train
+from gptcli.models import GPT
+from gptcli.storage import checkpoint as ckpt
+from gptcli.training.interrupt import TrainingInterrupted
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.schedule import learning_rate
+from gptcli.training.trainer import train
 from tests.conftest import SONNETS
 
 
@@ -94,8 +97,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     forward = GPT.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None, kv_cache=None, last_only=False):
-        logits, loss = forward(self, idx, targets, kv_cache, last_only)
+    def poisoned(self, idx, targets=None, cache=None, last_only=False):
+        logits, loss = forward(self, idx, targets, cache, last_only)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] >= 9:  # the 9th training batch: step 9

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gptcli import checkpoint as ckpt
 from gptcli.cli.common import (
     BestOption,
     QuietOption,
@@ -22,7 +21,8 @@ from gptcli.cli.common import (
     stage_progress,
 )
 from gptcli.evaluate import evaluate_text
-from gptcli.trainer import resolve_device
+from gptcli.runtime import resolve_device
+from gptcli.storage import checkpoint as ckpt
 
 
 def eval_command(
@@ -103,7 +103,7 @@ def info_command(
     verbose: VerboseOption = False,
 ) -> None:
     """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
-    info = ckpt.describe(path)
+    info = ckpt.describe_checkpoint(path)
     if as_json:
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return

@@ -19,7 +19,7 @@ from gptcli.cli.common import (
 )
 from gptcli.config import SampleConfig, validate
 from gptcli.errors import GptError
-from gptcli.sampling import Engine
+from gptcli.generation import Engine
 
 SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py prints them
 

@@ -159,7 +159,7 @@ def parse_ids(raw: str) -> list[int]:
     return value
 
 
-def describe(tok: Tokenizer, n_longest: int = 5) -> dict:
+def tokenizer_info(tok: Tokenizer, n_longest: int = 5) -> dict:
     """What `info` shows, as a JSON-ready dict."""
     info = {
         "kind": tok.kind,
@@ -191,7 +191,7 @@ def info(
     verbose: VerboseOption = False,
 ) -> None:
     """Show a tokenizer's kind, sizes, special tokens, split pattern and longest tokens."""
-    data = describe(load_tokenizer(path))
+    data = tokenizer_info(load_tokenizer(path))
     if as_json:
         write_text(json.dumps(data, ensure_ascii=False) + "\n")
         return

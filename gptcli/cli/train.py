@@ -9,10 +9,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from gptcli.cli.common import QuietOption, VerboseOption, console, detail
 from gptcli.config import TrainConfig, validate
-from gptcli.distributed import is_main_process
 from gptcli.errors import GptError
-from gptcli.fileio import read_json
-from gptcli.trainer import read_run_config, train
+from gptcli.storage.files import read_json
+from gptcli.training.distributed import is_main_process
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.trainer import train
 
 MODEL_FIELDS = {
     "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "pos_emb", "rope_base",

@@ -26,7 +26,7 @@ import regex
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from gptcli.errors import GptError, one_line_validation_error
-from gptcli.fileio import atomic_write_json
+from gptcli.storage.files import atomic_write_json, sha256_file
 
 FORMAT = "gptcli.tokenizer"
 FORMAT_VERSION = 1
@@ -34,9 +34,15 @@ ENDOFTEXT = "<|endoftext|>"
 
 
 class CorpusFile(BaseModel):
+    """A corpus file a tokenizer was trained on, as its file records it."""
+
     path: str
     bytes: int
     sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> "CorpusFile":
+        return cls(path=str(path), bytes=path.stat().st_size, sha256=sha256_file(path).hexdigest())
 
 
 class TokenizerFile(BaseModel):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import regex
 
-from gptcli.corpus import TextReader
+from gptcli.data.corpus import TextReader
 from gptcli.tokenizers.bpe import merge_pair
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -13,7 +13,7 @@ character the corpus never had is refused with an error that names the character
 from collections import Counter
 from pathlib import Path
 
-from gptcli.corpus import TextReader
+from gptcli.data.corpus import TextReader
 from gptcli.errors import GptError
 from gptcli.tokenizers.base import CorpusFile, Tokenizer, TokenizerFile
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from gptcli.errors import GptError
-from gptcli.fileio import atomic_write_json, atomic_write_text
+from gptcli.storage.files import atomic_write_json, atomic_write_text
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.gpt2 import gpt2_vocab

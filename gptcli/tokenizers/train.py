@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from gptcli.config import TokenizerTrainConfig
-from gptcli.corpus import describe_files, find_text_files
+from gptcli.data.corpus import find_text_files
 from gptcli.errors import GptError
 from gptcli.tokenizers.base import CorpusFile, Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
@@ -29,7 +29,7 @@ class TrainResult:
 def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = None) -> TrainResult:
     start = time.perf_counter()
     files = find_text_files(config.files)
-    trained_on = [CorpusFile(**vars(info)) for info in describe_files(files)]
+    trained_on = [CorpusFile.of(f) for f in files]
     warnings: list[str] = []
 
     if config.kind == "char":

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
-from gptcli.model import GPT
+from gptcli.models import GPT
+from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer
 from tests.conftest import assert_one_line_error, run_cli
 

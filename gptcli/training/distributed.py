@@ -9,6 +9,7 @@ no-op (`Dist()` is a world of one).
 """
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,31 @@ def setup(device_name: str) -> tuple[Dist, str]:
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, world: Dist, device: torch.device, fsdp: bool) -> torch.nn.Module:
+    """The module the training step calls: sharded in place (FSDP2), wrapped in DDP, or as it is."""
+    if fsdp:
+        shard(model)  # in place: each rank keeps 1/N of every parameter
+        return model
+    if world.enabled:
+        # DDP makes every rank start from rank 0's weights and averages the gradients
+        ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def gradient_sync(model: torch.nn.Module, world: Dist, fsdp: bool, sync: bool) -> AbstractContextManager:
+    """Average gradients over ranks in this backward only if `sync` (the step's last micro-batch).
+
+    The other micro-batches accumulate locally: one all-reduce per optimizer step, not per micro-batch.
+    """
+    if fsdp:
+        model.set_requires_gradient_sync(sync)
+        return nullcontext()
+    if world.enabled and not sync:
+        return model.no_sync()
+    return nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 
 `gpt train --arch lstm --tokenizer char` gives the character-level LSTM of the classic char-rnn
 experiments, on the same data, trainer and checkpoints as the transformer, so `gpt eval` can put
-the two side by side. It keeps the GPT's contract (gptcli.model.LanguageModel): forward(idx,
-targets, kv_cache, last_only) -> (logits, loss). For generation the "cache" is the recurrent
+the two side by side. It keeps the GPT's contract (gptcli.models.base.LanguageModel): forward(idx,
+targets, cache, last_only) -> (logits, loss). For generation the "cache" is the recurrent
 state: h and c of every layer after the tokens seen so far, instead of their keys and values.
 Training windows start from a zero state, so block_size is the length the LSTM learns to carry
 context over (truncated backpropagation through time), and generation re-reads the last 3/4 of a
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
-from gptcli.model import LanguageModel
+from gptcli.models.base import LanguageModel
 
 
 class RecurrentState:
@@ -69,7 +69,7 @@ class LSTM(LanguageModel):
     def lookup_tables(self) -> list[Tensor]:
         return [] if self.config.tie_weights else [self.wte.weight]
 
-    def new_kv_cache(
+    def new_cache(
         self,
         batch_size: int,
         max_len: int | None = None,
@@ -83,20 +83,20 @@ class LSTM(LanguageModel):
         self,
         idx: Tensor,
         targets: Tensor | None = None,
-        kv_cache: RecurrentState | None = None,
+        cache: RecurrentState | None = None,
         last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
-        With a state, the T tokens continue from the kv_cache.pos tokens it has seen, and the
+        With a state, the T tokens continue from the cache.pos tokens it has seen, and the
         state then holds pos + T. Targets of -1 are ignored. last_only: logits of the last
         position only, (B, 1, vocab_size).
         """
-        self.check_input(idx, kv_cache)
-        hc = None if kv_cache is None else kv_cache.hc  # None: a zero state
+        self.check_input(idx, cache)
+        hc = None if cache is None else cache.hc  # None: a zero state
         x = self.drop(self.wte(idx))  # (B, T, C)
         x, new_hc = self.lstm(x, hc)  # (B, T, C); h and c: (L, B, C)
         x = self.drop(x)
-        if kv_cache is not None:
-            kv_cache.hc, kv_cache.pos = new_hc, kv_cache.pos + idx.size(1)
+        if cache is not None:
+            cache.hc, cache.pos = new_hc, cache.pos + idx.size(1)
         return self.logits_and_loss(x, targets, last_only)

@@ -10,9 +10,7 @@ block gives exactly the chunks of the whole file (tests/test_corpus.py checks th
 
 import codecs
 import glob
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import GptError
@@ -70,26 +68,6 @@ def find_text_files(paths: list[str | Path]) -> list[Path]:
     if sum(f.stat().st_size for f in unique) == 0:
         raise GptError("the corpus is empty: " + ", ".join(str(f) for f in unique))
     return unique
-
-
-@dataclass
-class FileInfo:
-    """What a tokenizer or dataset records about each corpus file it was built from."""
-
-    path: str
-    bytes: int
-    sha256: str
-
-
-def describe_files(files: list[Path]) -> list[FileInfo]:
-    infos = []
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        infos.append(FileInfo(path=str(f), bytes=f.stat().st_size, sha256=h.hexdigest()))
-    return infos
 
 
 _invalid_seen = [0]  # bytes replaced so far by the handler below (reading is single-threaded)

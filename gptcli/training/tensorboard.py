@@ -27,7 +27,7 @@ def summary_writer_class():
 
 
 class TensorBoardLog:
-    """Writes each metrics record (see gptcli.trainer) as TensorBoard summaries."""
+    """Writes each metrics record (see gptcli.training.metrics) as TensorBoard summaries."""
 
     def __init__(self, run_dir: Path, start_step: int):
         writer_class = summary_writer_class()

@@ -14,7 +14,6 @@ Shapes in comments: B batch, T new tokens, L keys attended (cached + new), C n_e
 nkv n_kv_head, hs head_dim, V vocab_size.
 """
 
-import inspect
 import math
 
 import torch
@@ -23,7 +22,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
-from gptcli.errors import GptError
+from gptcli.models.base import LanguageModel
 
 # ---------------------------------------------------------------------------------------------------
 # Positions
@@ -253,102 +252,6 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# What every language model here shares (the GPT below, and the LSTM baseline in gptcli/lstm.py)
-
-
-class LanguageModel(nn.Module):
-    """forward(idx, targets, kv_cache, last_only) -> (logits, loss); the trainer's bookkeeping."""
-
-    config: ModelConfig
-    cache_kind = "cache"  # what generation carries from step to step (see new_kv_cache)
-
-    @classmethod
-    def empty(cls, config: ModelConfig) -> "LanguageModel":
-        """A CPU model to load weights into (subclasses skip the random init where it is costly)."""
-        return cls(config)
-
-    def lookup_tables(self) -> list[Tensor]:
-        """Weights read by index rather than multiplied (left out of the non-embedding count)."""
-        return []
-
-    def cache_length(self, max_len: int | None) -> int:
-        """A new cache's capacity: block_size by default, never more (no longer window was trained)."""
-        block = self.config.block_size
-        max_len = block if max_len is None else max_len
-        if not 1 <= max_len <= block:
-            raise GptError(
-                f"{self.cache_kind} max_len must be between 1 and block_size ({block}), got {max_len}"
-            )
-        return max_len
-
-    def check_input(self, idx: Tensor, kv_cache) -> None:
-        """(B, T) ids must fit the context, or the cache they continue (its room and its batch)."""
-        B, T = idx.size()
-        if kv_cache is None:
-            if T > self.config.block_size:
-                raise GptError(f"sequence of {T} tokens is longer than block_size ({self.config.block_size})")
-            return
-        if kv_cache.pos + T > kv_cache.max_len:
-            raise GptError(
-                f"{self.cache_kind} full: {kv_cache.pos} tokens held + {T} new > max_len ({kv_cache.max_len}); "
-                "crop the context and prefill again"
-            )
-        if B != kv_cache.batch_size:
-            raise GptError(
-                f"batch of {B} sequences, but the {self.cache_kind} was made for {kv_cache.batch_size}"
-            )
-
-    def logits_and_loss(
-        self, x: Tensor, targets: Tensor | None, last_only: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """Final hidden states (B, T, C) -> logits (B, T, vocab_size) and the mean cross-entropy if targets.
-
-        last_only (generation, no targets): the last position's logits only, (B, 1, vocab_size), which
-        spares the (B, T, V) matmul of a long prefill. Targets of -1 are ignored.
-        """
-        if last_only and targets is None:
-            x = x[:, -1:, :]  # (B, 1, C)
-        # padding rows are cut off, so a padding id can never be predicted or sampled
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Number of parameters (a tied weight counts once); non_embedding leaves out lookup tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= sum(t.numel() for t in self.lookup_tables())
-        return n
-
-    def configure_optimizers(
-        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
-    ) -> torch.optim.AdamW:
-        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights."""
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        # the fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): much faster
-        if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-            try:
-                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
-            except (RuntimeError, ValueError):
-                pass  # this build has no fused kernel for the device
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6 per weight (a multiply-add forward, two backward)."""
-        return 6 * self.num_params()
-
-    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
-        """Model FLOPs utilization: achieved FLOP/s as a fraction of `peak_flops` (e.g. 989e12 bf16 H100)."""
-        return self.flops_per_token() * tokens_per_second / peak_flops
-
-
-# ---------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -421,7 +324,7 @@ class GPT(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         # norms start at weight 1, bias 0 from their constructors
 
-    def new_kv_cache(
+    def new_cache(
         self,
         batch_size: int,
         max_len: int | None = None,
@@ -448,20 +351,20 @@ class GPT(LanguageModel):
         self,
         idx: Tensor,
         targets: Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        cache: KVCache | None = None,
         last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
-        With a KV cache the T tokens follow the kv_cache.pos tokens already cached: they take
+        With a KV cache the T tokens follow the cache.pos tokens already cached: they take
         positions pos .. pos+T-1 and attend to the cached keys as well; the cache then holds pos+T.
         Targets of -1 are ignored. last_only (generation): logits of the last position only,
         (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
         """
-        self.check_input(idx, kv_cache)
+        self.check_input(idx, cache)
         T = idx.size(1)
         cfg = self.config
-        start = 0 if kv_cache is None else kv_cache.pos
+        start = 0 if cache is None else cache.pos
 
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.pos_emb == "learned":
@@ -475,14 +378,14 @@ class GPT(LanguageModel):
         x = self.transformer.drop(x)
 
         for block in self.transformer.h:
-            if self.activation_checkpointing and self.training and kv_cache is None:
+            if self.activation_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)  # (B, T, C)
+                x = block(x, rope, cache)  # (B, T, C)
         x = self.transformer.ln_f(x)
-        if kv_cache is not None:
-            kv_cache.pos += T  # every layer has stored its keys/values for these T tokens
+        if cache is not None:
+            cache.pos += T  # every layer has stored its keys/values for these T tokens
         return self.logits_and_loss(x, targets, last_only)
 
     def lookup_tables(self) -> list[Tensor]:
@@ -497,14 +400,3 @@ class GPT(LanguageModel):
         cfg = self.config
         attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size  # q k^T and att v
         return super().flops_per_token() + attention
-
-
-def build_model(config: ModelConfig, empty: bool = False) -> "LanguageModel":
-    """The model `config.arch` names, randomly initialized, or `empty` to load weights into."""
-    if config.arch == "lstm":
-        from gptcli.lstm import LSTM  # imported here: gptcli.lstm builds on this module
-
-        cls = LSTM
-    else:
-        cls = GPT
-    return cls.empty(config) if empty else cls(config)

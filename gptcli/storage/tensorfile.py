@@ -10,7 +10,6 @@ are ordinary safetensors files (the `safetensors` package reads them, and the te
 """
 
 import json
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gptcli.errors import GptError
-from gptcli.fileio import current_umask
+from gptcli.storage.files import atomic_open
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -54,19 +53,11 @@ def write_safetensors(
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
-            fh.write(struct.pack("<Q", len(raw)))
-            fh.write(raw)
-            for t in tensors.values():
-                fh.write(_bytes_of(t))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for t in tensors.values():
+            fh.write(_bytes_of(t))
 
 
 class SafetensorsReader:

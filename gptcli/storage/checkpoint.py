@@ -29,8 +29,9 @@ from pydantic import ValidationError
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError, one_line_validation_error
-from gptcli.fileio import atomic_write_json, current_umask, read_json
-from gptcli.tensorfile import SafetensorsReader, write_safetensors
+from gptcli.models import build_model
+from gptcli.storage.files import atomic_write_json, current_umask, read_json
+from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 
@@ -39,6 +40,7 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
+CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
 
 
 def save_checkpoint(
@@ -180,7 +182,6 @@ def load_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Tokenizer, dict]:
     """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict)."""
-    from gptcli.model import build_model  # here, not at the top: the model imports nothing from us but config
 
     directory = Path(directory)
     config = read_config(directory)
@@ -197,7 +198,7 @@ def load_checkpoint(
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints under a run directory's checkpoints/, oldest step first."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
     return sorted(
@@ -212,7 +213,7 @@ def tidy_checkpoints(run_dir: Path) -> None:
     with no `step_N` beside it is a complete checkpoint caught between the two renames that
     replace one: put back.
     """
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
@@ -244,16 +245,27 @@ def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
     if not found:
         if not path.exists():
             raise GptError(f"checkpoint not found: {path}")
-        if not (path / "checkpoints").is_dir():
+        if not (path / CHECKPOINTS).is_dir():
             read_config(path)  # not a run dir: name what the checkpoint is missing
-        raise GptError(f"{path} holds no complete checkpoint (nothing under {path / 'checkpoints'})")
+        raise GptError(f"{path} holds no complete checkpoint (nothing under {path / CHECKPOINTS})")
     if not best:
         return found[-1]
-    scored = [(read_config(d).get("val_loss"), d) for d in found]
-    scored = [(v, d) for v, d in scored if v is not None]
-    if not scored:
+    chosen = best_checkpoint(found)
+    if chosen is None:
         raise GptError(f"{path}: no checkpoint has a validation loss to pick the best by")
-    return min(scored, key=lambda vd: vd[0])[1]
+    return chosen
+
+
+def val_losses(checkpoints: list[Path]) -> dict[Path, float | None]:
+    """Each checkpoint's recorded val loss (None where the val split was too small to measure)."""
+    return {d: read_config(d).get("val_loss") for d in checkpoints}
+
+
+def best_checkpoint(checkpoints: list[Path], losses: dict[Path, float | None] | None = None) -> Path | None:
+    """The checkpoint with the lowest val loss (the oldest among equals); None if none has one."""
+    losses = val_losses(checkpoints) if losses is None else losses
+    scored = [d for d in checkpoints if losses[d] is not None]
+    return min(scored, key=lambda d: losses[d]) if scored else None
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -267,7 +279,7 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress."""
     path = Path(path)
     run = None
@@ -296,12 +308,12 @@ def describe(path: str | Path) -> dict[str, Any]:
     }
     if run is not None:
         found = list_checkpoints(run)
-        vals = {d.name: read_config(d).get("val_loss") for d in found}
-        scored = {k: v for k, v in vals.items() if v is not None}
+        losses = val_losses(found)
+        best = best_checkpoint(found, losses)
         info["run"] = {
             "run_dir": str(run),
-            "checkpoints": [{"name": k, "val_loss": v} for k, v in vals.items()],
-            "best": min(scored, key=scored.get) if scored else None,
-            "best_val_loss": min(scored.values()) if scored else None,
+            "checkpoints": [{"name": d.name, "val_loss": v} for d, v in losses.items()],
+            "best": best.name if best else None,
+            "best_val_loss": losses[best] if best else None,
         }
     return info

@@ -1,14 +1,21 @@
-"""Atomic file writes: write a temp file in the same directory, fsync, rename over the target.
+"""Files: written atomically, read as JSON, hashed.
 
-A crash at any moment leaves either the old file or the new one, never a half-written file that
-looks whole. Used for tokenizers, configs and checkpoints alike.
+An atomic write goes to a temp file in the same directory, is fsynced, and is renamed over the
+target, so a crash at any moment leaves either the old file or the new one, never a half-written
+file that looks whole. Used for tokenizers, configs, safetensors and checkpoints alike.
+
+    with atomic_open("model.safetensors") as fh:   # a binary file object; renamed into place on exit
+        fh.write(data)
 """
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gptcli.errors import GptError
 
@@ -23,14 +30,16 @@ def read_json(path: str | Path) -> Any:
         raise GptError(f"{path}: invalid JSON ({e})") from None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file that appears at `path` only once it is written whole (temp + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -41,12 +50,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | Path, h=None):
+    """Feed a file's bytes, 1 MiB at a time, into `h` (a new sha256 if None); returns the hash object."""
+    h = hashlib.sha256() if h is None else h
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h
 
 
 def current_umask() -> int:

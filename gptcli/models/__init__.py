@@ -1,0 +1,21 @@
+"""The language models: a `ModelConfig` names one (`arch`), `build_model` makes it.
+
+base.py   LanguageModel: the forward/cache contract and the bookkeeping every model shares
+gpt.py    the GPT (GPT-2 names, RoPE/sinusoidal/learned positions, GQA, sliding window) + its KV cache
+lstm.py   the LSTM baseline, whose recurrent state stands in for the KV cache
+"""
+
+from gptcli.config import ModelConfig
+from gptcli.models.base import LanguageModel
+from gptcli.models.gpt import GPT, KVCache
+from gptcli.models.lstm import LSTM, RecurrentState
+
+ARCHITECTURES: dict[str, type[LanguageModel]] = {"gpt": GPT, "lstm": LSTM}
+
+__all__ = ["ARCHITECTURES", "GPT", "KVCache", "LSTM", "LanguageModel", "RecurrentState", "build_model"]
+
+
+def build_model(config: ModelConfig, empty: bool = False) -> LanguageModel:
+    """The model `config.arch` names, randomly initialized, or `empty` to load weights into."""
+    cls = ARCHITECTURES[config.arch]
+    return cls.empty(config) if empty else cls(config)

@@ -1,0 +1,144 @@
+"""What a run trains on and what it trains: the everyday defaults, the tokenizer, the model's shape.
+
+    config, tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, notes)
+
+A fresh run fills in what was left out (./tokenizer.json else characters; the tokenizer's corpus
+else the shipped toy data), makes every path absolute (so the run's config.json works from any
+directory), and takes the model's shape from the flags, or from --init-from's checkpoint. A resumed
+run takes all of it from the run directory and its newest checkpoint.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
+from gptcli.errors import GptError
+from gptcli.storage import checkpoint as ckpt
+from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.train import train_tokenizer
+from gptcli.training.run_dir import check_run_dir_free
+
+DEFAULT_TOKENIZER = Path("tokenizer.json")
+REPO_TOY_DATA = Path(__file__).resolve().parents[2] / "toy_data"
+RUNTIME_MODEL_FIELDS = {"dropout", "flash"}  # model settings a resumed run or a fine-tune may change
+
+
+def plan_run(
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, notes: list[str]
+) -> tuple[TrainConfig, Tokenizer, Path | None]:
+    """The resolved config (its model shape final), the tokenizer, and the checkpoint to resume from."""
+    if resume:
+        resume_from = newest_checkpoint(run_dir)
+        tokenizer = load_tokenizer(resume_from / ckpt.TOKENIZER)
+        model_config = resumed_model_config(config, ckpt.read_config(resume_from)["model"], run_dir)
+        return config.model_copy(update={"model": model_config}), tokenizer, resume_from
+    config = resolve_inputs(config, notes)
+    init_config = ckpt.read_config(config.init_from)["model"] if config.init_from else None
+    tokenizer = build_tokenizer(config)
+    model_config = build_model_config(config, tokenizer, init_config)
+    if not overwrite:
+        check_run_dir_free(run_dir)  # refuse early; clearing waits until every other check has passed
+    if overwrite and config.init_from and run_dir.resolve() in Path(config.init_from).resolve().parents:
+        raise GptError(f"--init-from {config.init_from} lies inside {run_dir}, which --overwrite would clear")
+    return config.model_copy(update={"model": model_config}), tokenizer, None
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    found = ckpt.list_checkpoints(run_dir)
+    if not found:
+        raise GptError(
+            f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints "
+            f"(start over with: gpt train --config {run_dir}/config.json --out {run_dir} --overwrite)"
+        )
+    return found[-1]
+
+
+def resumed_model_config(config: TrainConfig, saved: ModelConfig, run_dir: Path) -> ModelConfig:
+    """The checkpoint's shape; only runtime settings (dropout, flash) may differ from it."""
+    shape = {"vocab_size", *RUNTIME_MODEL_FIELDS}  # vocab is filled in from the tokenizer
+    if config.model.model_dump(exclude=shape) != saved.model_dump(exclude=shape):
+        raise GptError(f"the model shape of a resumed run cannot change (see {run_dir}/config.json)")
+    return saved.model_copy(update={k: getattr(config.model, k) for k in RUNTIME_MODEL_FIELDS})
+
+
+def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
+    """Fill the everyday defaults: ./tokenizer.json (else char), the tokenizer's corpus (else toy data)."""
+    updates: dict[str, Any] = {}
+    tokenizer = config.tokenizer
+    if config.init_from is not None and tokenizer is None:
+        tokenizer = str(Path(config.init_from) / ckpt.TOKENIZER)
+        updates["tokenizer"] = tokenizer
+        notes.append(f"tokenizer: {tokenizer} (from --init-from)")
+    if tokenizer is None:
+        tokenizer = str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_file() else "char"
+        updates["tokenizer"] = tokenizer
+        notes.append(f"tokenizer: {tokenizer} (default)")
+    if config.data is None:
+        updates["data"] = default_data(tokenizer, notes)
+    return absolute_paths(config.model_copy(update=updates))
+
+
+def default_data(tokenizer: str, notes: list[str]) -> list[str]:
+    """The corpus the tokenizer was trained on, where its files still exist; else the shipped toy data."""
+    recorded = []
+    if tokenizer != "char":
+        recorded = [f.path for f in load_tokenizer(tokenizer).trained_on or [] if Path(f.path).is_file()]
+    if recorded:
+        notes.append(f"data: {', '.join(recorded)} (the corpus the tokenizer was trained on)")
+        return recorded
+    toy = REPO_TOY_DATA / "shakespeare.txt"
+    toy = toy if toy.is_file() else REPO_TOY_DATA / "sonnets.txt"
+    if not toy.is_file():
+        raise GptError("no --data given and no default corpus found: pass --data FILE")
+    notes.append(f"data: {toy} (the shipped toy data)")
+    return [str(toy)]
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Make every path absolute, so the run's config.json works from any directory (e.g. --resume)."""
+
+    def absolute(path):
+        return None if path is None else type(path)(os.path.abspath(path))
+
+    updates = {
+        "data": [absolute(p) for p in config.data] if config.data else config.data,
+        "val_data": [absolute(p) for p in config.val_data] if config.val_data else config.val_data,
+        "tokenizer": config.tokenizer if config.tokenizer in (None, "char") else absolute(config.tokenizer),
+        "data_cache": absolute(config.data_cache),
+        "init_from": absolute(config.init_from),
+    }
+    return config.model_copy(update=updates)
+
+
+def build_tokenizer(config: TrainConfig) -> Tokenizer:
+    if config.tokenizer == "char":
+        return train_tokenizer(TokenizerTrainConfig(files=config.data, kind="char")).tokenizer
+    return load_tokenizer(config.tokenizer)
+
+
+def build_model_config(
+    config: TrainConfig, tokenizer: Tokenizer, init_config: ModelConfig | None
+) -> ModelConfig:
+    """The model's shape: from --init-from's checkpoint if given (only dropout/flash may change), else the flags."""
+    if init_config is None:
+        if config.model.vocab_size not in (None, tokenizer.vocab_size):
+            raise GptError(
+                f"the config's vocab_size ({config.model.vocab_size}) does not match the tokenizer ({tokenizer.vocab_size})"
+            )
+        return config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+    if init_config.vocab_size != tokenizer.vocab_size:
+        raise GptError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from's model has {init_config.vocab_size}"
+        )
+    given = config.model.model_fields_set - RUNTIME_MODEL_FIELDS - {"vocab_size"}
+    if config.model.n_kv_head == config.model.n_head:
+        given.discard("n_kv_head")  # filled in from n_head, not asked for
+    differ = sorted(k for k in given if getattr(config.model, k) != getattr(init_config, k))
+    if differ:
+        raise GptError(
+            f"--init-from fixes the model shape; these settings differ from the checkpoint's: {', '.join(differ)}"
+        )
+    kept = config.model.model_fields_set & RUNTIME_MODEL_FIELDS
+    return init_config.model_copy(update={k: getattr(config.model, k) for k in kept})

@@ -1,0 +1,414 @@
+"""The training loop: `train(TrainConfig)` is what `gpt train` runs.
+
+    from gptcli.config import TrainConfig
+    from gptcli.training.trainer import train
+    summary = train(TrainConfig(data=["corpus.txt"], tokenizer="char", max_iters=500))
+
+`train` builds a `Trainer` (set-up: inputs, data, model, run directory) and calls `Trainer.train()`,
+which hands each step to `train_step` (grad_accum micro-batches under autocast, the loss scaled by
+1/grad_accum, gradient clipping, AdamW at the scheduled learning rate), logs every log_interval
+steps, and asks the checkpointer whether the step is due for an eval + checkpoint (every
+eval_interval steps and at the end). It stops at max_iters, at max_time, or on Ctrl-C (after
+saving the step). Where a run stands is one `RunState`, saved with every checkpoint; with the
+optimizer's and the generators' states beside it, `--resume` reproduces the uninterrupted run
+exactly (on CPU, in fp32). The run directory's files are described in gptcli.training.run_dir.
+
+Under torchrun (WORLD_SIZE > 1) every rank runs the same code: all of them check the inputs and
+train; rank 0 alone reports, logs and writes files.
+"""
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli.config import TrainConfig
+from gptcli.data.sampler import BatchSampler
+from gptcli.data.token_cache import TokenData, prepare_data
+from gptcli.errors import GptError
+from gptcli.models import LanguageModel, build_model
+from gptcli.runtime import autocast, mfu, peak_flops, resolve_device, resolve_precision
+from gptcli.storage import checkpoint as ckpt
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.training import distributed
+from gptcli.training.checkpointer import Checkpointer
+from gptcli.training.inputs import plan_run
+from gptcli.training.interrupt import StopOnInterrupt, TrainingInterrupted
+from gptcli.training.metrics import METRICS, MetricsLog, eval_record, log_record, truncate_metrics
+from gptcli.training.run_dir import clear_run_dir
+from gptcli.training.schedule import learning_rate
+from gptcli.training.tensorboard import TensorBoardLog, summary_writer_class
+from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
+from gptcli.training.validator import Validator, all_finite
+
+Report = Callable[[str, dict[str, Any]], None]  # (event, data): "info", "step", "eval", "checkpoint", "done"
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    seconds: float
+    stop_reason: str  # "max_iters" or "max_time"
+    notes: list[str] = field(default_factory=list)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path | str = "out",
+    resume: bool = False,
+    overwrite: bool = False,
+    report: Report | None = None,
+) -> TrainSummary:
+    """Train a model as `config` says, in `run_dir`; with resume=True, continue the run found there."""
+    world, device_name = distributed.setup(config.device)
+    try:
+        summary = Trainer(config, Path(run_dir), resume, overwrite, report, world, device_name).train()
+        world.barrier()  # leave together: gloo aborts a process whose peer tears down mid-flight
+        return summary
+    finally:
+        if world.enabled:
+            gc.collect()  # free DDP's reducer (held in reference cycles) while its process group still exists
+        distributed.teardown(world)
+
+
+class Trainer:
+    """One training run. The constructor sets it up (and checks everything); `train()` runs it."""
+
+    config: TrainConfig  # resolved: paths absolute, the model's shape final
+    run_dir: Path
+    world: distributed.Dist
+    device: torch.device
+    precision: str  # resolved: fp32, bf16 or fp16
+    tokenizer: Tokenizer
+    data: TokenData
+    sampler: BatchSampler  # the training batches; its state is saved for resume
+    raw_model: LanguageModel  # what is saved and sampled from (under FSDP: the sharded module itself)
+    model: torch.nn.Module  # what the training step calls: raw_model wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
+    state: RunState
+    checkpointer: Checkpointer
+    validator: Validator
+    metrics: MetricsLog | None  # rank 0 only
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        report: Report | None = None,
+        world: distributed.Dist | None = None,
+        device_name: str | None = None,
+    ):
+        self.world = world or distributed.Dist()
+        self.report = report if (report and self.world.is_main) else (lambda event, data: None)
+        self.notes: list[str] = []
+        self.start_time = time.time()
+        self.run_dir = run_dir
+        if resume:
+            if self.world.is_main:
+                ckpt.tidy_checkpoints(run_dir)
+            self.world.barrier()
+        self.config, self.tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, self.notes)
+        self._check_settings()
+        self.device = resolve_device(device_name or self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        torch.manual_seed(self.config.seed)
+        self._setup_data()
+        train_state = self._setup_model(resume_from)
+        self._setup_run_dir(resume_from, train_state)
+        self._setup_step()
+        self._report_start()
+
+    # -----------------------------------------------------------------------------------------
+    # set-up
+
+    def _check_settings(self) -> None:
+        config, world = self.config, self.world
+        if config.fsdp and not world.enabled:
+            raise GptError(
+                "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
+            )
+        if config.tensorboard:
+            summary_writer_class()  # a missing optional package fails now, not after the data is prepared
+        if config.grad_accum % world.world_size:
+            raise GptError(
+                f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
+                "each optimizer step's micro-batches are split evenly between them"
+            )
+
+    def _setup_data(self) -> None:
+        config, block_size = self.config, self.config.model.block_size
+        if not self.world.is_main:
+            self.world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
+        self.data = prepare_data(
+            config.data, self.tokenizer, config.val_fraction, config.val_data, config.data_cache
+        )
+        if self.world.is_main:
+            self.world.barrier()
+        if len(self.data.train) < block_size + 1:
+            raise GptError(
+                f"the training data has {len(self.data.train)} tokens, fewer than block_size + 1 = {block_size + 1}: "
+                "use more text or a smaller --block-size"
+            )
+        if len(self.data.val) < block_size + 1:
+            self.notes.append(
+                f"validation split too small ({len(self.data.val)} tokens) for a block: val loss is not measured"
+            )
+        self.sampler = BatchSampler(self.data.train, block_size, config.batch_size, seed=config.seed)
+        self.validator = Validator(self.data, config, self.device, self.precision)
+
+    def _setup_model(self, resume_from: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Build the model (fresh, --init-from's weights, or the checkpoint resumed), wrap it, make its optimizer."""
+        config = self.config
+        model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
+        self.state, train_state = RunState(), None
+        if resume_from is not None:
+            ckpt.load_weights(resume_from, model)
+            train_state = read_train_state(resume_from)
+            self.state = RunState.from_json(train_state[1])
+            if self.state.step >= config.max_iters:
+                raise GptError(
+                    f"{self.run_dir} is already at step {self.state.step}: raise --max-iters above "
+                    f"{self.state.step} to train further"
+                )
+        elif config.init_from is not None:
+            ckpt.load_weights(Path(config.init_from), model)
+        model.to(self.device)
+        model.activation_checkpointing = config.activation_checkpointing
+        self.raw_model = model
+        self.model = distributed.wrap_model(model, self.world, self.device, config.fsdp)
+        self.optimizer = model.configure_optimizers(
+            config.weight_decay, config.lr, (config.beta1, config.beta2), self.device.type
+        )
+        return train_state
+
+    def _setup_run_dir(self, resume_from: Path | None, train_state) -> None:
+        """Resume: restore the optimizer and generators, drop the metrics past the checkpoint. Fresh: clear."""
+        main, step = self.world.is_main, self.state.step
+        if resume_from is not None:
+            tensors, state = train_state
+            sharded = self.raw_model if self.config.fsdp else None
+            try:
+                load_optimizer_state(self.optimizer, tensors, state["optimizer"], sharded)
+                load_rng_state(tensors, self.sampler)
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
+            if main:  # one writer: other ranks rewriting the file at the same time would lose lines
+                truncate_metrics(self.run_dir / METRICS, step)
+            self.notes.append(f"resumed from {resume_from} at step {step}")
+        elif main:
+            clear_run_dir(
+                self.run_dir
+            )  # --overwrite, or the leftovers of a run that died before its first checkpoint
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (
+            self.world.rank > 0
+        ):  # other dropout masks on other ranks (the weights were set above, alike everywhere)
+            torch.manual_seed(self.config.seed + 1000 * self.world.rank + step)
+        self.world.barrier()
+        self.checkpointer = Checkpointer(self.run_dir, self.config, self.tokenizer, self.world)
+
+    def _setup_step(self) -> None:
+        config = self.config
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.tokens_per_step = config.batch_size * config.grad_accum * config.model.block_size
+        self.peak_flops = peak_flops(self.device)
+        self.flops_per_token = self.raw_model.flops_per_token()
+        self.metrics = None
+        if self.world.is_main:
+            tensorboard = TensorBoardLog(self.run_dir, self.state.step) if config.tensorboard else None
+            self.metrics = MetricsLog(self.run_dir, tensorboard)
+
+    def _report_start(self) -> None:
+        self.report(
+            "info",
+            {
+                "notes": self.notes,
+                "config": self.config.model_dump(mode="json"),  # as resolved for this run
+                "run_dir": str(self.run_dir),
+                "device": str(self.device),
+                "precision": self.precision,
+                "params": self.raw_model.num_params(),
+                "train_tokens": len(self.data.train),
+                "val_tokens": len(self.data.val),
+                "tokens_per_step": self.tokens_per_step,
+                "start_step": self.state.step,
+                "max_iters": self.config.max_iters,
+            },
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> TrainSummary:
+        """Step until max_iters, max_time or Ctrl-C; the final eval and checkpoint; a summary."""
+        self.model.train()
+        self.train_start = self.t_last = time.time()
+        self.steps_since_log = 0
+        stop_reason = "max_iters"
+        interrupt = StopOnInterrupt()
+        try:
+            with interrupt:
+                while self.state.step < self.config.max_iters:
+                    loss_sum, lr = self.train_step()
+                    if self.is_log_step():
+                        self.log_step(loss_sum, lr)
+                    if self.checkpointer.due(self.state.step):
+                        self.evaluate_and_save()
+                    reason = self.stop_reason(interrupt)
+                    if reason is not None:
+                        stop_reason = reason
+                        break
+                self.finish(stop_reason)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-step, without saving
+            raise TrainingInterrupted(
+                f"interrupted during step {self.state.step + 1}; the last checkpoint is "
+                f"{self.checkpointer.last_saved(self.state) or 'none'}"
+            ) from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        summary = self.summary(stop_reason)
+        self.report("done", vars(summary))
+        return summary
+
+    def train_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer step on this rank's share of grad_accum micro-batches -> (summed loss, lr)."""
+        config, world = self.config, self.world
+        lr = learning_rate(self.state.step, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
+        for i, (x, y) in enumerate(micro_batches):
+            if self.device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = i == len(micro_batches) - 1  # DDP/FSDP average gradients over ranks on the last one only
+            with distributed.gradient_sync(self.model, world, config.fsdp, sync=last):
+                with autocast(self.device, self.precision):
+                    _, loss = self.model(x, y)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            loss_sum += loss.detach()
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.steps_since_log += 1
+        return loss_sum, lr
+
+    def is_log_step(self) -> bool:
+        return self.state.step % self.config.log_interval == 0 or self.state.step == self.config.max_iters
+
+    def log_step(self, loss_sum: torch.Tensor, lr: float) -> None:
+        """The step's mean loss over all micro-batches of all ranks (the one host sync per log), speed, MFU."""
+        step = self.state.step
+        loss = self.world.sum(loss_sum).item() / self.config.grad_accum
+        if not math.isfinite(loss):
+            raise GptError(
+                f"the loss became non-finite ({loss}) at step {step}; stopped. Last good checkpoint: "
+                f"{self.checkpointer.last_saved(self.state) or 'none (no checkpoint was saved yet)'}"
+            )
+        now = time.time()
+        tokens_per_sec = self.steps_since_log * self.tokens_per_step / max(now - self.t_last, 1e-9)
+        utilization = mfu(self.flops_per_token, tokens_per_sec, self.peak_flops) if self.peak_flops else None
+        record = log_record(step, loss, lr, tokens_per_sec, utilization)
+        self.write(record)
+        self.report("step", {**record, "elapsed": now - self.train_start})
+        self.t_last, self.steps_since_log = now, 0
+
+    def evaluate_and_save(self) -> None:
+        losses = self.evaluate()
+        path = self.checkpointer.save(self.state, losses, self.raw_model, self.optimizer, self.sampler)
+        self.report("checkpoint", {"step": self.state.step, "path": str(path)})
+
+    def evaluate(self) -> dict[str, float]:
+        """Losses on fixed batches and a sample; every rank (same batches, same result)."""
+        state = self.state
+        losses = self.validator.losses(self.raw_model)
+        if not all_finite(losses):
+            raise GptError(
+                f"the loss became non-finite at step {state.step}; stopped without saving. "
+                f"Last good checkpoint: {self.checkpointer.last_saved(state) or 'none'}"
+            )
+        state.train_loss, state.val_loss = losses.get("train"), losses.get("val")
+        if state.val_loss is not None and (
+            state.best_val_loss is None or state.val_loss < state.best_val_loss
+        ):
+            state.best_val_loss = state.val_loss
+        sample = self.validator.sample(
+            self.raw_model, self.tokenizer
+        )  # all ranks: FSDP forwards are collective
+        self.write(eval_record(state.step, losses, sample))
+        self.report(
+            "eval",
+            {
+                "step": state.step,
+                "train_loss": state.train_loss,
+                "val_loss": state.val_loss,
+                "sample": sample,
+            },
+        )
+        return losses
+
+    def stop_reason(self, interrupt: StopOnInterrupt) -> str | None:
+        """'interrupted' (Ctrl-C), 'max_time', or None to go on; under torchrun all ranks agree."""
+        max_time = self.config.max_time
+        timed_out = max_time is not None and time.time() - self.train_start > max_time
+        interrupted = interrupt.requested
+        if self.world.enabled:  # agree at log steps only: an all-reduce is a host sync
+            agreed = self.world.any(interrupted, timed_out) if self.is_log_step() else (False, False)
+            interrupted, timed_out = agreed
+        if interrupted:
+            return "interrupted"
+        return "max_time" if timed_out else None
+
+    def finish(self, stop_reason: str) -> None:
+        """The final eval and checkpoint, unless this step was just saved; on Ctrl-C the checkpoint alone."""
+        state = self.state
+        unsaved = state.step > state.saved_step
+        if stop_reason == "interrupted":
+            saved = ""
+            if unsaved:
+                saved = f"saved {self.checkpointer.save(state, {}, self.raw_model, self.optimizer, self.sampler)}. "
+            raise TrainingInterrupted(
+                f"interrupted at step {state.step}; {saved}continue with: gpt train --resume {self.run_dir}"
+            )
+        if unsaved:
+            self.evaluate_and_save()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def summary(self, stop_reason: str) -> TrainSummary:
+        state = self.state
+        return TrainSummary(
+            run_dir=self.run_dir,
+            step=state.step,
+            train_loss=state.train_loss,
+            val_loss=state.val_loss,
+            best_val_loss=state.best_val_loss,
+            last_checkpoint=self.checkpointer.last_saved(state),
+            seconds=time.time() - self.start_time,
+            stop_reason=stop_reason,
+            notes=self.notes,
+        )
