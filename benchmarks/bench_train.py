@@ -12,7 +12,7 @@ Target (CPU): ours <= 0.8x HF's step time.
 
 --full-run trains nanoGPT's "baby GPT" CPU recipe on toy_data/shakespeare.txt at character level
 (4 layers, 4 heads, 128 wide, block 64, batch 12, lr 1e-3, 2000 iters, no dropout, warmup 100)
-with `gptcli.trainer.train` and reports wall time, ms/iteration and the final val loss. For scale:
+with `gptcli.training.trainer.train` and reports wall time, ms/iteration and the final val loss. For scale:
 nanoGPT's own run of that recipe takes about 100 s on this 2-core machine and ends at val 1.87 on the
 1 MB tiny-Shakespeare.
 """

@@ -11,9 +11,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptcli.errors import GptError, one_line_validation_error
-from gptcli.tokenizers.base import ENDOFTEXT
 
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator: the default special token
 DEFAULT_BPE_VOCAB_SIZE = 4096
+EXPORT_FORMATS = ("hf", "tiktoken")  # gpt tokenizer export --format
+DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HUB_NAMES = {  # `gpt load-gpt2 NAME`: OpenAI's GPT-2 sizes on the Hugging Face hub
+    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+}
+PRECISION_HELP = "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
 
 
 class StrictModel(BaseModel):
@@ -25,16 +32,25 @@ class StrictModel(BaseModel):
 class TokenizerTrainConfig(StrictModel):
     """`gpt tokenizer train`: what to train on and what to learn."""
 
-    files: list[str] = Field(min_length=1, description="corpus files, directories or glob patterns")
-    kind: Literal["bpe", "char"] = "bpe"
+    files: list[str] = Field(
+        min_length=1, description="Corpus files, directories (searched for text files) or glob patterns."
+    )
+    kind: Literal["bpe", "char"] = Field(
+        "bpe", description="bpe (byte-level BPE) or char (one id per character)."
+    )
     vocab_size: int | None = Field(
         None,
-        description=f"total vocabulary incl. 256 bytes and specials (bpe default {DEFAULT_BPE_VOCAB_SIZE})",
+        description="Vocabulary size incl. 256 bytes and special tokens "
+        f"(default: {DEFAULT_BPE_VOCAB_SIZE} for bpe; for char an upper bound).",
     )
-    special_tokens: list[str] = Field(default_factory=lambda: [ENDOFTEXT])
-    pattern: str = Field("gpt4", description="split pattern: gpt2, gpt4 or a regex (bpe)")
-    out: Path = Path("tokenizer.json")
-    workers: int | None = Field(None, ge=1, description="processes for pre-tokenization (default: all cores)")
+    special_tokens: list[str] = Field(
+        default_factory=lambda: [ENDOFTEXT], description="Special tokens, ids after the vocabulary."
+    )
+    pattern: str = Field("gpt4", description="Split pattern: gpt2, gpt4, or a regex (bpe only).")
+    out: Path = Field(Path("tokenizer.json"), description="Where to write the tokenizer JSON.")
+    workers: int | None = Field(
+        None, ge=1, description="Processes for pre-tokenizing large corpora (default: all cores)."
+    )
 
     @field_validator("special_tokens")
     @classmethod
@@ -65,33 +81,40 @@ class TokenizerTrainConfig(StrictModel):
 class ModelConfig(StrictModel):
     """The shape of a model. Saved in every checkpoint's config.json, so nothing is typed twice.
 
-    arch "gpt" is the transformer; "lstm" the baseline LSTM (gptcli/lstm.py), which reads only
+    arch "gpt" is the transformer; "lstm" the baseline LSTM (gptcli/models/lstm.py), which reads only
     vocab_size, block_size, n_layer, n_embd (its hidden size), dropout, bias and tie_weights.
     """
 
-    arch: Literal["gpt", "lstm"] = Field("gpt", description="gpt (the transformer) or lstm (the baseline)")
+    arch: Literal["gpt", "lstm"] = Field(
+        "gpt",
+        description="gpt (the transformer) or lstm (the baseline: reads n-layer, n-embd, block-size, dropout).",
+    )
     vocab_size: int | None = Field(
         None,
         ge=1,
-        description="the tokenizer's vocabulary (padded to a multiple of 64 inside); set from the tokenizer",
+        description="The tokenizer's vocabulary (padded to a multiple of 64 inside); set from the tokenizer.",
     )
-    block_size: int = Field(256, ge=1, description="context length in tokens")
-    n_layer: int = Field(6, ge=1)
-    n_head: int = Field(6, ge=1)
-    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (GQA/MQA); default n_head")
-    n_embd: int = Field(384, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    bias: bool = Field(True, description="biases in Linear layers and LayerNorms, as GPT-2")
-    pos_emb: Literal["learned", "rope", "sinusoidal", "none"] = "learned"
-    rope_base: float = Field(10000.0, gt=0)
+    block_size: int = Field(256, ge=1, description="Context length in tokens.")
+    n_layer: int = Field(6, ge=1, description="Transformer blocks, or LSTM layers.")
+    n_head: int = Field(6, ge=1, description="Attention heads.")
+    n_kv_head: int | None = Field(None, ge=1, description="Key/value heads for GQA/MQA (default: n_head).")
+    n_embd: int = Field(384, ge=1, description="Width; an LSTM's hidden size.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout.")
+    bias: bool = Field(True, description="Biases in Linear layers and LayerNorms, as GPT-2.")
+    pos_emb: Literal["learned", "rope", "sinusoidal", "none"] = Field(
+        "learned", description="Positions: learned, rope, sinusoidal or none."
+    )
+    rope_base: float = Field(10000.0, gt=0, description="RoPE's base frequency.")
     window: int | None = Field(
-        None, ge=1, description="sliding-window attention: see at most this many tokens"
+        None, ge=1, description="Sliding-window attention: see at most this many tokens (default: off)."
     )
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = Field(1e-5, gt=0)
-    gelu: Literal["tanh", "exact"] = "tanh"
-    tie_weights: bool = Field(True, description="lm_head shares wte's weight")
-    flash: bool = Field(True, description="scaled_dot_product_attention (else the explicit, readable path)")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="layernorm or rmsnorm.")
+    norm_eps: float = Field(1e-5, gt=0, description="The norms' epsilon.")
+    gelu: Literal["tanh", "exact"] = Field("tanh", description="GELU: the tanh form (GPT-2) or exact.")
+    tie_weights: bool = Field(True, description="lm_head shares wte's weight.")
+    flash: bool = Field(
+        True, description="Fused attention (scaled_dot_product_attention), else the explicit path."
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":
@@ -134,58 +157,63 @@ TRANSFORMER_ONLY = ("n_head", "pos_emb", "rope_base", "window", "norm", "norm_ep
 class TrainConfig(StrictModel):
     """`gpt train`: data, model shape, optimization, evaluation, system. Written to RUN_DIR/config.json.
 
-    Unset data/tokenizer fields are resolved at the start of a run (see gptcli.trainer) and the
+    Unset data/tokenizer fields are resolved at the start of a run (see gptcli.training.inputs) and the
     resolved values are what the run directory records.
     """
 
     # data
     data: list[str] | None = Field(
-        None, description="corpus files/dirs/globs (default: the tokenizer's corpus)"
+        None, description="Corpus files/dirs/globs (default: the tokenizer's corpus)."
     )
     val_data: list[str] | None = Field(
-        None, description="separate validation files (default: a split of data)"
+        None, description="Separate validation files (default: the last --val-fraction of the data)."
     )
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="last fraction of the tokens held out")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of tokens held out for validation."
+    )
     tokenizer: str | None = Field(
-        None, description="tokenizer file/dir, or 'char' (default ./tokenizer.json)"
+        None, description="Tokenizer file/dir, or 'char' (default: ./tokenizer.json, else char)."
     )
-    data_cache: Path | None = Field(None, description="where token caches go (default ~/.cache/gptcli)")
+    data_cache: Path | None = Field(None, description="Folder for token caches (default: ~/.cache/gptcli).")
     # model
     model: ModelConfig = Field(default_factory=ModelConfig)
-    init_from: Path | None = Field(None, description="start from this checkpoint's weights (fine-tuning)")
+    init_from: Path | None = Field(None, description="Start from this checkpoint's weights (fine-tuning).")
     # optimization
-    batch_size: int = Field(12, ge=1)
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    max_iters: int = Field(2000, ge=1)
-    max_time: float | None = Field(
-        None, gt=0, description="stop after this long: seconds, or '90s', '15m', '1.5h'"
+    batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_iters: int = Field(2000, ge=1, description="Optimizer steps.")
+    max_time: float | None = Field(None, gt=0, description="Stop after this long: 90, 90s, 15m, 1.5h.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    min_lr: float | None = Field(
+        None, ge=0, description="Learning rate at the end of the cosine decay (default: lr/10)."
     )
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float | None = Field(None, ge=0, description="floor of the cosine decay (default lr / 10)")
-    warmup_iters: int = Field(100, ge=0)
-    lr_decay_iters: int | None = Field(None, ge=1, description="end of the cosine decay (default max_iters)")
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm, 0 to disable")
+    warmup_iters: int = Field(100, ge=0, description="Linear warmup steps.")
+    lr_decay_iters: int | None = Field(
+        None, ge=1, description="End of the cosine decay (default: max_iters)."
+    )
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.99, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm, 0 = off.")
     # evaluation, logging, checkpoints
-    eval_interval: int = Field(250, ge=1)
-    eval_iters: int = Field(20, ge=1)
-    log_interval: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept (the best is kept too)")
-    sample_tokens: int = Field(200, ge=0, description="tokens sampled at each eval (0: none)")
+    eval_interval: int = Field(250, ge=1, description="Steps between evals + checkpoints.")
+    eval_iters: int = Field(20, ge=1, description="Batches per eval.")
+    log_interval: int = Field(10, ge=1, description="Steps between log lines.")
+    keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept, plus the best.")
+    sample_tokens: int = Field(200, ge=0, description="Tokens sampled at each eval, 0 = none.")
     # system
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=PRECISION_HELP)
+    compile: bool = Field(False, description="torch.compile the model.")
     activation_checkpointing: bool = Field(
-        False, description="recompute activations in backward: less memory"
+        False, description="Recompute activations in backward: less memory for long contexts."
     )
     fsdp: bool = Field(
-        False, description="shard weights, gradients and optimizer state across torchrun ranks"
+        False,
+        description="Under torchrun: shard weights, gradients and AdamW state across ranks (FSDP2).",
     )
-    device: str = "auto"
-    seed: int = 1337
-    tensorboard: bool = Field(False, description="also write TensorBoard event files to RUN_DIR/tensorboard")
+    device: str = Field("auto", description=DEVICE_HELP)
+    seed: int = Field(1337, description="Random seed.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files to RUN_DIR/tensorboard.")
 
     @field_validator("max_time", mode="before")
     @classmethod
@@ -204,18 +232,18 @@ class TrainConfig(StrictModel):
 class SampleConfig(StrictModel):
     """`gpt generate`: how to sample. The model, tokenizer and context length come from the checkpoint."""
 
-    num_samples: int = Field(1, ge=1, description="samples generated together, as one batch")
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.8, ge=0.0, description="0 means greedy")
-    top_k: int | None = Field(200, ge=1, description="keep the k most likely tokens (None: all)")
+    num_samples: int = Field(1, ge=1, description="Samples, generated together as one batch.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens to generate per sample.")
+    temperature: float = Field(0.8, ge=0.0, description="Softmax temperature; 0 = greedy.")
+    top_k: int | None = Field(200, ge=1, description="Sample from the k most likely tokens only.")
     top_p: float | None = Field(
-        None, gt=0.0, le=1.0, description="nucleus: the smallest set with this much mass"
+        None, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set with this probability mass."
     )
-    seed: int | None = Field(None, description="same seed + checkpoint + device = same text (None: random)")
+    seed: int | None = Field(None, description="Random seed: same seed + checkpoint + device = same text.")
     stop: list[str] = Field(
-        default_factory=list, description="stop strings: a sample ends before the first one"
+        default_factory=list, description="Stop string (repeatable): a sample ends just before it."
     )
-    ignore_eos: bool = Field(False, description="keep going past the end-of-text token")
+    ignore_eos: bool = Field(False, description="Do not stop at <|endoftext|>.")
 
     @field_validator("stop")
     @classmethod

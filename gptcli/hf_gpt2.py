@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli.config import ModelConfig
+from gptcli.config import HUB_NAMES, ModelConfig
 from gptcli.errors import GptError
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
@@ -31,7 +31,6 @@ from gptcli.tokenizers.export import export_hf
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks (not c_attn.bias!), rebuilt by the model
-HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
@@ -208,6 +207,21 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) 
     """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel loads."""
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     config = ckpt.read_config(directory)["model"]
+    check_gpt2_layout(config, directory)
+    model, tokenizer, _ = ckpt.load_checkpoint(directory)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "model.safetensors", out / "config.json"]
+    write_safetensors(written[0], hf_weights(model, config), metadata={"format": "pt"})
+    eot = tokenizer.eot_id if tokenizer.eot_id is not None else config.vocab_size - 1
+    atomic_write_json(written[1], hf_config(config, eot))
+    if isinstance(tokenizer, BPETokenizer):
+        written += export_hf(tokenizer, out)
+    return written
+
+
+def check_gpt2_layout(config: ModelConfig, directory: Path) -> None:
+    """Only what GPT-2's architecture can express exports: a one-line error names what differs."""
     if config.arch != "gpt":
         raise GptError(f"{directory}: an {config.arch} model has no GPT-2 layout to export to")
     unsupported = {
@@ -223,9 +237,10 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) 
             f"{directory}: GPT-2's layout needs learned positions, LayerNorm, MHA, no window and tied weights; "
             f"this model differs in {', '.join(bad)}"
         )
-    model, tokenizer, _ = ckpt.load_checkpoint(directory)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def hf_weights(model: GPT, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our weights under HF's layout: no padding rows, Conv1D matrices transposed, zero biases if we have none."""
     tensors = {}
     for name, tensor in ckpt.model_weights(model).items():
         if name == "transformer.wte.weight":
@@ -240,10 +255,12 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) 
                                 ("ln_1", config.n_embd), ("ln_2", config.n_embd)):  # fmt: skip
                 tensors[f"transformer.h.{i}.{layer}.bias"] = torch.zeros(size)
         tensors["transformer.ln_f.bias"] = torch.zeros(config.n_embd)
-    written = [out / "model.safetensors", out / "config.json"]
-    write_safetensors(written[0], tensors, metadata={"format": "pt"})
-    eot = tokenizer.eot_id if tokenizer.eot_id is not None else config.vocab_size - 1
-    hf_config = {
+    return tensors
+
+
+def hf_config(config: ModelConfig, eot: int) -> dict:
+    """transformers' GPT2Config for our shape."""
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
@@ -264,7 +281,3 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) 
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
-    atomic_write_json(written[1], hf_config)
-    if isinstance(tokenizer, BPETokenizer):
-        written += export_hf(tokenizer, out)
-    return written

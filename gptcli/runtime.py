@@ -11,9 +11,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from gptcli.config import PRECISIONS
 from gptcli.errors import GptError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEAK_FLOPS = {  # dense bf16 tensor-core peaks, for MFU
     "H100": 989e12,

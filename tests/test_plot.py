@@ -9,7 +9,7 @@ import pytest
 from gptcli.errors import GptError
 from gptcli.plot import plot_runs, read_metrics
 from gptcli.training.trainer import train
-from tests.test_trainer import tiny
+from tests.training.test_trainer import tiny
 
 
 def write_metrics(run_dir: Path, *lines: str | dict) -> Path:

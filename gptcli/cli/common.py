@@ -1,4 +1,9 @@
-"""What every command shares: the stderr console, one-line errors, progress bars, reading input."""
+"""What every command shares: the stderr console, one-line errors, progress bars, reading input,
+options documented by the config fields they set, and the options several commands take.
+
+Nothing here imports torch: `gpt --help`, `gpt --version`, completion and the tokenizer commands
+start without it. Commands import the library modules that need torch inside their bodies.
+"""
 
 import sys
 from collections.abc import Iterator
@@ -7,6 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,6 +25,7 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
+from gptcli.config import TrainConfig
 from gptcli.errors import GptError
 
 try:  # recent Typer releases vendor their own copy of Click
@@ -26,6 +34,30 @@ except ImportError:  # pragma: no cover - older Typer on the real Click
     from click import exceptions as click_errors
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
 
+
+def config_option(model: type[BaseModel], name: str, *names: str, **options) -> typer.models.OptionInfo:
+    """A Typer option whose help is the config field's description, plus its default where that
+    text does not already say it: change a default in gptcli.config and the help follows."""
+    field = model.model_fields[name]
+    text = field.description or ""
+    default = default_text(field.default_factory() if field.default_factory else field.default)
+    if default is not None and "default" not in text:
+        end = "." if text.endswith(".") else ""
+        text = f"{text.removesuffix('.')} (default: {default}){end}"
+    return typer.Option(*names, help=text, **options)
+
+
+def default_text(value) -> str | None:
+    """How a default reads in help: on/off for flags; nothing for None, empty lists and required fields."""
+    if value is None or value is PydanticUndefined or value == []:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 # options that several commands share, declared once
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint dir, or a run dir (its newest checkpoint).")
@@ -33,6 +65,16 @@ CheckpointOption = Annotated[
 BestOption = Annotated[
     bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
+
+
+def device_option(**options) -> typer.models.OptionInfo:
+    return config_option(TrainConfig, "device", "--device", **options)
+
+
+def precision_option(**options) -> typer.models.OptionInfo:
+    return config_option(TrainConfig, "precision", "--precision", **options)
+
 
 # Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.
 console = Console(stderr=True, highlight=False, soft_wrap=True)

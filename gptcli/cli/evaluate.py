@@ -12,17 +12,16 @@ from rich.table import Table
 
 from gptcli.cli.common import (
     BestOption,
+    JsonOption,
     QuietOption,
     VerboseOption,
     console,
     detail,
+    device_option,
     human_bytes,
     read_text_file,
     stage_progress,
 )
-from gptcli.evaluate import evaluate_text
-from gptcli.runtime import resolve_device
-from gptcli.storage import checkpoint as ckpt
 
 
 def eval_command(
@@ -39,42 +38,54 @@ def eval_command(
     best: BestOption = False,
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object per checkpoint, one per line.")
-    ] = False,
+    device: Annotated[str, device_option()] = "auto",
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a text file.
 
-    With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side.
+    With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side; with
+    --json, one JSON object per checkpoint, one per line.
     """
+    from gptcli.runtime import resolve_device  # torch loads only once a command runs
+    from gptcli.storage import checkpoint as ckpt
+
     directories = [ckpt.resolve_checkpoint(c, best=best) for c in checkpoint or [Path("out")]]
     text = read_text_file(data, "data file")
     torch_device = resolve_device(device)
     rows = []
     for directory in directories:
-        model, tokenizer, config = ckpt.load_checkpoint(directory, torch_device)
-        t0 = time.perf_counter()
-        with stage_progress(enabled=not as_json) as progress:
-            result = evaluate_text(
-                model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
-            )
-        detail(f"{directory}: {result.tokens:,} tokens in {time.perf_counter() - t0:.1f}s on {torch_device}")
-        row = {
-            "checkpoint": str(directory),
-            "data": str(data),
-            "arch": config["model"].arch,
-            "parameters": model.num_params(non_embedding=False),
-            "tokenizer": tokenizer.kind,
-            **result.to_json(),
-        }
+        row = evaluate_checkpoint(directory, data, text, torch_device, batch_size, max_tokens, as_json)
         rows.append(row)
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
     if not as_json:
         write_eval_table(rows)
+
+
+def evaluate_checkpoint(
+    directory: Path, data: Path, text: str, device, batch_size, max_tokens, as_json
+) -> dict:
+    """One row of the eval table: the checkpoint, its model, and its figures on the text."""
+    from gptcli.evaluate import evaluate_text
+    from gptcli.storage import checkpoint as ckpt
+
+    model, tokenizer, config = ckpt.load_checkpoint(directory, device)
+    t0 = time.perf_counter()
+    with stage_progress(enabled=not as_json) as progress:
+        result = evaluate_text(
+            model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+        )
+    detail(f"{directory}: {result.tokens:,} tokens in {time.perf_counter() - t0:.1f}s on {device}")
+    return {
+        "checkpoint": str(directory),
+        "data": str(data),
+        "arch": config["model"].arch,
+        "parameters": model.num_params(non_embedding=False),
+        "tokenizer": tokenizer.kind,
+        **result.to_json(),
+    }
 
 
 def write_eval_table(rows: list[dict]) -> None:
@@ -98,11 +109,13 @@ def write_eval_table(rows: list[dict]) -> None:
 
 def info_command(
     path: Annotated[Path, typer.Argument(help="A checkpoint or run directory.")] = Path("out"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
+    from gptcli.storage import checkpoint as ckpt  # torch loads only once a command runs
+
     info = ckpt.describe_checkpoint(path)
     if as_json:
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")

@@ -1,25 +1,27 @@
-"""`gpt generate`: flags -> SampleConfig -> gptcli.sampling.Engine; text streamed, printed or as JSON."""
+"""`gpt generate`: flags -> SampleConfig -> gptcli.generation.Engine; text streamed, printed or as JSON."""
 
 import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from gptcli.cli.common import (
     BestOption,
     CheckpointOption,
+    JsonOption,
     QuietOption,
     VerboseOption,
+    config_option,
     console,
     detail,
+    device_option,
+    precision_option,
     read_text_file,
 )
-from gptcli.config import SampleConfig, validate
+from gptcli.config import PRECISIONS, SampleConfig, validate
 from gptcli.errors import GptError
-from gptcli.generation import Engine
 
 SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py prints them
 
@@ -29,6 +31,11 @@ def read_prompt(prompt: str) -> str:
     return read_text_file(Path(prompt[5:]), "prompt file") if prompt.startswith("FILE:") else prompt
 
 
+def _sample(name: str, *names: str, **options):
+    """The option that sets SampleConfig.<name>."""
+    return config_option(SampleConfig, name, *names, **options)
+
+
 def generate_command(
     prompt: Annotated[
         str,
@@ -36,50 +43,37 @@ def generate_command(
     ] = "",
     checkpoint: CheckpointOption = Path("out"),
     best: BestOption = False,
-    num_samples: Annotated[
-        int, typer.Option("--num-samples", "-n", help="Samples, generated together as one batch.")
-    ] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 256,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 0.8,
-    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens only.")] = 200,
-    top_p: Annotated[
-        float | None, typer.Option(help="Nucleus sampling: the smallest set with this probability mass.")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Random seed: same seed + checkpoint + device = same text.")
-    ] = None,
-    stop: Annotated[
-        list[str] | None, typer.Option(help="Stop string (repeatable): a sample ends just before it.")
-    ] = None,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Do not stop at <|endoftext|>.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="auto (bf16 on GPU, else fp32), fp32, bf16 or fp16.")
-    ] = "auto",
+    num_samples: Annotated[int | None, _sample("num_samples", "--num-samples", "-n")] = None,
+    max_new_tokens: Annotated[int | None, _sample("max_new_tokens")] = None,
+    temperature: Annotated[float | None, _sample("temperature")] = None,
+    top_k: Annotated[int | None, _sample("top_k")] = None,
+    top_p: Annotated[float | None, _sample("top_p")] = None,
+    seed: Annotated[int | None, _sample("seed")] = None,
+    stop: Annotated[list[str] | None, _sample("stop")] = None,
+    ignore_eos: Annotated[bool | None, _sample("ignore_eos", "--ignore-eos")] = None,
+    device: Annotated[str, device_option()] = "auto",
+    precision: Annotated[str, precision_option()] = "auto",
     compile: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile the model first.")
     ] = False,
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come (one sample).")
     ] = True,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object: prompt, samples, ids, counts, speed.")
-    ] = False,
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Generate text from a checkpoint. Example: gpt generate --prompt "Once upon a time" --top-k 200"""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise GptError(f"unknown --precision {precision!r}: use auto, fp32, bf16 or fp16")
-    config = validate(
-        SampleConfig,
-        num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        top_p=top_p, seed=seed, stop=stop or [], ignore_eos=ignore_eos,
-    )  # fmt: skip
+    """Generate text from a checkpoint. Example: gpt generate --prompt "Once upon a time" --top-k 200
+
+    With --json: one object with the prompt, the samples (text, ids, finish reason), counts and speed.
+    """
+    if precision not in PRECISIONS:
+        raise GptError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
+    settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
+    config = validate(SampleConfig, **{k: v for k, v in settings.items() if v is not None})
     text = read_prompt(prompt)
-    engine = Engine.from_checkpoint(checkpoint, device=device, precision=precision, best=best)
-    if compile:
-        engine.model = torch.compile(engine.model)
+    engine = load_engine(checkpoint, device, precision, best, compile)
     run = engine.start(text, config)
     detail(
         f"{engine.checkpoint} on {engine.device} ({engine.precision}); prompt {len(run.prompt_ids)} tokens; "
@@ -89,14 +83,29 @@ def generate_command(
         console.print(
             f"[dim]the prompt has {len(run.prompt_ids)} tokens; the model sees the last {engine.block_size}[/]"
         )
+    print_run(engine, run, as_json, stream and config.num_samples == 1)
 
+
+def load_engine(checkpoint: Path, device: str, precision: str, best: bool, compile: bool):
+    import torch  # loaded only once a command runs, so `gpt --help` starts at once
+
+    from gptcli.generation import Engine
+
+    engine = Engine.from_checkpoint(checkpoint, device=device, precision=precision, best=best)
+    if compile:
+        engine.model = torch.compile(engine.model)
+    return engine
+
+
+def print_run(engine, run, as_json: bool, stream: bool) -> None:
+    """The run's samples: one JSON object, streamed text, or the samples one after another."""
     if as_json:
         for _ in run:
             pass
         out = {"checkpoint": str(engine.checkpoint), **run.result.to_json()}
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         return
-    if stream and num_samples == 1:
+    if stream:
         sys.stdout.write(run.prompt)
         for event in run:
             sys.stdout.write(event.text)

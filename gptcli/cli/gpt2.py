@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console
-from gptcli.hf_gpt2 import HUB_NAMES, export_hf_gpt2, import_gpt2
+from gptcli.config import HUB_NAMES
 
 
 def load_gpt2_command(
@@ -24,6 +24,8 @@ def load_gpt2_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Import GPT-2 weights and tokenizer into a checkpoint that generate and train --init-from use."""
+    from gptcli.hf_gpt2 import import_gpt2  # torch loads only once a command runs
+
     path = import_gpt2(source, out, tokenizer)
     console.print(f'wrote {path} (try: gpt generate --checkpoint {path} --prompt "Hello, my name is")')
 
@@ -41,5 +43,7 @@ def export_hf_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Export a GPT-2-shaped checkpoint so transformers' GPT2LMHeadModel.from_pretrained loads it."""
+    from gptcli.hf_gpt2 import export_hf_gpt2  # torch loads only once a command runs
+
     written = export_hf_gpt2(checkpoint, out, best=best)
     console.print(f"wrote {', '.join(str(p) for p in written)}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gptcli.cli.common import (
+    JsonOption,
     QuietOption,
     VerboseOption,
     console,
@@ -18,13 +19,8 @@ from gptcli.cli.common import (
     warn,
     write_text,
 )
-from gptcli.config import TokenizerTrainConfig, validate
+from gptcli.config import EXPORT_FORMATS, TokenizerTrainConfig, validate
 from gptcli.errors import GptError
-from gptcli.tokenizers import load_tokenizer
-from gptcli.tokenizers.base import Tokenizer
-from gptcli.tokenizers.bpe import BPETokenizer
-from gptcli.tokenizers.export import EXPORT_FORMATS, export_tokenizer
-from gptcli.tokenizers.train import train_tokenizer
 
 app = typer.Typer(
     help="Train byte-level BPE or character tokenizers; encode, decode, inspect, export.",
@@ -68,6 +64,8 @@ def train(
     verbose: VerboseOption = False,
 ) -> None:
     """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
+    from gptcli.tokenizers.train import train_tokenizer  # tiktoken and regex load only when needed
+
     if kind not in ("bpe", "char"):
         raise GptError(f"unknown --kind {kind!r}: choose bpe or char")
     specials = special_tokens.split(",") if special_tokens != "" else []
@@ -115,7 +113,7 @@ def encode(
     verbose: VerboseOption = False,
 ) -> None:
     """Print the token ids of a text as one JSON array."""
-    tok = load_tokenizer(tokenizer)
+    tok = read_tokenizer(tokenizer)
     source = read_input(text, file, "text")
     t0 = time.perf_counter()
     ids = tok.encode(source, allow_special=allow_special)
@@ -140,7 +138,7 @@ def decode(
     verbose: VerboseOption = False,
 ) -> None:
     """Print the text of a JSON array of token ids."""
-    tok = load_tokenizer(tokenizer)
+    tok = read_tokenizer(tokenizer)
     id_list = parse_ids(read_input(ids, file, "ids"))
     text = tok.decode(id_list)
     detail(f"{len(id_list):,} tokens -> {len(text):,} characters with {tok.kind} tokenizer {tokenizer}")
@@ -159,8 +157,16 @@ def parse_ids(raw: str) -> list[int]:
     return value
 
 
-def tokenizer_info(tok: Tokenizer, n_longest: int = 5) -> dict:
+def read_tokenizer(path: Path):
+    from gptcli.tokenizers import load_tokenizer  # tiktoken and regex load only when needed
+
+    return load_tokenizer(path)
+
+
+def tokenizer_info(tok, n_longest: int = 5) -> dict:
     """What `info` shows, as a JSON-ready dict."""
+    from gptcli.tokenizers.bpe import BPETokenizer
+
     info = {
         "kind": tok.kind,
         "vocab_size": tok.vocab_size,
@@ -184,14 +190,12 @@ def tokenizer_info(tok: Tokenizer, n_longest: int = 5) -> dict:
 @app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="Tokenizer file or folder.")] = Path("tokenizer.json"),
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
-    ] = False,
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Show a tokenizer's kind, sizes, special tokens, split pattern and longest tokens."""
-    data = tokenizer_info(load_tokenizer(path))
+    data = tokenizer_info(read_tokenizer(path))
     if as_json:
         write_text(json.dumps(data, ensure_ascii=False) + "\n")
         return
@@ -225,5 +229,7 @@ def export(
     verbose: VerboseOption = False,
 ) -> None:
     """Export a BPE tokenizer for other tools: HF (vocab.json + merges.txt + tokenizer.json) or tiktoken."""
-    written = export_tokenizer(load_tokenizer(path), format, out)
+    from gptcli.tokenizers.export import export_tokenizer
+
+    written = export_tokenizer(read_tokenizer(path), format, out)
     console.print(f"wrote {', '.join(str(p) for p in written)}")

@@ -1,4 +1,9 @@
-"""`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.trainer.train."""
+"""`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.training.trainer.train.
+
+Every option but the run controls (--config, --resume, --out, --overwrite) sets the TrainConfig or
+ModelConfig field of its name; its help and default come from that field. Options left unset are
+None here, so a --config file (or a resumed run's config.json) keeps its values.
+"""
 
 import json
 from pathlib import Path
@@ -7,26 +12,22 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gptcli.cli.common import QuietOption, VerboseOption, console, detail
-from gptcli.config import TrainConfig, validate
+from gptcli.cli.common import (
+    QuietOption,
+    VerboseOption,
+    config_option,
+    console,
+    detail,
+    device_option,
+    precision_option,
+)
+from gptcli.config import ModelConfig, TrainConfig, validate
 from gptcli.errors import GptError
 from gptcli.storage.files import read_json
-from gptcli.training.distributed import is_main_process
-from gptcli.training.run_dir import read_run_config
-from gptcli.training.trainer import train
 
-MODEL_FIELDS = {
-    "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "pos_emb", "rope_base",
-    "window", "norm", "gelu", "tie_weights", "flash",
-}  # fmt: skip
-
-PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_EVAL, PANEL_SYS = (
-    "Data",
-    "Model",
-    "Optimization",
-    "Evaluation",
-    "System",
-)
+MODEL_FIELDS = set(ModelConfig.model_fields)
+RUN_CONTROLS = {"config", "resume", "out", "overwrite", "quiet", "verbose"}  # how to run, not what
+DATA, MODEL, OPT, EVAL, SYSTEM = "Data", "Model", "Optimization", "Evaluation", "System"
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -54,221 +55,75 @@ def merge_config(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _train(name: str, *names: str, panel: str, **options):
+    """The option that sets TrainConfig.<name>."""
+    return config_option(TrainConfig, name, *names, rich_help_panel=panel, **options)
+
+
+def _model(name: str, *names: str, **options):
+    """The option that sets ModelConfig.<name>."""
+    return config_option(ModelConfig, name, *names, rich_help_panel=MODEL, **options)
+
+
 def train_command(
-    data: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Corpus files/dirs/globs (default: the tokenizer's corpus).",
-            rich_help_panel=PANEL_DATA,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            "--tokenizer",
-            "-t",
-            help="Tokenizer file/dir, or 'char' (default: ./tokenizer.json, else char).",
-            rich_help_panel=PANEL_DATA,
-        ),
-    ] = None,
-    val_data: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Separate validation files (default: the last --val-fraction of the data).",
-            rich_help_panel=PANEL_DATA,
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Fraction of tokens held out for validation (default: 0.1).", rich_help_panel=PANEL_DATA
-        ),
-    ] = None,
-    data_cache: Annotated[
-        Path | None,
-        typer.Option(help="Folder for token caches (default: ~/.cache/gptcli).", rich_help_panel=PANEL_DATA),
-    ] = None,
+    data: Annotated[list[str] | None, _train("data", "--data", "-d", panel=DATA)] = None,
+    tokenizer: Annotated[str | None, _train("tokenizer", "--tokenizer", "-t", panel=DATA)] = None,
+    val_data: Annotated[list[str] | None, _train("val_data", panel=DATA)] = None,
+    val_fraction: Annotated[float | None, _train("val_fraction", panel=DATA)] = None,
+    data_cache: Annotated[Path | None, _train("data_cache", panel=DATA)] = None,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=PANEL_DATA),
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=DATA)
     ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="gpt (the transformer) or lstm (the baseline: reads n-layer, n-embd, block-size, dropout) "
-            "(default: gpt).",
-            rich_help_panel=PANEL_MODEL,
-        ),
-    ] = None,
-    n_layer: Annotated[
-        int | None,
-        typer.Option(help="Transformer blocks, or LSTM layers (default: 6).", rich_help_panel=PANEL_MODEL),
-    ] = None,
-    n_head: Annotated[
-        int | None, typer.Option(help="Attention heads (default: 6).", rich_help_panel=PANEL_MODEL)
-    ] = None,
-    n_kv_head: Annotated[
-        int | None,
-        typer.Option(help="Key/value heads for GQA/MQA (default: n_head).", rich_help_panel=PANEL_MODEL),
-    ] = None,
-    n_embd: Annotated[
-        int | None,
-        typer.Option(help="Width; an LSTM's hidden size (default: 384).", rich_help_panel=PANEL_MODEL),
-    ] = None,
-    block_size: Annotated[
-        int | None, typer.Option(help="Context length in tokens (default: 256).", rich_help_panel=PANEL_MODEL)
-    ] = None,
-    dropout: Annotated[
-        float | None, typer.Option(help="Dropout (default: 0.0).", rich_help_panel=PANEL_MODEL)
-    ] = None,
-    bias: Annotated[
-        bool | None,
-        typer.Option(
-            "--bias/--no-bias",
-            help="Biases in Linear and LayerNorm (default: bias).",
-            rich_help_panel=PANEL_MODEL,
-        ),
-    ] = None,
-    pos_emb: Annotated[
-        str | None,
-        typer.Option(
-            help="Positions: learned, rope, sinusoidal or none (default: learned).",
-            rich_help_panel=PANEL_MODEL,
-        ),
-    ] = None,
-    window: Annotated[
-        int | None,
-        typer.Option(
-            help="Sliding-window attention span in tokens (default: off).", rich_help_panel=PANEL_MODEL
-        ),
-    ] = None,
-    norm: Annotated[
-        str | None,
-        typer.Option(help="layernorm or rmsnorm (default: layernorm).", rich_help_panel=PANEL_MODEL),
-    ] = None,
-    flash: Annotated[
-        bool | None,
-        typer.Option(
-            "--flash/--no-flash",
-            help="Fused attention (else the explicit path) (default: flash).",
-            rich_help_panel=PANEL_MODEL,
-        ),
-    ] = None,
-    init_from: Annotated[
-        Path | None,
-        typer.Option(help="Start from this checkpoint's weights (fine-tuning).", rich_help_panel=PANEL_MODEL),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Sequences per micro-batch (default: 12).", rich_help_panel=PANEL_OPT)
-    ] = None,
-    grad_accum: Annotated[
-        int | None,
-        typer.Option(help="Micro-batches per optimizer step (default: 1).", rich_help_panel=PANEL_OPT),
-    ] = None,
-    max_iters: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: 2000).", rich_help_panel=PANEL_OPT)
-    ] = None,
-    max_time: Annotated[
-        str | None, typer.Option(help="Stop after this long: 90, 90s, 15m, 1.5h.", rich_help_panel=PANEL_OPT)
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default: 1e-3).", rich_help_panel=PANEL_OPT)
-    ] = None,
-    min_lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Learning rate at the end of the cosine decay (default: lr/10).", rich_help_panel=PANEL_OPT
-        ),
-    ] = None,
-    warmup_iters: Annotated[
-        int | None, typer.Option(help="Linear warmup steps (default: 100).", rich_help_panel=PANEL_OPT)
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(help="AdamW weight decay on matrices (default: 0.1).", rich_help_panel=PANEL_OPT),
-    ] = None,
-    grad_clip: Annotated[
-        float | None,
-        typer.Option(help="Max gradient norm, 0 = off (default: 1.0).", rich_help_panel=PANEL_OPT),
-    ] = None,
-    eval_interval: Annotated[
-        int | None,
-        typer.Option(help="Steps between evals + checkpoints (default: 250).", rich_help_panel=PANEL_EVAL),
-    ] = None,
-    eval_iters: Annotated[
-        int | None, typer.Option(help="Batches per eval (default: 20).", rich_help_panel=PANEL_EVAL)
-    ] = None,
-    log_interval: Annotated[
-        int | None, typer.Option(help="Steps between log lines (default: 10).", rich_help_panel=PANEL_EVAL)
-    ] = None,
-    sample_tokens: Annotated[
-        int | None,
-        typer.Option(
-            help="Tokens sampled at each eval, 0 = none (default: 200).", rich_help_panel=PANEL_EVAL
-        ),
-    ] = None,
-    keep_checkpoints: Annotated[
-        int | None,
-        typer.Option(help="Newest checkpoints kept, plus the best (default: 3).", rich_help_panel=PANEL_EVAL),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            help="auto, fp32, bf16 or fp16 (default: auto: bf16 on GPU, else fp32).",
-            rich_help_panel=PANEL_SYS,
-        ),
-    ] = None,
-    compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile", help="torch.compile the model (default: no).", rich_help_panel=PANEL_SYS
-        ),
-    ] = None,
+    arch: Annotated[str | None, _model("arch")] = None,
+    n_layer: Annotated[int | None, _model("n_layer")] = None,
+    n_head: Annotated[int | None, _model("n_head")] = None,
+    n_kv_head: Annotated[int | None, _model("n_kv_head")] = None,
+    n_embd: Annotated[int | None, _model("n_embd")] = None,
+    block_size: Annotated[int | None, _model("block_size")] = None,
+    dropout: Annotated[float | None, _model("dropout")] = None,
+    bias: Annotated[bool | None, _model("bias", "--bias/--no-bias")] = None,
+    pos_emb: Annotated[str | None, _model("pos_emb")] = None,
+    window: Annotated[int | None, _model("window")] = None,
+    norm: Annotated[str | None, _model("norm")] = None,
+    flash: Annotated[bool | None, _model("flash", "--flash/--no-flash")] = None,
+    init_from: Annotated[Path | None, _train("init_from", panel=MODEL)] = None,
+    batch_size: Annotated[int | None, _train("batch_size", panel=OPT)] = None,
+    grad_accum: Annotated[int | None, _train("grad_accum", panel=OPT)] = None,
+    max_iters: Annotated[int | None, _train("max_iters", panel=OPT)] = None,
+    max_time: Annotated[str | None, _train("max_time", panel=OPT)] = None,
+    lr: Annotated[float | None, _train("lr", panel=OPT)] = None,
+    min_lr: Annotated[float | None, _train("min_lr", panel=OPT)] = None,
+    warmup_iters: Annotated[int | None, _train("warmup_iters", panel=OPT)] = None,
+    weight_decay: Annotated[float | None, _train("weight_decay", panel=OPT)] = None,
+    grad_clip: Annotated[float | None, _train("grad_clip", panel=OPT)] = None,
+    eval_interval: Annotated[int | None, _train("eval_interval", panel=EVAL)] = None,
+    eval_iters: Annotated[int | None, _train("eval_iters", panel=EVAL)] = None,
+    log_interval: Annotated[int | None, _train("log_interval", panel=EVAL)] = None,
+    sample_tokens: Annotated[int | None, _train("sample_tokens", panel=EVAL)] = None,
+    keep_checkpoints: Annotated[int | None, _train("keep_checkpoints", panel=EVAL)] = None,
+    precision: Annotated[str | None, precision_option(rich_help_panel=SYSTEM)] = None,
+    compile: Annotated[bool | None, _train("compile", "--compile/--no-compile", panel=SYSTEM)] = None,
     activation_checkpointing: Annotated[
-        bool,
-        typer.Option(
-            "--activation-checkpointing",
-            help="Recompute activations in backward: less memory for long contexts (default: off).",
-            rich_help_panel=PANEL_SYS,
-        ),
-    ] = False,
-    fsdp: Annotated[
-        bool | None,
-        typer.Option(
-            "--fsdp/--no-fsdp",
-            help="Under torchrun: shard weights, gradients and AdamW state across ranks (FSDP2) (default: off).",
-            rich_help_panel=PANEL_SYS,
-        ),
+        bool | None, _train("activation_checkpointing", "--activation-checkpointing", panel=SYSTEM)
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: auto).", rich_help_panel=PANEL_SYS),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Random seed (default: 1337).", rich_help_panel=PANEL_SYS)
-    ] = None,
+    fsdp: Annotated[bool | None, _train("fsdp", "--fsdp/--no-fsdp", panel=SYSTEM)] = None,
+    device: Annotated[str | None, device_option(rich_help_panel=SYSTEM)] = None,
+    seed: Annotated[int | None, _train("seed", panel=SYSTEM)] = None,
     tensorboard: Annotated[
-        bool | None,
-        typer.Option(
-            "--tensorboard/--no-tensorboard",
-            help="Also write TensorBoard event files to RUN_DIR/tensorboard (default: no).",
-            rich_help_panel=PANEL_SYS,
-        ),
+        bool | None, _train("tensorboard", "--tensorboard/--no-tensorboard", panel=SYSTEM)
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
             help="JSON config file (e.g. a run's config.json); flags override it.",
-            rich_help_panel=PANEL_SYS,
+            rich_help_panel=SYSTEM,
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this directory from its newest checkpoint.", rich_help_panel=PANEL_SYS
+            help="Continue the run in this directory from its newest checkpoint.", rich_help_panel=SYSTEM
         ),
     ] = None,
     overwrite: Annotated[
@@ -276,46 +131,26 @@ def train_command(
         typer.Option(
             "--overwrite",
             help="Start over in a run directory that holds another run.",
-            rich_help_panel=PANEL_SYS,
+            rich_help_panel=SYSTEM,
         ),
     ] = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Train a GPT. With no flags: ./tokenizer.json (else characters), its corpus, a 6-layer model, into out/."""
-    flags = {
-        "data": data, "tokenizer": tokenizer, "val_data": val_data, "val_fraction": val_fraction,
-        "data_cache": data_cache, "init_from": init_from,
-        "arch": arch, "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head, "n_embd": n_embd, "block_size": block_size,
-        "dropout": dropout, "bias": bias, "pos_emb": pos_emb, "window": window, "norm": norm, "flash": flash,
-        "batch_size": batch_size, "grad_accum": grad_accum, "max_iters": max_iters, "max_time": max_time,
-        "lr": lr, "min_lr": min_lr, "warmup_iters": warmup_iters, "weight_decay": weight_decay, "grad_clip": grad_clip,
-        "eval_interval": eval_interval, "eval_iters": eval_iters, "log_interval": log_interval,
-        "sample_tokens": sample_tokens, "keep_checkpoints": keep_checkpoints,
-        "precision": precision, "compile": compile, "device": device, "seed": seed,
-        "activation_checkpointing": activation_checkpointing or None,  # unset: the config decides
-        "fsdp": fsdp, "tensorboard": tensorboard,
-    }  # fmt: skip
+    flags = {name: value for name, value in locals().items() if name not in RUN_CONTROLS}
     if resume is not None:
         if config is not None or overwrite or out is not None:
             raise GptError(
                 "--resume continues a run as it was: it cannot be combined with --config, --out or --overwrite"
             )
-        run_dir = resume
-        base = read_run_config(resume).model_dump(mode="json")
+        from gptcli.training.run_dir import read_run_config  # torch loads only once a command runs
+
+        run_dir, base = resume, read_run_config(resume).model_dump(mode="json")
     else:
-        run_dir = out or Path("out")
-        base = load_config_file(config) if config else {}
+        run_dir, base = out or Path("out"), load_config_file(config) if config else {}
     train_config = validate(TrainConfig, **merge_config(base, flags))
-    if not is_main_process():  # under torchrun only rank 0 speaks
-        quiet = console.quiet = True
-    reporter = TrainReporter(quiet)
-    try:
-        summary = train(
-            train_config, run_dir, resume=resume is not None, overwrite=overwrite, report=reporter
-        )
-    finally:
-        reporter.close()
+    summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet)
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
@@ -324,6 +159,20 @@ def train_command(
     console.print(
         f"done{stopped}: {summary.step} steps in {summary.seconds:.0f}s; {final}{best}; checkpoint {summary.last_checkpoint}"
     )
+
+
+def run_training(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, quiet: bool):
+    """The library call, shown by a TrainReporter (silent on every rank but 0 under torchrun)."""
+    from gptcli.training.distributed import is_main_process  # torch loads only once a command runs
+    from gptcli.training.trainer import train
+
+    if not is_main_process():
+        quiet = console.quiet = True
+    reporter = TrainReporter(quiet)
+    try:
+        return train(config, run_dir, resume=resume, overwrite=overwrite, report=reporter)
+    finally:
+        reporter.close()
 
 
 class TrainReporter:

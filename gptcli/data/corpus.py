@@ -5,7 +5,7 @@ decoded incrementally, so a multi-GB corpus never sits in memory. Invalid UTF-8 
 U+FFFD and counted, never fatal. Blocks end at a "safe cut": between a letter and a space. With
 GPT-2's and GPT-4's split patterns a chunk never spans such a point and the chunk before it never
 depends on what follows (the patterns look ahead only past whitespace), so pre-tokenizing block by
-block gives exactly the chunks of the whole file (tests/test_corpus.py checks this).
+block gives exactly the chunks of the whole file (tests/data/test_corpus.py checks this).
 """
 
 import codecs

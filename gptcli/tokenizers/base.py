@@ -25,12 +25,12 @@ from typing import Literal
 import regex
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from gptcli.config import ENDOFTEXT
 from gptcli.errors import GptError, one_line_validation_error
 from gptcli.storage.files import atomic_write_json, sha256_file
 
 FORMAT = "gptcli.tokenizer"
 FORMAT_VERSION = 1
-ENDOFTEXT = "<|endoftext|>"
 
 
 class CorpusFile(BaseModel):

@@ -17,13 +17,12 @@ import json
 import re
 from pathlib import Path
 
+from gptcli.config import EXPORT_FORMATS
 from gptcli.errors import GptError
 from gptcli.storage.files import atomic_write_json, atomic_write_text
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.gpt2 import gpt2_vocab
-
-EXPORT_FORMATS = ("hf", "tiktoken")
 
 
 def export_tokenizer(tokenizer: Tokenizer, fmt: str, out_dir: str | Path) -> list[Path]:

@@ -12,7 +12,7 @@ from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
-from tests.test_trainer import tiny
+from tests.training.test_trainer import tiny
 
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_sec": "train/tokens_per_sec"}
 EVAL_TAGS = {"train_loss": "eval/train_loss", "val_loss": "eval/val_loss"}

@@ -3,12 +3,12 @@ checkpoint survives whole, nothing half-written is left where a checkpoint is lo
 continues from the previous checkpoint once there is space again.
 
 The full disk is simulated at the lowest level our writers use: the file object that
-gptcli.tensorfile (builtin open) and gptcli.fileio (os.fdopen) write through. On the Nth checkpoint,
-the chosen file takes part of a chunk, then write() fails with ENOSPC as the kernel reports it.
-(save_checkpoint's own failure path is unit-tested in tests/test_checkpoint.py.)
+gptcli.storage.files.atomic_open (os.fdopen) gives every checkpoint writer, gptcli.storage.tensorfile's
+included. On the Nth checkpoint, the chosen file takes part of a chunk, then write() fails with ENOSPC
+as the kernel reports it.
+(save_checkpoint's own failure path is unit-tested in tests/storage/test_checkpoint.py.)
 """
 
-import builtins
 import errno
 import json
 import os
@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
-from gptcli.storage import tensorfile
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
@@ -45,18 +44,13 @@ class FullDisk:
         self.partial_size = 0
 
     def install(self, monkeypatch) -> None:
-        real_open, real_fdopen = builtins.open, os.fdopen
-
-        def open_(file, mode="r", *args, **kwargs):
-            fh = real_open(file, mode, *args, **kwargs)
-            return self.wrap(fh, Path(file)) if "w" in mode else fh
+        real_fdopen = os.fdopen
 
         def fdopen(fd, mode="r", *args, **kwargs):
             fh = real_fdopen(fd, mode, *args, **kwargs)
             return self.wrap(fh, Path(os.readlink(f"/proc/self/fd/{fd}"))) if "w" in mode else fh
 
-        monkeypatch.setattr(tensorfile, "open", open_, raising=False)  # shadows the builtin there only
-        monkeypatch.setattr(os, "fdopen", fdopen)  # fileio.atomic_write_bytes' file object
+        monkeypatch.setattr(os, "fdopen", fdopen)  # gptcli.storage.files.atomic_open's file object
 
     def wrap(self, fh, path: Path):
         # a checkpoint file being written: checkpoints/.step_N.XXXX.tmp/.<name>.<suffix>
@@ -97,7 +91,7 @@ class _RunsOutOfSpace:
 
 # which file runs out of space, and how many of its writes succeed first: the weights (the biggest
 # file), the training state (written last: the temp dir then already looks like a complete
-# checkpoint), and the checkpoint's config.json (through fileio rather than tensorfile)
+# checkpoint), and the checkpoint's config.json (through storage.files rather than storage.tensorfile)
 TARGETS = [
     pytest.param(ckpt.WEIGHTS, 2, id="weights"),
     pytest.param(ckpt.STATE_TENSORS, 2, id="train-state"),

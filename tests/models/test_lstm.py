@@ -15,8 +15,8 @@ from gptcli.storage import checkpoint as ckpt
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
-from tests.test_sampling import GREEDY, char_tokenizer, greedy_by_recomputation
-from tests.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses, tiny
+from tests.generation.test_engine import GREEDY, char_tokenizer, greedy_by_recomputation
+from tests.training.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses, tiny
 
 LSTM_SHAPE = dict(arch="lstm", n_layer=2, n_embd=32, block_size=16)
 

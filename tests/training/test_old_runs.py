@@ -1,0 +1,114 @@
+"""Run directories and checkpoints written before the package layout still load, generate, describe
+and resume exactly: tests/fixtures/old_run_v1 was written by commit 5bd6b80 (see its README.md).
+
+Generation and training are compared bit for bit with what the old code stored, so they hold on a
+CPU that computes as the one the fixture was made on (x86-64 with AVX2, torch 2.13 CPU, one thread);
+where kernels round differently, the last bits can differ without a bug.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from gptcli.config import SampleConfig
+from gptcli.generation import Engine
+from gptcli.storage import checkpoint as ckpt
+from gptcli.training.run_dir import read_run_config
+from gptcli.training.trainer import train
+from tests.generation.test_engine import greedy_by_recomputation
+from tests.training.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "old_run_v1"
+OLD_CHECKPOINTS = FIXTURE / "run" / "checkpoints"
+CHECKPOINTS = ["step_0000003", "step_0000006"]
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "ignore_eos")  # of generated.json
+
+
+@pytest.fixture
+def old_run(tmp_path) -> Path:
+    """The old run directory copied to tmp, its config.json pointed at a tmp copy of its corpus and a
+    tmp token cache (the fixture holds "corpus.txt" and "cache" where the absolute paths were)."""
+    shutil.copy(FIXTURE / "corpus.txt", tmp_path / "corpus.txt")
+    run = Path(shutil.copytree(FIXTURE / "run", tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == ["corpus.txt"] and config["data_cache"] == "cache"
+    config.update(data=[str(tmp_path / "corpus.txt")], data_cache=str(tmp_path / "cache"))
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    return run
+
+
+def set_max_iters(run: Path, max_iters: int) -> None:
+    """Raise the run's max_iters in its config.json, as a user does to train a finished run further."""
+    config = json.loads((run / "config.json").read_text())
+    config["max_iters"] = max_iters
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def test_old_checkpoint_loads_and_generates_what_the_old_code_generated(old_run):
+    assert [d.name for d in ckpt.list_checkpoints(old_run)] == CHECKPOINTS
+    newest = ckpt.resolve_checkpoint(old_run)
+    assert newest == old_run / "checkpoints" / "step_0000006"
+    model, tokenizer, config = ckpt.load_checkpoint(newest)
+    assert config["step"] == 6 and config["model"].n_embd == 8 and tokenizer.kind == "char"
+    assert_same_weights(ckpt.model_weights(model), load_file(newest / ckpt.WEIGHTS))
+
+    engine = Engine(model, tokenizer, checkpoint=newest)
+    recorded = json.loads((FIXTURE / "generated.json").read_text())  # the old Engine's output
+    assert set(recorded) == {"greedy", "seeded"}
+    for name, old in recorded.items():
+        result = engine.generate(old["prompt"], SampleConfig(**{k: old["config"][k] for k in SAMPLING}))
+        assert result.samples[0].ids == old["ids"], name
+        assert result.samples[0].text == tokenizer.decode(old["ids"]), name
+    # greedy past the 16-token context (the cache is cropped and refilled) equals recomputation
+    greedy = engine.generate("Shall I", SampleConfig(max_new_tokens=24, temperature=0.0, ignore_eos=True))
+    assert greedy.samples[0].ids == greedy_by_recomputation(model, tokenizer.encode("Shall I"), 24)
+
+
+def test_old_checkpoint_and_run_directory_are_described(old_run):
+    saved = {n: json.loads((OLD_CHECKPOINTS / n / ckpt.CONFIG).read_text()) for n in CHECKPOINTS}
+    info = ckpt.describe_checkpoint(old_run)
+    assert info["checkpoint"] == str(old_run / "checkpoints" / "step_0000006")
+    assert info["model"] == saved["step_0000006"]["model"]
+    assert info["step"] == 6
+    assert info["train_loss"] == saved["step_0000006"]["train_loss"]
+    assert info["val_loss"] == saved["step_0000006"]["val_loss"]
+    weights = load_file(OLD_CHECKPOINTS / "step_0000006" / ckpt.WEIGHTS)
+    assert info["parameters"] == sum(t.numel() for t in weights.values())
+    assert info["tokenizer"] == {"kind": "char", "vocab_size": 54, "special_tokens": {"<|endoftext|>": 53}}
+    assert info["files"] == {f.name: f.stat().st_size for f in (OLD_CHECKPOINTS / "step_0000006").iterdir()}
+    assert set(info["files"]) == {*ckpt.REQUIRED, ckpt.STATE_JSON, ckpt.STATE_TENSORS}
+    vals = {n: saved[n]["val_loss"] for n in CHECKPOINTS}
+    assert info["run"]["checkpoints"] == [{"name": n, "val_loss": v} for n, v in vals.items()]
+    assert info["run"]["best"] == min(vals, key=vals.get)
+    assert info["run"]["best_val_loss"] == min(vals.values())
+    older = ckpt.describe_checkpoint(old_run / "checkpoints" / "step_0000003")  # a checkpoint itself
+    assert older["step"] == 3 and older["val_loss"] == vals["step_0000003"] and "run" not in older
+
+
+def test_old_run_resumed_further_equals_uninterrupted_runs_bit_for_bit(old_run, tmp_path):
+    set_max_iters(old_run, 9)  # the schedule stays the same: lr_decay_iters is 9 in the old config
+    resumed = train(read_run_config(old_run), old_run, resume=True)
+    assert resumed.step == 9
+    assert f"resumed from {old_run / 'checkpoints' / 'step_0000006'} at step 6" in resumed.notes
+    assert sorted(losses(old_run)) == list(range(1, 10))
+
+    # the new code's own run of 9 steps from scratch, with the same config
+    fresh = train(read_run_config(old_run), tmp_path / "fresh")
+    assert fresh.step == 9
+    assert losses(old_run) == losses(tmp_path / "fresh")
+    assert_same_weights(final_weights(old_run), final_weights(tmp_path / "fresh"))
+
+    # and the old code's run of 9 steps, never stopped at 6 (the fixture's uninterrupted/)
+    assert losses(old_run) == losses(FIXTURE / "uninterrupted")
+    assert_same_weights(final_weights(old_run), load_file(FIXTURE / "uninterrupted" / ckpt.WEIGHTS))
+
+
+def test_old_run_resumed_from_its_older_checkpoint_redoes_the_old_steps_exactly(old_run):
+    keep_only_checkpoint(old_run, "step_0000003")  # as if it had crashed after step 3
+    resumed = train(read_run_config(old_run), old_run, resume=True)
+    assert resumed.step == 6
+    assert losses(old_run) == losses(FIXTURE / "run")  # steps 4-6 redone, once each, the same floats
+    assert_same_weights(final_weights(old_run), load_file(OLD_CHECKPOINTS / "step_0000006" / ckpt.WEIGHTS))
