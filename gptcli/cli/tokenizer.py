@@ -11,6 +11,7 @@ from gptcli.cli.common import (
     JsonOption,
     QuietOption,
     VerboseOption,
+    config_option,
     console,
     detail,
     human_bytes,
@@ -37,48 +38,40 @@ TokenizerPath = Annotated[
 ]
 
 
+def _field(name: str, *names: str, **options):
+    """The option that sets TokenizerTrainConfig.<name>."""
+    return config_option(TokenizerTrainConfig, name, *names, **options)
+
+
 @app.command()
 def train(
     files: Annotated[
         list[str],
-        typer.Argument(help="Corpus files, directories (searched for text files) or glob patterns."),
+        typer.Argument(help=TokenizerTrainConfig.model_fields["files"].description),
     ],
-    vocab_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Vocabulary size incl. 256 bytes and special tokens (bpe default 4096; char: an upper bound)."
+    vocab_size: Annotated[int | None, _field("vocab_size")] = None,
+    out: Annotated[Path | None, _field("out", "--out", "-o")] = None,
+    kind: Annotated[str | None, _field("kind")] = None,
+    special_tokens: Annotated[
+        str | None,
+        _field(
+            "special_tokens", help="Comma-separated special tokens, ids after the vocabulary ('' for none)."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the tokenizer JSON.")] = Path(
-        "tokenizer.json"
-    ),
-    kind: Annotated[str, typer.Option(help="bpe (byte-level BPE) or char (one id per character).")] = "bpe",
-    special_tokens: Annotated[
-        str, typer.Option(help="Comma-separated special tokens, ids after the vocabulary ('' for none).")
-    ] = "<|endoftext|>",
-    pattern: Annotated[str, typer.Option(help="Split pattern: gpt2, gpt4, or a regex (bpe only).")] = "gpt4",
-    workers: Annotated[
-        int | None, typer.Option(help="Processes for pre-tokenizing large corpora (default: all cores).")
-    ] = None,
+    pattern: Annotated[str | None, _field("pattern")] = None,
+    workers: Annotated[int | None, _field("workers")] = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
     from gptcli.tokenizers.train import train_tokenizer  # tiktoken and regex load only when needed
 
-    if kind not in ("bpe", "char"):
+    if kind not in (None, "bpe", "char"):
         raise GptError(f"unknown --kind {kind!r}: choose bpe or char")
-    specials = special_tokens.split(",") if special_tokens != "" else []
-    config = validate(
-        TokenizerTrainConfig,
-        files=files,
-        kind=kind,
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        pattern=pattern,
-        out=out,
-        workers=workers,
-    )
+    given = dict(files=files, kind=kind, vocab_size=vocab_size, pattern=pattern, out=out, workers=workers)
+    if special_tokens is not None:
+        given["special_tokens"] = special_tokens.split(",") if special_tokens != "" else []
+    config = validate(TokenizerTrainConfig, **{k: v for k, v in given.items() if v is not None})
     detail(f"settings: {config.model_dump_json()}")
     with stage_progress(enabled=not quiet) as progress:
         result = train_tokenizer(config, progress)
