@@ -35,11 +35,13 @@ except ImportError:  # pragma: no cover - older Typer on the real Click
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 
-def config_option(model: type[BaseModel], name: str, *names: str, **options) -> typer.models.OptionInfo:
-    """A Typer option whose help is the config field's description, plus its default where that
-    text does not already say it: change a default in gptcli.config and the help follows."""
+def config_option(
+    model: type[BaseModel], name: str, *names: str, help: str | None = None, **options
+) -> typer.models.OptionInfo:
+    """A Typer option whose help is the config field's description (or `help`), plus its default
+    where that text does not already say it: change a default in gptcli.config and the help follows."""
     field = model.model_fields[name]
-    text = field.description or ""
+    text = help or field.description or ""
     default = default_text(field.default_factory() if field.default_factory else field.default)
     if default is not None and "default" not in text:
         end = "." if text.endswith(".") else ""
@@ -66,6 +68,13 @@ BestOption = Annotated[
     bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
+StrictOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="With a run dir: a damaged newest (or best) checkpoint is an error, not passed over with a warning.",
+    ),
+]
 
 
 def device_option(**options) -> typer.models.OptionInfo:

@@ -14,13 +14,16 @@ from gptcli.cli.common import (
     BestOption,
     JsonOption,
     QuietOption,
+    StrictOption,
     VerboseOption,
     console,
     detail,
     device_option,
+    fail,
     human_bytes,
     read_text_file,
     stage_progress,
+    warn,
 )
 
 
@@ -36,6 +39,7 @@ def eval_command(
         ),
     ] = None,
     best: BestOption = False,
+    strict: StrictOption = False,
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
     device: Annotated[str, device_option()] = "auto",
@@ -51,12 +55,15 @@ def eval_command(
     from gptcli.runtime import resolve_device  # torch loads only once a command runs
     from gptcli.storage import checkpoint as ckpt
 
-    directories = [ckpt.resolve_checkpoint(c, best=best) for c in checkpoint or [Path("out")]]
+    sources = checkpoint or [Path("out")]
+    for source in sources:
+        ckpt.resolve_checkpoint(source, best=best)  # every path named exists, before any work
     text = read_text_file(data, "data file")
     torch_device = resolve_device(device)
     rows = []
-    for directory in directories:
-        row = evaluate_checkpoint(directory, data, text, torch_device, batch_size, max_tokens, as_json)
+    for source in sources:
+        loaded = ckpt.load_newest(source, torch_device, best=best, strict=strict, warn=warn)
+        row = evaluate_checkpoint(loaded, data, text, torch_device, batch_size, max_tokens, as_json)
         rows.append(row)
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
@@ -64,14 +71,11 @@ def eval_command(
         write_eval_table(rows)
 
 
-def evaluate_checkpoint(
-    directory: Path, data: Path, text: str, device, batch_size, max_tokens, as_json
-) -> dict:
+def evaluate_checkpoint(loaded, data: Path, text: str, device, batch_size, max_tokens, as_json) -> dict:
     """One row of the eval table: the checkpoint, its model, and its figures on the text."""
     from gptcli.evaluate import evaluate_text
-    from gptcli.storage import checkpoint as ckpt
 
-    model, tokenizer, config = ckpt.load_checkpoint(directory, device)
+    model, tokenizer, config, directory = loaded
     t0 = time.perf_counter()
     with stage_progress(enabled=not as_json) as progress:
         result = evaluate_text(
@@ -109,14 +113,23 @@ def write_eval_table(rows: list[dict]) -> None:
 
 def info_command(
     path: Annotated[Path, typer.Argument(help="A checkpoint or run directory.")] = Path("out"),
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check every file of the checkpoint (of each checkpoint of a run) against its checksum.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
-    from gptcli.storage import checkpoint as ckpt  # torch loads only once a command runs
+    from gptcli.storage import checkpoint_info  # torch loads only once a command runs
 
-    info = ckpt.describe_checkpoint(path)
+    if verify:
+        return verify_command(path, as_json)
+    info = checkpoint_info.describe_checkpoint(path)
     if as_json:
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return
@@ -147,3 +160,21 @@ def info_command(
         )
     sys.stdout.write("\n".join(lines) + "\n")
     console.print("[dim]--json for everything[/]")
+
+
+def verify_command(path: Path, as_json: bool) -> None:
+    """`gpt info --verify`: one line per checkpoint; exit 1 if any is damaged."""
+    from gptcli.storage import checkpoint_info
+
+    results = checkpoint_info.verify_run(path)
+    if as_json:
+        rows = [
+            {"checkpoint": str(d), "status": status.split(":")[0], "detail": status} for d, status in results
+        ]
+        sys.stdout.write(json.dumps({"checkpoints": rows}) + "\n")
+    else:
+        width = max(len(str(d)) for d, _ in results)
+        sys.stdout.write("".join(f"{str(d):<{width}}  {status}\n" for d, status in results))
+    damaged = [d for d, status in results if status.startswith("damaged")]
+    if damaged:
+        fail(f"{len(damaged)} of {len(results)} checkpoint(s) damaged: {', '.join(d.name for d in damaged)}")

@@ -12,6 +12,7 @@ from gptcli.cli.common import (
     CheckpointOption,
     JsonOption,
     QuietOption,
+    StrictOption,
     VerboseOption,
     config_option,
     console,
@@ -19,6 +20,7 @@ from gptcli.cli.common import (
     device_option,
     precision_option,
     read_text_file,
+    warn,
 )
 from gptcli.config import PRECISIONS, SampleConfig, validate
 from gptcli.errors import GptError
@@ -43,6 +45,7 @@ def generate_command(
     ] = "",
     checkpoint: CheckpointOption = Path("out"),
     best: BestOption = False,
+    strict: StrictOption = False,
     num_samples: Annotated[int | None, _sample("num_samples", "--num-samples", "-n")] = None,
     max_new_tokens: Annotated[int | None, _sample("max_new_tokens")] = None,
     temperature: Annotated[float | None, _sample("temperature")] = None,
@@ -73,7 +76,7 @@ def generate_command(
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
     config = validate(SampleConfig, **{k: v for k, v in settings.items() if v is not None})
     text = read_prompt(prompt)
-    engine = load_engine(checkpoint, device, precision, best, compile)
+    engine = load_engine(checkpoint, device, precision, best, strict, compile)
     run = engine.start(text, config)
     detail(
         f"{engine.checkpoint} on {engine.device} ({engine.precision}); prompt {len(run.prompt_ids)} tokens; "
@@ -86,12 +89,12 @@ def generate_command(
     print_run(engine, run, as_json, stream and config.num_samples == 1)
 
 
-def load_engine(checkpoint: Path, device: str, precision: str, best: bool, compile: bool):
+def load_engine(checkpoint: Path, device: str, precision: str, best: bool, strict: bool, compile: bool):
     import torch  # loaded only once a command runs, so `gpt --help` starts at once
 
     from gptcli.generation import Engine
 
-    engine = Engine.from_checkpoint(checkpoint, device=device, precision=precision, best=best)
+    engine = Engine.from_checkpoint(checkpoint, device, precision, best=best, strict=strict, warn=warn)
     if compile:
         engine.model = torch.compile(engine.model)
     return engine

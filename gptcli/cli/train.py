@@ -20,6 +20,7 @@ from gptcli.cli.common import (
     detail,
     device_option,
     precision_option,
+    warn,
 )
 from gptcli.config import ModelConfig, TrainConfig, validate
 from gptcli.errors import GptError
@@ -185,13 +186,18 @@ class TrainReporter:
         self.task = None
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "info":  # a damaged checkpoint passed over, one without checksums
+            for note in data["notes"]:
+                if note.startswith("warning: "):
+                    warn(note.removeprefix("warning: "))
         if self.quiet:
             return
         getattr(self, f"on_{event}", lambda d: None)(data)
 
     def on_info(self, d: dict[str, Any]) -> None:
         for note in d["notes"]:
-            console.print(f"[dim]{note}[/]")
+            if not note.startswith("warning: "):  # warnings went out already, even under --quiet
+                console.print(note, style="dim", markup=False)
         detail(f"settings: {json.dumps(d['config'])}")
         console.print(
             f"training {d['params'] / 1e6:.2f}M parameters on {d['device']} ({d['precision']}); "

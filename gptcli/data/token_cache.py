@@ -5,16 +5,20 @@
 
 Tokenizing happens once: the ids are written to `tokens.bin` (uint16 when the vocabulary fits,
 else uint32) in a cache folder keyed by the corpus content, the tokenizer and the format, with a
-`meta.json` written last (so a half-written cache is never used). Files are read and encoded in
-blocks, so memory is bounded by a block, not by the corpus. Files (documents) are separated by the
-tokenizer's end-of-text token when it has one. The validation split is the last `val_fraction` of
-the tokens, or separate files (`val_data`).
+`meta.json` written last (so a half-written cache is never used). meta.json records the sha256 of
+tokens.bin, hashed as it is written; a cache entry is used only once its file matches it. A damaged
+entry (another size, other bytes, an unreadable meta.json) or one written before checksums were
+recorded is tokenized again, with a note saying so (`TokenData.notes`, or the `warn` callback).
+Files are read and encoded in blocks, so memory is bounded by a block, not by the corpus. Files
+(documents) are separated by the tokenizer's end-of-text token when it has one. The validation
+split is the last `val_fraction` of the tokens, or separate files (`val_data`).
 """
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,8 @@ from gptcli.storage.files import atomic_write_json, sha256_file
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe_train import Progress
 
+# meta.json's "sha256" came without a format change: the key (and so the folder) stays the same, an
+# entry from before it is found and rebuilt in place, and older versions still read the new entries
 CACHE_FORMAT = 1
 ENCODE_BLOCK_BYTES = 1 << 22  # text encoded per call: memory stays bounded by cores x this
 
@@ -44,6 +50,7 @@ class TokenData:
     train_files: list[Path]
     val_files: list[Path]
     cache_dirs: list[Path]
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged cache entry that was rebuilt
 
 
 def prepare_data(
@@ -56,43 +63,62 @@ def prepare_data(
 ) -> TokenData:
     """Tokenize (or reuse the cached ids of) the corpus and split it into train and val."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    notes: list[str] = []
     files = find_text_files(data)
-    tokens, where = tokenize_files(files, tokenizer, cache_dir, progress)
+    tokens, where = tokenize_files(files, tokenizer, cache_dir, progress, notes.append)
     if val_data:
         val_files = find_text_files(val_data)
-        val, val_where = tokenize_files(val_files, tokenizer, cache_dir, progress)
-        return TokenData(tokens, val, files, val_files, [where, val_where])
+        val, val_where = tokenize_files(val_files, tokenizer, cache_dir, progress, notes.append)
+        return TokenData(tokens, val, files, val_files, [where, val_where], notes)
     n_val = int(len(tokens) * val_fraction)
-    return TokenData(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :], files, files, [where])
+    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+    return TokenData(train, val, files, files, [where], notes)
 
 
 def tokenize_files(
-    files: list[Path], tokenizer: Tokenizer, cache_dir: Path, progress: Progress | None = None
+    files: list[Path],
+    tokenizer: Tokenizer,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, Path]:
-    """All files' ids as one memmap, from the cache when the same corpus and tokenizer were seen."""
+    """All files' ids as one memmap, from the cache when the same corpus and tokenizer were seen.
+
+    A cache entry is used only when tokens.bin matches meta.json's size and sha256; otherwise it is
+    rebuilt, and `warn` (if given) gets one line saying why.
+    """
     key = cache_key(files, tokenizer)
     folder = cache_dir / key
     meta_path, bin_path = folder / "meta.json", folder / "tokens.bin"
     if meta_path.is_file() and bin_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if bin_path.stat().st_size == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+        meta, problem = _check_entry(meta_path, bin_path)
+        if problem is None:
             return _memmap(bin_path, meta), folder
+        if warn:
+            warn(f"token cache {folder}: {problem}; tokenizing the corpus again")
 
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     total = sum(f.stat().st_size for f in files)
     done = n_tokens = invalid = 0
     tmp_path = folder / f"tokens.bin.tmp{os.getpid()}"
+    digest = hashlib.sha256()  # of the bytes as they are written: no second read of the file
+
+    def write(out, ids) -> None:
+        array = np.asarray(ids, dtype=dtype)
+        digest.update(array)
+        out.write(array)
+
     try:
         with open(tmp_path, "wb") as out:
             for i, f in enumerate(files):
                 if i > 0 and tokenizer.eot_id is not None:  # documents are separated by <|endoftext|>
-                    np.array([tokenizer.eot_id], dtype=dtype).tofile(out)
+                    write(out, [tokenizer.eot_id])
                     n_tokens += 1
                 reader = TextReader(f, ENCODE_BLOCK_BYTES)
                 for group in _groups(reader, os.cpu_count() or 1):  # one block per core at a time
                     for ids in tokenizer.encode_batch(group):
-                        np.asarray(ids, dtype=dtype).tofile(out)
+                        write(out, ids)
                         n_tokens += len(ids)
                     done += sum(len(block) for block in group)
                     if progress:
@@ -100,6 +126,7 @@ def tokenize_files(
                 invalid += reader.invalid_bytes
             out.flush()
             os.fsync(out.fileno())
+        meta_path.unlink(missing_ok=True)  # a rebuilt entry: never a new tokens.bin beside an old meta.json
         os.replace(tmp_path, bin_path)
     finally:
         if tmp_path.exists():
@@ -110,12 +137,29 @@ def tokenize_files(
         "format": CACHE_FORMAT,
         "n_tokens": n_tokens,
         "dtype": np.dtype(dtype).name,
+        "sha256": digest.hexdigest(),  # of tokens.bin
         "files": [str(f) for f in files],
         "invalid_utf8_bytes": invalid,
         "vocab_size": tokenizer.vocab_size,
     }
     atomic_write_json(meta_path, meta)  # written last: its presence marks a complete cache entry
     return _memmap(bin_path, meta), folder
+
+
+def _check_entry(meta_path: Path, bin_path: Path) -> tuple[dict, str | None]:
+    """(meta, None) for a cache entry fit to use, else (meta, what is wrong with it)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected_size = meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
+    except (ValueError, KeyError, TypeError):  # bad JSON, a missing key, a wrong type
+        return {}, "meta.json is damaged"
+    if bin_path.stat().st_size != expected_size:
+        return meta, f"tokens.bin has {bin_path.stat().st_size} bytes, not {expected_size} (damaged)"
+    if "sha256" not in meta:
+        return meta, "written by an older version without a checksum"
+    if sha256_file(bin_path).hexdigest() != meta["sha256"]:
+        return meta, "tokens.bin does not match its checksum (damaged)"
+    return meta, None
 
 
 def _groups(blocks, n: int):

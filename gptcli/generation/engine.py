@@ -94,12 +94,18 @@ class Engine:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", precision: str = "auto", best: bool = False
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        best: bool = False,
+        strict: bool = False,
+        warn: ckpt.Warn | None = None,
     ) -> "Engine":
-        """A checkpoint dir, or a run dir (its newest, or best, complete checkpoint)."""
+        """A checkpoint dir, or a run dir: its newest (or best) intact checkpoint; a damaged one is
+        passed over with a warning through `warn` (with strict: an error)."""
         torch_device = resolve_device(device)
-        directory = ckpt.resolve_checkpoint(path, best=best)
-        model, tokenizer, _ = ckpt.load_checkpoint(directory, torch_device)
+        model, tokenizer, _, directory = ckpt.load_newest(path, torch_device, best, strict, warn)
         return cls(model, tokenizer, resolve_precision(precision, torch_device), directory)
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:

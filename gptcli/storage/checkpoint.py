@@ -3,9 +3,10 @@
 A checkpoint is a directory that `gpt generate` can use on its own:
 
     model.safetensors        weights of the plain (uncompiled, unwrapped) model
-    config.json              {"format": "gptcli.checkpoint", "version": 1, "model": ModelConfig,
+    config.json              {"format": "gptcli.checkpoint", "version": 2, "model": ModelConfig,
                               "tokenizer_kind": ..., "step": ..., "val_loss": ..., ...}
     tokenizer.json           the tokenizer, self-contained
+    checksums.json           the sha256 of each file above and below (gptcli.storage.checksums)
 
 and, for checkpoints written during training, what `--resume` needs to continue exactly:
 
@@ -13,14 +14,18 @@ and, for checkpoints written during training, what `--resume` needs to continue 
     train_state.json         step, optimizer hyper-parameters, best val loss, ...
 
 The files are written into a hidden temp directory that is renamed into place last, so a crash
-leaves either no checkpoint or a complete one. Loading checks that every file is there, parses,
-and matches the config, and reports problems as one-line GptErrors.
+leaves either no checkpoint or a complete one. Loading checks that every file is there, is what
+was saved (its checksum), parses, and matches the config, and reports problems as one-line
+GptErrors. Version 1 checkpoints (before checksums) still load, with a warning. Given a run
+directory, `load_newest` takes the newest (or best) checkpoint that is intact, and says which
+damaged ones it passed over.
 """
 
-import math
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +35,22 @@ from pydantic import ValidationError
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError, one_line_validation_error
 from gptcli.models import build_model
-from gptcli.storage.files import atomic_write_json, current_umask, read_json
+from gptcli.storage.checksums import (
+    CHECKSUMS,
+    BackgroundHash,
+    DamagedCheckpoint,
+    check_digest,
+    read_checksums,
+    verify_file,
+    write_checksums,
+)
+from gptcli.storage.files import atomic_write_json, current_umask, read_json, sha256_file
 from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 
 FORMAT = "gptcli.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with checksums.json; 1: before it (still read)
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
@@ -62,7 +76,7 @@ def save_checkpoint(
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         weights = model if isinstance(model, dict) else model_weights(model)
-        write_safetensors(tmp / WEIGHTS, weights)
+        digests = {WEIGHTS: write_safetensors(tmp / WEIGHTS, weights)}
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -70,11 +84,13 @@ def save_checkpoint(
             "tokenizer_kind": tokenizer.kind,
             **(info or {}),
         }
-        atomic_write_json(tmp / CONFIG, config)
+        digests[CONFIG] = atomic_write_json(tmp / CONFIG, config)
         tokenizer.save(tmp / TOKENIZER)
+        digests[TOKENIZER] = sha256_file(tmp / TOKENIZER).hexdigest()  # a small file: read back
         if state_tensors is not None:
-            write_safetensors(tmp / STATE_TENSORS, state_tensors)
-            atomic_write_json(tmp / STATE_JSON, state_json or {})
+            digests[STATE_TENSORS] = write_safetensors(tmp / STATE_TENSORS, state_tensors)
+            digests[STATE_JSON] = atomic_write_json(tmp / STATE_JSON, state_json or {})
+        write_checksums(tmp, digests)
         _fsync_tree(tmp)
         if directory.exists():  # replace: move the old one aside first so there is never a gap
             old = directory.with_name(f".{directory.name}.old")
@@ -126,17 +142,21 @@ def is_checkpoint(directory: Path) -> bool:
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
-    """config.json of a checkpoint, with its "model" validated into a ModelConfig."""
+    """config.json of a checkpoint, its "model" validated into a ModelConfig.
+
+    Not checked against its checksum here (listing a run's checkpoints reads every config):
+    whatever loads a checkpoint checks every file it uses (load_checkpoint, verify_checkpoint)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise GptError(f"checkpoint not found: {directory}")
     missing = [name for name in REQUIRED if not (directory / name).is_file()]
     if missing:
         raise GptError(f"{directory} is not a complete checkpoint: missing {', '.join(missing)}")
+    digests = checkpoint_digests(directory)
     config = read_json(directory / CONFIG)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise GptError(f"{directory / CONFIG}: not a gptcli checkpoint config")
-    if config.get("version") != FORMAT_VERSION:
+    if config.get("version") not in (1, FORMAT_VERSION):
         raise GptError(f"{directory / CONFIG}: unsupported checkpoint version {config.get('version')!r}")
     try:
         config["model"] = ModelConfig.model_validate(config.get("model"))
@@ -146,12 +166,54 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         ) from None
     if config["model"].vocab_size is None:
         raise GptError(f"{directory / CONFIG}: the model config has no vocab_size")
+    if config["version"] >= 2 and digests is None:
+        raise DamagedCheckpoint(f"{directory}: missing {CHECKSUMS} (its files cannot be verified)")
     return config
 
 
+def checkpoint_digests(directory: Path) -> dict[str, str] | None:
+    """The checksums recorded for a checkpoint's files; None for one written before checksums."""
+    return read_checksums(directory) if (directory / CHECKSUMS).exists() else None
+
+
+def verify_checkpoint(directory: str | Path) -> bool:
+    """Check every file of a checkpoint against its checksum: True if intact, False if it has no
+    checksums (format version 1); a damaged one raises a one-line error naming the file."""
+    directory = Path(directory)
+    read_config(directory)  # complete, and config.json intact
+    digests = checkpoint_digests(directory)
+    if digests is None:
+        return False
+    present = [n for n in (*REQUIRED, STATE_TENSORS, STATE_JSON) if (directory / n).exists()]
+    for name in dict.fromkeys([*present, *digests]):
+        verify_file(directory / name, digests)
+    return True
+
+
+def warn_unverified(directory: Path, warn: "Warn | None") -> None:
+    (warn or default_warn)(f"{directory} has no checksums (written before they existed): loaded unverified")
+
+
+def default_warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+Warn = Callable[[str], None]
+
+
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
-    """Load model.safetensors into `model` tensor by tensor, checking every key and shape."""
+    """Load model.safetensors into `model` tensor by tensor, checking every key and shape, then the
+    file's checksum (hashed in a background thread while the tensors are read)."""
     path = Path(directory) / WEIGHTS
+    digests = checkpoint_digests(Path(directory))
+    if digests is None:
+        return _read_weights(path, model)
+    with BackgroundHash(path) as digest:
+        _read_weights(path, model)
+    check_digest(path, digests, digest.result())
+
+
+def _read_weights(path: Path, model: torch.nn.Module) -> None:
     model = unwrap(model)
     expected = model_weights(model)  # name -> the model's own tensor (tied weights once)
     with SafetensorsReader(path) as reader:
@@ -179,21 +241,44 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
 
 
 def load_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu"
+    directory: str | Path, device: str | torch.device = "cpu", warn: Warn | None = None
 ) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict)."""
+    """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict).
 
+    Every file is checked against its checksum before it is used; a checkpoint without checksums
+    (version 1) loads with a warning through `warn` (default: Python's warnings)."""
     directory = Path(directory)
-    config = read_config(directory)
-    tokenizer = load_tokenizer(directory / TOKENIZER)
-    if tokenizer.vocab_size != config["model"].vocab_size:
-        raise GptError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
-            f"{config['model'].vocab_size}"
-        )
-    model = build_model(config["model"], empty=True)  # every weight is filled from the file below
-    load_weights(directory, model)
+    try:
+        config = read_config(directory)
+        tokenizer = load_tokenizer(directory / TOKENIZER)
+        if tokenizer.vocab_size != config["model"].vocab_size:
+            raise GptError(
+                f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
+                f"{config['model'].vocab_size}"
+            )
+        model = build_model(config["model"], empty=True)  # every weight is filled from the file below
+        load_weights(directory, model)
+    except DamagedCheckpoint:
+        raise
+    except GptError as e:  # a file that does not parse: damage, if its checksum says so
+        raise _damage_behind(directory, e) or e from None
+    digests = checkpoint_digests(directory)
+    if digests is None:
+        warn_unverified(directory, warn)
+    else:
+        for name in (CONFIG, TOKENIZER):
+            verify_file(directory / name, digests)
     return model.to(device).eval(), tokenizer, config
+
+
+def _damage_behind(directory: Path, error: GptError) -> DamagedCheckpoint | None:
+    """`error` as a DamagedCheckpoint when a file of the checkpoint is not what was saved."""
+    try:
+        if not (directory / CHECKSUMS).exists() or verify_checkpoint(directory):
+            return None
+    except GptError as damage:
+        return DamagedCheckpoint(f"{error} ({damage})")
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -238,9 +323,15 @@ def _step_of(directory: Path) -> int:
 
 def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
     """A checkpoint dir, or a run dir -> its newest (or best by val loss) complete checkpoint."""
+    return resolve_checkpoints(path, best)[0]
+
+
+def resolve_checkpoints(path: str | Path, best: bool = False) -> list[Path]:
+    """What `path` names, most wanted first: a checkpoint dir itself, or a run dir's complete
+    checkpoints newest first (with best: those with a val loss, lowest first)."""
     path = Path(path)
     if is_checkpoint(path):
-        return path
+        return [path]
     found = list_checkpoints(path)
     if not found:
         if not path.exists():
@@ -249,16 +340,60 @@ def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
             read_config(path)  # not a run dir: name what the checkpoint is missing
         raise GptError(f"{path} holds no complete checkpoint (nothing under {path / CHECKPOINTS})")
     if not best:
-        return found[-1]
-    chosen = best_checkpoint(found)
-    if chosen is None:
+        return found[::-1]
+    losses = val_losses(found)
+    scored = sorted((d for d in found if losses[d] is not None), key=lambda d: losses[d])
+    if not scored:
         raise GptError(f"{path}: no checkpoint has a validation loss to pick the best by")
-    return chosen
+    return scored
+
+
+def load_newest(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    best: bool = False,
+    strict: bool = False,
+    warn: Warn | None = None,
+) -> tuple[torch.nn.Module, Tokenizer, dict, Path]:
+    """load_checkpoint of what `path` names; of a run dir, the newest (or best) intact checkpoint.
+
+    A damaged checkpoint is passed over with a warning naming it (with strict: an error); a
+    checkpoint directory named directly is never swapped for another. -> (..., the directory used)
+    """
+    options = resolve_checkpoints(path, best)
+    for i, directory in enumerate(options):
+        try:
+            return (*load_checkpoint(directory, device, warn), directory)
+        except DamagedCheckpoint as e:
+            if strict or i == len(options) - 1:
+                raise
+            kind = "best" if best else "newest"
+            (warn or default_warn)(f"{e}; using the next {kind} checkpoint, {options[i + 1].name}")
+    raise AssertionError("unreachable: resolve_checkpoints returns at least one")
+
+
+def newest_intact(run_dir: Path, warn: Warn) -> Path | None:
+    """The newest checkpoint of a run whose every file is intact (for --resume); None if none is.
+    Each damaged one passed over is named through `warn`."""
+    for directory in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(directory)
+            return directory
+        except GptError as e:
+            warn(f"{directory.name} is damaged, passed over ({e})")
+    return None
 
 
 def val_losses(checkpoints: list[Path]) -> dict[Path, float | None]:
-    """Each checkpoint's recorded val loss (None where the val split was too small to measure)."""
-    return {d: read_config(d).get("val_loss") for d in checkpoints}
+    """Each checkpoint's recorded val loss (None where the val split was too small to measure, or
+    where its config.json is damaged: a damaged checkpoint is never the best)."""
+    losses = {}
+    for d in checkpoints:
+        try:
+            losses[d] = read_config(d).get("val_loss")
+        except DamagedCheckpoint:
+            losses[d] = None
+    return losses
 
 
 def best_checkpoint(checkpoints: list[Path], losses: dict[Path, float | None] | None = None) -> Path | None:
@@ -277,43 +412,3 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def describe_checkpoint(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress."""
-    path = Path(path)
-    run = None
-    if not is_checkpoint(path):
-        found = list_checkpoints(path)
-        if not found:
-            resolve_checkpoint(path)  # raises the right one-line error
-        run = path
-        path = found[-1]
-    config = read_config(path)
-    model: ModelConfig = config.pop("model")
-    tokenizer = load_tokenizer(path / TOKENIZER)
-    with SafetensorsReader(path / WEIGHTS) as reader:
-        n_params = sum(math.prod(reader.shape(k)) for k in reader.keys())
-    info: dict[str, Any] = {
-        "checkpoint": str(path),
-        "model": model.model_dump(mode="json"),
-        "parameters": n_params,
-        "tokenizer": {
-            "kind": tokenizer.kind,
-            "vocab_size": tokenizer.vocab_size,
-            "special_tokens": tokenizer.special_tokens,
-        },
-        **{k: v for k, v in config.items() if k not in ("format", "version", "tokenizer_kind")},
-        "files": {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()},
-    }
-    if run is not None:
-        found = list_checkpoints(run)
-        losses = val_losses(found)
-        best = best_checkpoint(found, losses)
-        info["run"] = {
-            "run_dir": str(run),
-            "checkpoints": [{"name": d.name, "val_loss": v} for d, v in losses.items()],
-            "best": best.name if best else None,
-            "best_val_loss": losses[best] if best else None,
-        }
-    return info

@@ -4,8 +4,12 @@ An atomic write goes to a temp file in the same directory, is fsynced, and is re
 target, so a crash at any moment leaves either the old file or the new one, never a half-written
 file that looks whole. Used for tokenizers, configs, safetensors and checkpoints alike.
 
-    with atomic_open("model.safetensors") as fh:   # a binary file object; renamed into place on exit
+    with atomic_open("model.safetensors") as fh:   # renamed into place on exit
         fh.write(data)
+    fh.sha256                                        # the hex digest of what was written
+
+Every writer here returns the sha256 of the bytes it wrote, computed as they stream out, which is
+what a checkpoint's checksums.json records (gptcli.storage.checksums).
 """
 
 import hashlib
@@ -30,8 +34,21 @@ def read_json(path: str | Path) -> Any:
         raise GptError(f"{path}: invalid JSON ({e})") from None
 
 
+class HashingWriter:
+    """A binary file's write() that also feeds a sha256 of everything written."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.fh = fh
+        self.hash = hashlib.sha256()
+        self.sha256: str | None = None  # the hex digest, once the file is complete
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return self.fh.write(data)
+
+
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+def atomic_open(path: str | Path) -> Iterator[HashingWriter]:
     """A binary file that appears at `path` only once it is written whole (temp + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,10 +56,12 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
-            yield fh
+            writer = HashingWriter(fh)
+            yield writer
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        writer.sha256 = writer.hash.hexdigest()
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -50,17 +69,19 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write `data` atomically; returns its sha256."""
     with atomic_open(path) as fh:
         fh.write(data)
+    return fh.sha256
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str) -> str:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> str:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def sha256_file(path: str | Path, h=None):

@@ -37,7 +37,7 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
 def write_safetensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ):
-    """Write tensors to `path` atomically (temp file + fsync + rename), streaming each one."""
+    """Write tensors to `path` atomically (temp file + fsync + rename), streaming each one; -> its sha256."""
     path = Path(path)
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -58,6 +58,7 @@ def write_safetensors(
         fh.write(raw)
         for t in tensors.values():
             fh.write(_bytes_of(t))
+    return fh.sha256
 
 
 class SafetensorsReader:

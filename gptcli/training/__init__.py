@@ -6,9 +6,10 @@ train_state.py   RunState and what a checkpoint holds for an exact resume (optim
 checkpointer.py  when a step saves, writing the checkpoint, what a failed save says
 validator.py     eval losses on fixed batches, the sample printed at each eval
 schedule.py      the learning rate at each step
-run_dir.py       the run directory's files: refusing to mix runs, clearing, pruning, reading config.json
+run_dir.py       the run directory's files: one run at a time (a lock), refusing to mix runs, clearing,
+                 pruning, reading config.json
 metrics.py       metrics.jsonl records (written here, read by gpt plot)
 tensorboard.py   the same records as TensorBoard events (optional extra)
 distributed.py   torchrun: process group, DDP/FSDP2 wrapping, gradient sync, gathering for checkpoints
-interrupt.py     Ctrl-C: finish the step, save, say how to continue
+interrupt.py     Ctrl-C, SIGTERM, SIGUSR1: finish the step, save, say how to continue
 """

@@ -1,9 +1,9 @@
 """Saving a run's checkpoints: when, what, and what happens when the disk says no.
 
 The trainer asks `due(step)` after every step and calls `save` when it says so (and at the end,
-at --max-time, on Ctrl-C). Rank 0 writes; under FSDP every rank first takes part in gathering the
-whole weights and optimizer state. With the first checkpoint the run's config.json and
-tokenizer.json are written too, and after each one the old checkpoints are pruned.
+at --max-time, on Ctrl-C, SIGTERM or SIGUSR1). Rank 0 writes; under FSDP every rank first takes
+part in gathering the whole weights and optimizer state. With the first checkpoint the run's
+config.json and tokenizer.json are written too, and after each one the old checkpoints are pruned.
 """
 
 from pathlib import Path

@@ -109,6 +109,8 @@ def gradient_sync(model: torch.nn.Module, world: Dist, fsdp: bool, sync: bool) -
 
 # ---------------------------------------------------------------------------------------------
 # sharded training (FSDP2): parameters, gradients and optimizer state split across ranks
+# (torch.distributed.fsdp and .checkpoint are imported where used: they take ~1.3 s to import,
+# which every run that does not shard would pay)
 
 
 def shard(model: torch.nn.Module) -> None:

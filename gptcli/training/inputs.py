@@ -30,12 +30,16 @@ def plan_run(
 ) -> tuple[TrainConfig, Tokenizer, Path | None]:
     """The resolved config (its model shape final), the tokenizer, and the checkpoint to resume from."""
     if resume:
-        resume_from = newest_checkpoint(run_dir)
+        resume_from = newest_checkpoint(run_dir, notes)
         tokenizer = load_tokenizer(resume_from / ckpt.TOKENIZER)
         model_config = resumed_model_config(config, ckpt.read_config(resume_from)["model"], run_dir)
         return config.model_copy(update={"model": model_config}), tokenizer, resume_from
     config = resolve_inputs(config, notes)
-    init_config = ckpt.read_config(config.init_from)["model"] if config.init_from else None
+    init_config = None
+    if config.init_from:
+        if not ckpt.verify_checkpoint(config.init_from):  # every file, before any is used
+            notes.append(f"warning: {config.init_from} has no checksums (written before they existed)")
+        init_config = ckpt.read_config(config.init_from)["model"]
     tokenizer = build_tokenizer(config)
     model_config = build_model_config(config, tokenizer, init_config)
     if not overwrite:
@@ -45,14 +49,26 @@ def plan_run(
     return config.model_copy(update={"model": model_config}), tokenizer, None
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
-    found = ckpt.list_checkpoints(run_dir)
-    if not found:
+def newest_checkpoint(run_dir: Path, notes: list[str]) -> Path:
+    """The newest checkpoint whose files are all intact; damaged newer ones are named in the notes.
+
+    Resume is exact, so continuing from an older checkpoint still ends with the uninterrupted
+    run's weights: it only redoes more steps."""
+    start_over = f"start over with: gpt train --config {run_dir}/config.json --out {run_dir} --overwrite"
+    if not ckpt.list_checkpoints(run_dir):
         raise GptError(
-            f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints "
-            f"(start over with: gpt train --config {run_dir}/config.json --out {run_dir} --overwrite)"
+            f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints ({start_over})"
         )
-    return found[-1]
+    damaged: list[str] = []
+    found = ckpt.newest_intact(run_dir, warn=damaged.append)
+    notes.extend(f"warning: {message}" for message in damaged)
+    if found is None:
+        raise GptError(
+            f"nothing to resume in {run_dir}: every checkpoint is damaged ({damaged[0]}; {start_over})"
+        )
+    if not (found / ckpt.CHECKSUMS).exists():
+        notes.append(f"warning: {found} has no checksums (written before they existed): resumed unverified")
+    return found
 
 
 def resumed_model_config(config: TrainConfig, saved: ModelConfig, run_dir: Path) -> ModelConfig:

@@ -8,17 +8,20 @@
 which hands each step to `train_step` (grad_accum micro-batches under autocast, the loss scaled by
 1/grad_accum, gradient clipping, AdamW at the scheduled learning rate), logs every log_interval
 steps, and asks the checkpointer whether the step is due for an eval + checkpoint (every
-eval_interval steps and at the end). It stops at max_iters, at max_time, or on Ctrl-C (after
-saving the step). Where a run stands is one `RunState`, saved with every checkpoint; with the
-optimizer's and the generators' states beside it, `--resume` reproduces the uninterrupted run
-exactly (on CPU, in fp32). The run directory's files are described in gptcli.training.run_dir.
+eval_interval steps and at the end). It stops at max_iters, at max_time, or on Ctrl-C, SIGTERM or
+SIGUSR1 (after saving the step; gptcli.training.interrupt). Where a run stands is one `RunState`,
+saved with every checkpoint; with the optimizer's and the generators' states beside it, `--resume`
+reproduces the uninterrupted run exactly (on CPU, in fp32). The run directory's files are
+described in gptcli.training.run_dir.
 
 Under torchrun (WORLD_SIZE > 1) every rank runs the same code: all of them check the inputs and
-train; rank 0 alone reports, logs and writes files.
+train; rank 0 alone reports, logs and writes files, and holds the run directory's lock (one run
+per directory: gptcli.training.run_dir.RunDirLock).
 """
 
 import gc
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,14 +41,21 @@ from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
 from gptcli.training.checkpointer import Checkpointer
 from gptcli.training.inputs import plan_run
-from gptcli.training.interrupt import StopOnInterrupt, TrainingInterrupted
+from gptcli.training.interrupt import (
+    STOP_SIGNALS,
+    StopOnInterrupt,
+    TrainingInterrupted,
+    first_signal,
+    stopped_message,
+)
 from gptcli.training.metrics import METRICS, MetricsLog, eval_record, log_record, truncate_metrics
-from gptcli.training.run_dir import clear_run_dir
+from gptcli.training.run_dir import RunDirLock, clear_run_dir
 from gptcli.training.schedule import learning_rate
 from gptcli.training.tensorboard import TensorBoardLog, summary_writer_class
 from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
 from gptcli.training.validator import Validator, all_finite
 
+STOP_SIGNAL_NAMES = {sig.name for sig in STOP_SIGNALS}
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "info", "step", "eval", "checkpoint", "done"
 
 
@@ -58,7 +68,7 @@ class TrainSummary:
     best_val_loss: float | None
     last_checkpoint: Path | None
     seconds: float
-    stop_reason: str  # "max_iters" or "max_time"
+    stop_reason: str  # "max_iters" or "max_time" (a stop by signal raises TrainingInterrupted)
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,7 +92,8 @@ def train(
 
 
 class Trainer:
-    """One training run. The constructor sets it up (and checks everything); `train()` runs it."""
+    """One training run. The constructor locks the run directory and sets the run up (checking
+    everything); `train()` runs it and releases the directory when it ends (`close()` otherwise)."""
 
     config: TrainConfig  # resolved: paths absolute, the model's shape final
     run_dir: Path
@@ -116,6 +127,23 @@ class Trainer:
         self.notes: list[str] = []
         self.start_time = time.time()
         self.run_dir = run_dir
+        self.metrics = None
+        # one run per directory, checked before anything is read, built or written; rank 0 alone
+        # (the other ranks share the directory on purpose). Released by train(), or here on an error.
+        self.lock = RunDirLock(run_dir, create=not resume) if self.world.is_main else None
+        if self.lock is not None and self.lock.acquire().note:
+            self.notes.append(self.lock.note)
+        try:
+            self._setup(config, resume, overwrite, device_name)
+        except BaseException:
+            self.close()
+            raise
+
+    # -----------------------------------------------------------------------------------------
+    # set-up
+
+    def _setup(self, config: TrainConfig, resume: bool, overwrite: bool, device_name: str | None) -> None:
+        run_dir = self.run_dir
         if resume:
             if self.world.is_main:
                 ckpt.tidy_checkpoints(run_dir)
@@ -131,8 +159,13 @@ class Trainer:
         self._setup_step()
         self._report_start()
 
-    # -----------------------------------------------------------------------------------------
-    # set-up
+    def close(self) -> None:
+        """Close the metrics files and release the run directory (train() does this when it ends)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.lock is not None:
+            self.lock.release()
 
     def _check_settings(self) -> None:
         config, world = self.config, self.world
@@ -157,6 +190,7 @@ class Trainer:
         )
         if self.world.is_main:
             self.world.barrier()
+        self.notes.extend(f"warning: {note}" for note in self.data.notes)  # a damaged token cache, rebuilt
         if len(self.data.train) < block_size + 1:
             raise GptError(
                 f"the training data has {len(self.data.train)} tokens, fewer than block_size + 1 = {block_size + 1}: "
@@ -256,7 +290,7 @@ class Trainer:
     # the loop
 
     def train(self) -> TrainSummary:
-        """Step until max_iters, max_time or Ctrl-C; the final eval and checkpoint; a summary."""
+        """Step until max_iters, max_time or a stop signal; the final eval and checkpoint; a summary."""
         self.model.train()
         self.train_start = self.t_last = time.time()
         self.steps_since_log = 0
@@ -281,8 +315,7 @@ class Trainer:
                 f"{self.checkpointer.last_saved(self.state) or 'none'}"
             ) from None
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
+            self.close()
         summary = self.summary(stop_reason)
         self.report("done", vars(summary))
         return summary
@@ -370,28 +403,34 @@ class Trainer:
         return losses
 
     def stop_reason(self, interrupt: StopOnInterrupt) -> str | None:
-        """'interrupted' (Ctrl-C), 'max_time', or None to go on; under torchrun all ranks agree."""
+        """A stop signal's name ('SIGINT' for Ctrl-C, 'SIGTERM', 'SIGUSR1'), 'max_time', or None to go on.
+
+        Under torchrun all ranks agree, whether a signal reached one rank, some or all of them (torchrun
+        forwards SIGTERM to every worker; a scheduler may signal each process itself): at log steps
+        they exchange which signals each has seen, and all stop at that step, named the same way.
+        """
         max_time = self.config.max_time
         timed_out = max_time is not None and time.time() - self.train_start > max_time
-        interrupted = interrupt.requested
+        flags = [*interrupt.flags(), timed_out]
         if self.world.enabled:  # agree at log steps only: an all-reduce is a host sync
-            agreed = self.world.any(interrupted, timed_out) if self.is_log_step() else (False, False)
-            interrupted, timed_out = agreed
-        if interrupted:
-            return "interrupted"
+            flags = self.world.any(*flags) if self.is_log_step() else [False] * len(flags)
+        *signals, timed_out = flags
+        sig = first_signal(signals)
+        if sig is not None:
+            return sig.name
         return "max_time" if timed_out else None
 
     def finish(self, stop_reason: str) -> None:
-        """The final eval and checkpoint, unless this step was just saved; on Ctrl-C the checkpoint alone."""
+        """The final eval and checkpoint, unless this step was just saved; on a stop signal the checkpoint
+        alone, then TrainingInterrupted (exit code 128 + the signal's number) saying how to continue."""
         state = self.state
         unsaved = state.step > state.saved_step
-        if stop_reason == "interrupted":
-            saved = ""
+        if stop_reason in STOP_SIGNAL_NAMES:
             if unsaved:
-                saved = f"saved {self.checkpointer.save(state, {}, self.raw_model, self.optimizer, self.sampler)}. "
-            raise TrainingInterrupted(
-                f"interrupted at step {state.step}; {saved}continue with: gpt train --resume {self.run_dir}"
-            )
+                self.checkpointer.save(state, {}, self.raw_model, self.optimizer, self.sampler)
+            sig = signal.Signals[stop_reason]
+            saved = self.checkpointer.last_saved(state)  # this step's checkpoint, just written or not
+            raise TrainingInterrupted(stopped_message(sig, state.step, saved, self.run_dir), sig)
         if unsaved:
             self.evaluate_and_save()
 

@@ -64,7 +64,7 @@ def test_info_on_a_run_and_on_a_checkpoint(run_dir):
     assert data["checkpoint"].endswith("step_0000020") and data["step"] == 20
     assert data["parameters"] == sum(t.numel() for t in ckpt.model_weights(model).values())
     assert data["run"]["best"] == "step_0000020" and len(data["run"]["checkpoints"]) == 2
-    assert set(data["files"]) == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert set(data["files"]) == {"model.safetensors", "config.json", "tokenizer.json", "checksums.json"}
     text = run_cli("info", str(run / "checkpoints" / "step_0000010")).stdout
     assert "1 layers" in text and "char" in text and "step         10" in text
 

@@ -259,7 +259,16 @@ def test_resume_from_another_directory(tmp_path, monkeypatch, text):
     assert resumed.exit_code == 0, resumed.stderr
 
 
+def as_written_before_checksums(checkpoint: Path) -> None:
+    """Make a checkpoint look like one written before checksums existed (format version 1)."""
+    (checkpoint / "checksums.json").unlink()
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "version": 1}))
+
+
 def test_resume_of_a_corrupt_checkpoint_names_the_file_and_loses_nothing(run):
+    # without checksums (an old checkpoint) the damage is only seen when the file is parsed: an error
+    as_written_before_checksums(run / "checkpoints" / "step_0000004")
     weights = run / "checkpoints" / "step_0000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     before = snapshot(run)
@@ -268,7 +277,22 @@ def test_resume_of_a_corrupt_checkpoint_names_the_file_and_loses_nothing(run):
     assert snapshot(run) == before  # nothing deleted, rewritten or truncated
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint_with_a_warning(run):
+    # with checksums (issue 15) the damage is found before anything is used: the run goes on from
+    # the newest intact checkpoint, and saving step 4 again replaces the damaged one
+    weights = run / "checkpoints" / "step_0000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = run_cli("train", "--resume", "out", "--max-iters", "6")
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "step_0000004 is damaged" in warning[0] and "model.safetensors" in warning[0]
+    assert "resumed from" in result.stderr and "step_0000002" in result.stderr
+    assert steps_in(run) == ["step_0000002", "step_0000004", "step_0000006"]
+    assert run_cli("info", "--verify", "out").exit_code == 0
+
+
 def test_resume_of_a_corrupt_train_state_json_is_a_one_line_error(run):
+    as_written_before_checksums(run / "checkpoints" / "step_0000004")
     (run / "checkpoints" / "step_0000004" / "train_state.json").write_text('{"step": 4')
     assert_one_line_error(run_cli("train", "--resume", "out", "--max-iters", "6"), "train_state.json")
 

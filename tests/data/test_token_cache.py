@@ -63,3 +63,66 @@ def test_split_and_separate_val_data(bpe, corpus, tmp_path):
     val_path = corpus("other words " * 50, "val.txt")
     data = prepare_data([str(path)], bpe, val_data=[str(val_path)], cache_dir=tmp_path)
     assert len(data.train) == total and data.val.tolist() == bpe.encode_ordinary(val_path.read_text())
+
+
+def test_meta_records_the_checksum_hashed_while_writing(bpe, corpus, tmp_path, monkeypatch):
+    import gptcli.data.token_cache as token_cache
+    from gptcli.storage.files import sha256_file
+
+    read_back = []
+
+    def spy(path, h=None):
+        if path.name == "tokens.bin":
+            read_back.append(path)
+        return sha256_file(path, h)
+
+    monkeypatch.setattr(token_cache, "sha256_file", spy)
+    path = corpus("to be or not to be\n" * 100)
+    _, where = tokenize_files([path], bpe, tmp_path / "cache")
+    assert read_back == []  # hashed as it was written, not read again
+    meta = json.loads((where / "meta.json").read_text())
+    assert meta["sha256"] == sha256_file(where / "tokens.bin").hexdigest()
+    tokenize_files([path], bpe, tmp_path / "cache")
+    assert read_back == [where / "tokens.bin"]  # verified before it is used
+
+
+def test_damaged_cache_is_rebuilt_with_a_warning(bpe, corpus, tmp_path):
+    path = corpus("to be or not to be\n" * 100)
+    tokens, where = tokenize_files([path], bpe, tmp_path / "cache")
+    expected = tokens.tolist()
+    del tokens  # the memmap
+    data = bytearray((where / "tokens.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped: the right size, other ids
+    (where / "tokens.bin").write_bytes(bytes(data))
+    warnings = []
+    tokens, again = tokenize_files([path], bpe, tmp_path / "cache", warn=warnings.append)
+    assert again == where and tokens.tolist() == expected
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert str(where) in warnings[0] and "does not match its checksum" in warnings[0]
+    assert "tokenizing the corpus again" in warnings[0]
+    warnings.clear()
+    tokenize_files([path], bpe, tmp_path / "cache", warn=warnings.append)
+    assert warnings == []  # rebuilt whole: used as it is from now on
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda meta: meta.pop("sha256"), "older version without a checksum"),
+        (lambda meta: meta.pop("n_tokens"), "meta.json is damaged"),
+    ],
+    ids=["old-format", "damaged-meta"],
+)
+def test_a_cache_entry_without_a_usable_meta_is_rebuilt(bpe, corpus, tmp_path, damage, fragment):
+    path = corpus("to be or not to be\n" * 100)
+    tokens, where = tokenize_files([path], bpe, tmp_path / "cache")
+    expected = tokens.tolist()
+    meta = json.loads((where / "meta.json").read_text())
+    damage(meta)
+    (where / "meta.json").write_text(json.dumps(meta))
+    data = prepare_data([str(path)], bpe, val_fraction=0.0, cache_dir=tmp_path / "cache")
+    assert data.train.tolist() == expected
+    assert len(data.notes) == 1 and fragment in data.notes[0]
+    assert "sha256" in json.loads((where / "meta.json").read_text())  # rewritten in the new form
+    (where / "meta.json").write_text("{not json")
+    assert "meta.json is damaged" in prepare_data([str(path)], bpe, cache_dir=tmp_path / "cache").notes[0]

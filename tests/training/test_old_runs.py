@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from gptcli.config import SampleConfig
 from gptcli.generation import Engine
 from gptcli.storage import checkpoint as ckpt
+from gptcli.storage import checkpoint_info
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.generation.test_engine import greedy_by_recomputation
@@ -69,7 +70,7 @@ def test_old_checkpoint_loads_and_generates_what_the_old_code_generated(old_run)
 
 def test_old_checkpoint_and_run_directory_are_described(old_run):
     saved = {n: json.loads((OLD_CHECKPOINTS / n / ckpt.CONFIG).read_text()) for n in CHECKPOINTS}
-    info = ckpt.describe_checkpoint(old_run)
+    info = checkpoint_info.describe_checkpoint(old_run)
     assert info["checkpoint"] == str(old_run / "checkpoints" / "step_0000006")
     assert info["model"] == saved["step_0000006"]["model"]
     assert info["step"] == 6
@@ -84,7 +85,9 @@ def test_old_checkpoint_and_run_directory_are_described(old_run):
     assert info["run"]["checkpoints"] == [{"name": n, "val_loss": v} for n, v in vals.items()]
     assert info["run"]["best"] == min(vals, key=vals.get)
     assert info["run"]["best_val_loss"] == min(vals.values())
-    older = ckpt.describe_checkpoint(old_run / "checkpoints" / "step_0000003")  # a checkpoint itself
+    older = checkpoint_info.describe_checkpoint(
+        old_run / "checkpoints" / "step_0000003"
+    )  # a checkpoint itself
     assert older["step"] == 3 and older["val_loss"] == vals["step_0000003"] and "run" not in older
 
 

@@ -93,6 +93,17 @@ def test_ctrl_c_saves_the_current_step_and_resume_finishes_exactly(tmp_path):
     assert_same_weights(final_weights(run), final_weights(tmp_path / "full"))
 
 
+def test_a_damaged_token_cache_is_rebuilt_and_noted_never_trained_on(tmp_path):
+    train(tiny(tmp_path, max_iters=3, eval_interval=3), tmp_path / "a")
+    (tokens_bin,) = (tmp_path / "cache").rglob("tokens.bin")
+    data = bytearray(tokens_bin.read_bytes())
+    data[100] ^= 0x01  # the right size, one id changed
+    tokens_bin.write_bytes(bytes(data))
+    summary = train(tiny(tmp_path, max_iters=3, eval_interval=3), tmp_path / "b")
+    assert any("does not match its checksum" in note for note in summary.notes), summary.notes
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # trained on the right ids
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     forward = GPT.forward
     calls = {"n": 0}
