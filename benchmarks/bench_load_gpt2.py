@@ -7,8 +7,13 @@ A random GPT2LMHeadModel of GPT-2's shape (124M parameters, fp32) is saved local
 subprocess:
 
 - convert: `import_gpt2(folder, out)` (what `gpt load-gpt2 FOLDER` runs): HF folder -> our checkpoint;
-- load: `load_checkpoint(out)` (what `gpt generate` runs first);
+- load: `load_checkpoint(out)` (what `gpt generate` runs first), every file checked against its
+  checksum (the weights hashed in a background thread while they are read);
+- load unverified: the same checkpoint with its checksums.json removed (as one written before
+  checksums existed), so the ratio of the two is what checking costs (target: <= 1.10x);
 - HF: `GPT2LMHeadModel.from_pretrained(folder)`, the peer.
+
+The loads run --repeat times each (alternating), and the median time is reported.
 
 Each subprocess reports its peak RSS (VmHWM) and its RSS after the imports (torch, transformers)
 and after building and running a tiny model (which loads torch's CPU kernels and the modules a
@@ -18,6 +23,7 @@ the weights is peak minus that baseline. Target: <= 1.2x the size of the weights
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,8 @@ if what == "convert":
     hf_gpt2.import_gpt2(folder, out)
 elif what == "load":
     checkpoint.load_checkpoint(out)
+elif what == "load-unverified":
+    checkpoint.load_checkpoint(out, warn=lambda message: None)
 else:
     transformers.GPT2LMHeadModel.from_pretrained(folder)
 print(json.dumps({"seconds": time.perf_counter() - t0, "base": base, "peak": rss("VmHWM:")}))
@@ -80,21 +88,46 @@ def run_child(what: str, folder: Path, out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def unverified_copy(checkpoint: Path, to: Path) -> Path:
+    """The checkpoint as one written before checksums existed: no checksums.json, version 1."""
+    shutil.copytree(checkpoint, to)
+    (to / "checksums.json").unlink()
+    config = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**config, "version": 1}))
+    return to
+
+
+def median_of(runs: list[dict]) -> dict:
+    runs = sorted(runs, key=lambda r: r["seconds"])
+    return {**runs[len(runs) // 2], "all_seconds": [round(r["seconds"], 3) for r in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="gpt2", choices=sorted(SIZES))
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each load (median reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder, out = Path(tmp) / "hf", Path(tmp) / "ours"
         weight_bytes = make_folder(folder, args.size)
-        results = {what: run_child(what, folder, out) for what in ("convert", "load", "hf")}
+        results = {"convert": run_child("convert", folder, out)}
+        unverified = unverified_copy(out, Path(tmp) / "unverified")
+        loads: dict[str, list[dict]] = {"load": [], "load-unverified": []}
+        for _ in range(args.repeat):  # alternating, so both see the same machine
+            loads["load"].append(run_child("load", folder, out))
+            loads["load-unverified"].append(run_child("load-unverified", folder, unverified))
+        results |= {what: median_of(runs) for what, runs in loads.items()}
+        results["hf"] = run_child("hf", folder, out)
     print(f"{args.size}: {weight_bytes / 1e6:.0f} MB of fp32 weights")
+    cost = results["load"]["seconds"] / results["load-unverified"]["seconds"]
+    print(f"  checking checksums costs {cost:.3f}x the unverified load time (target <= 1.10x)")
     for what, r in results.items():
         used = r["peak"] - r["base"]
         label = {
             "convert": "ours, convert HF -> checkpoint",
-            "load": "ours, load checkpoint",
+            "load": "ours, load checkpoint (verified)",
+            "load-unverified": "ours, load without checksums",
             "hf": "HF from_pretrained",
         }
         print(

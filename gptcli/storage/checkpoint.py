@@ -37,15 +37,15 @@ from gptcli.errors import GptError, one_line_validation_error
 from gptcli.models import build_model
 from gptcli.storage.checksums import (
     CHECKSUMS,
-    BackgroundHash,
     DamagedCheckpoint,
+    StreamHash,
     check_digest,
     read_checksums,
     verify_file,
     write_checksums,
 )
 from gptcli.storage.files import atomic_write_json, current_umask, read_json, sha256_file
-from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
+from gptcli.storage.tensorfile import SafetensorsReader, bytes_of, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 
@@ -76,6 +76,9 @@ def save_checkpoint(
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         weights = model if isinstance(model, dict) else model_weights(model)
+        for name, tensor in weights.items():  # checked once here, so a verified load need not
+            if tensor.is_floating_point() and not all_finite(tensor):
+                raise GptError(f"cannot save {directory.name}: {name} holds non-finite values")
         digests = {WEIGHTS: write_safetensors(tmp / WEIGHTS, weights)}
         config = {
             "format": FORMAT,
@@ -203,17 +206,24 @@ Warn = Callable[[str], None]
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
     """Load model.safetensors into `model` tensor by tensor, checking every key and shape, then the
-    file's checksum (hashed in a background thread while the tensors are read)."""
+    file's checksum (hashed in a worker thread from the bytes just read)."""
     path = Path(directory) / WEIGHTS
     digests = checkpoint_digests(Path(directory))
     if digests is None:
         return _read_weights(path, model)
-    with BackgroundHash(path) as digest:
-        _read_weights(path, model)
-    check_digest(path, digests, digest.result())
+    hasher = StreamHash()
+    hashed = _read_weights(path, model, hasher.feed)
+    actual = hasher.result()
+    if not hashed:  # the bytes read were not the whole file in order: hash the file itself
+        actual = sha256_file(path).hexdigest()
+    check_digest(path, digests, actual)
 
 
-def _read_weights(path: Path, model: torch.nn.Module) -> None:
+def _read_weights(
+    path: Path, model: torch.nn.Module, feed: Callable[[memoryview], None] | None = None
+) -> bool:
+    """Read every tensor into the model, in file order; with `feed`, hand it the file's bytes as
+    they are read. -> whether the bytes fed make up the whole file."""
     model = unwrap(model)
     expected = model_weights(model)  # name -> the model's own tensor (tied weights once)
     with SafetensorsReader(path) as reader:
@@ -223,7 +233,12 @@ def _read_weights(path: Path, model: torch.nn.Module) -> None:
         if missing or unexpected:
             what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
             raise GptError(f"{path}: weights do not match the model config ({what})")
-        for name, target in expected.items():
+        order = reader.in_file_order()
+        same_bytes = reader.is_packed() and all(reader.dtype(n) == expected[n].dtype for n in order)
+        if feed is not None and same_bytes:
+            feed(reader.header_bytes)
+        for name in order:
+            target = expected[name]
             if reader.shape(name) != tuple(target.shape):
                 raise GptError(
                     f"{path}: {name} has shape {reader.shape(name)}, the config needs {tuple(target.shape)}"
@@ -236,8 +251,12 @@ def _read_weights(path: Path, model: torch.nn.Module) -> None:
                     reader.read_into(name, target)  # straight into the parameter: no second copy
                 else:
                     target.copy_(reader.get(name))
-            if target.is_floating_point() and not all_finite(target):
+            if feed is not None and same_bytes:
+                feed(bytes_of(target))  # hashed from memory while the next tensor is read
+            elif target.is_floating_point() and not all_finite(target):
+                # (a file that matches its checksum is the file saved, and saving checked this)
                 raise GptError(f"{path}: {name} holds non-finite values")
+    return feed is not None and same_bytes
 
 
 def load_checkpoint(

@@ -4,14 +4,16 @@
      "files": {"model.safetensors": "9f2c...", "config.json": "...", "tokenizer.json": "...", ...}}
 
 The digests are computed while the files stream out (gptcli.storage.files.HashingWriter), and
-checked before a file is used. The big weights file is hashed in a background thread while its
-tensors are read, so checking costs little more than the read itself. A file whose bytes differ
+checked before a file is used. The big weights file is hashed in a worker thread from the tensors
+just read into memory (`StreamHash`), so checking costs little more than the read itself. A file whose bytes differ
 from what was recorded is a one-line `DamagedCheckpoint` error naming the file: a flipped bit in
 the tensor data of a safetensors file parses fine, and only this catches it. Checkpoints written
 before checksums existed (format version 1) have no manifest; they load with a warning.
 """
 
+import hashlib
 import hmac
+import queue
 import threading
 from pathlib import Path
 
@@ -67,35 +69,31 @@ def verify_file(path: Path, digests: dict[str, str]) -> None:
     check_digest(path, digests, sha256_file(path).hexdigest())
 
 
-class BackgroundHash:
-    """sha256 of a file computed in a thread (hashlib releases the GIL), while the caller reads it too.
+class StreamHash:
+    """sha256 of bytes fed in order from the caller's thread, computed in a worker thread.
 
-    with BackgroundHash(path) as digest:    # starts hashing
-        ... read the tensors ...
-    check_digest(path, digests, digest.result())
+        hasher = StreamHash()
+        hasher.feed(header); hasher.feed(tensor_bytes) ...   # returns at once
+        digest = hasher.result()                               # waits for the worker
+
+    hashlib releases the GIL on large buffers, so loading goes on while the worker hashes what
+    was just read, from memory, with no second read of the file.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.digest: str | None = None
-        self.error: BaseException | None = None
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.hash = hashlib.sha256()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
-        try:
-            self.digest = sha256_file(self.path).hexdigest()
-        except BaseException as e:  # surfaced by result(): a thread cannot raise into its caller
-            self.error = e
+        while (data := self.queue.get()) is not None:
+            self.hash.update(data)
 
-    def __enter__(self) -> "BackgroundHash":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.thread.join()
+    def feed(self, data) -> None:
+        self.queue.put(data)
 
     def result(self) -> str:
+        self.queue.put(None)
         self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.digest
+        return self.hash.hexdigest()

@@ -85,11 +85,12 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> str
 
 
 def sha256_file(path: str | Path, h=None):
-    """Feed a file's bytes, 1 MiB at a time, into `h` (a new sha256 if None); returns the hash object."""
+    """Feed a file's bytes, 4 MiB at a time, into `h` (a new sha256 if None); returns the hash object."""
     h = hashlib.sha256() if h is None else h
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    buffer = memoryview(bytearray(4 << 20))  # one buffer, reused: no allocation per block
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            h.update(buffer[:n])
     return h
 
 

@@ -28,7 +28,7 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER = 100 << 20
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
+def bytes_of(tensor: torch.Tensor) -> memoryview:
     """The raw bytes of a contiguous CPU tensor, without copying."""
     flat = tensor.detach().contiguous().cpu().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
@@ -57,7 +57,7 @@ def write_safetensors(
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         for t in tensors.values():
-            fh.write(_bytes_of(t))
+            fh.write(bytes_of(t))
     return fh.sha256
 
 
@@ -83,8 +83,10 @@ class SafetensorsReader:
         (n,) = struct.unpack("<Q", head)
         if n > min(MAX_HEADER, size - 8):
             raise self._corrupt("header size out of range")
+        raw = self.file.read(n)
+        self.header_bytes = head + raw  # what precedes the tensor data, for hashing the whole file
         try:
-            header = json.loads(self.file.read(n))
+            header = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise self._corrupt("header is not JSON") from None
         if not isinstance(header, dict):
@@ -112,6 +114,20 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.entries)
 
+    def in_file_order(self) -> list[str]:
+        return sorted(self.entries, key=lambda name: self.entries[name]["data_offsets"][0])
+
+    def is_packed(self) -> bool:
+        """True when the tensors fill the data section end to end in file order (as ours and HF's do),
+        so the header followed by each tensor's bytes is the whole file."""
+        end = 0
+        for name in self.in_file_order():
+            begin, stop = self.entries[name]["data_offsets"]
+            if begin != end:
+                return False
+            end = stop
+        return self.data_start + end == self.path.stat().st_size
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.entries[name]["shape"])
 
@@ -126,7 +142,7 @@ class SafetensorsReader:
             raise ValueError(f"{name}: shape {self.shape(name)} does not fit {tuple(out.shape)}")
         begin, end = self.entries[name]["data_offsets"]
         self.file.seek(self.data_start + begin)
-        if end > begin and self.file.readinto(_bytes_of(out)) != end - begin:
+        if end > begin and self.file.readinto(bytes_of(out)) != end - begin:
             raise self._corrupt(f"{name} is cut short")
 
     def get(self, name: str) -> torch.Tensor:
