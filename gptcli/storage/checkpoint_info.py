@@ -7,6 +7,7 @@ from typing import Any
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.storage.checkpoint import (
+    CONFIG,
     TOKENIZER,
     WEIGHTS,
     best_checkpoint,
@@ -36,8 +37,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     config = read_config(path)
     model: ModelConfig = config.pop("model")
     digests = checkpoint_digests(path)
-    if digests is not None:
-        verify_file(path / TOKENIZER, digests)
+    if digests is not None:  # what is shown must be what was saved (the weights' header is read too)
+        for name in (CONFIG, TOKENIZER, WEIGHTS):
+            verify_file(path / name, digests)
     tokenizer = load_tokenizer(path / TOKENIZER)
     with SafetensorsReader(path / WEIGHTS) as reader:
         n_params = sum(math.prod(reader.shape(k)) for k in reader.keys())
