@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli.data.corpus import TextReader, find_text_files
-from gptcli.storage.files import atomic_write_json, sha256_file
+from gptcli.storage.files import atomic_open, atomic_write_json, sha256_file
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe_train import Progress
 
@@ -99,51 +99,42 @@ def tokenize_files(
 
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    total = sum(f.stat().st_size for f in files)
-    done = n_tokens = invalid = 0
-    tmp_path = folder / f"tokens.bin.tmp{os.getpid()}"
-    digest = hashlib.sha256()  # of the bytes as they are written: no second read of the file
-
-    def write(out, ids) -> None:
-        array = np.asarray(ids, dtype=dtype)
-        digest.update(array)
-        out.write(array)
-
-    try:
-        with open(tmp_path, "wb") as out:
-            for i, f in enumerate(files):
-                if i > 0 and tokenizer.eot_id is not None:  # documents are separated by <|endoftext|>
-                    write(out, [tokenizer.eot_id])
-                    n_tokens += 1
-                reader = TextReader(f, ENCODE_BLOCK_BYTES)
-                for group in _groups(reader, os.cpu_count() or 1):  # one block per core at a time
-                    for ids in tokenizer.encode_batch(group):
-                        write(out, ids)
-                        n_tokens += len(ids)
-                    done += sum(len(block) for block in group)
-                    if progress:
-                        progress("tokenizing", min(done, total), total)
-                invalid += reader.invalid_bytes
-            out.flush()
-            os.fsync(out.fileno())
-        meta_path.unlink(missing_ok=True)  # a rebuilt entry: never a new tokens.bin beside an old meta.json
-        os.replace(tmp_path, bin_path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    if progress:
-        progress("tokenizing", total, total)
+    meta_path.unlink(missing_ok=True)  # a rebuilt entry: never a new tokens.bin beside an old meta.json
+    n_tokens, invalid, sha256 = write_tokens(files, tokenizer, dtype, bin_path, progress)
     meta = {
         "format": CACHE_FORMAT,
         "n_tokens": n_tokens,
         "dtype": np.dtype(dtype).name,
-        "sha256": digest.hexdigest(),  # of tokens.bin
+        "sha256": sha256,  # of tokens.bin, hashed as it was written
         "files": [str(f) for f in files],
         "invalid_utf8_bytes": invalid,
         "vocab_size": tokenizer.vocab_size,
     }
     atomic_write_json(meta_path, meta)  # written last: its presence marks a complete cache entry
     return _memmap(bin_path, meta), folder
+
+
+def write_tokens(files: list[Path], tokenizer: Tokenizer, dtype, path: Path, progress: Progress | None):
+    """Encode the files in blocks into `path` (atomically) -> (tokens, invalid UTF-8 bytes, sha256)."""
+    total = sum(f.stat().st_size for f in files)
+    done = n_tokens = invalid = 0
+    with atomic_open(path) as out:
+        for i, f in enumerate(files):
+            if i > 0 and tokenizer.eot_id is not None:  # documents are separated by <|endoftext|>
+                out.write(np.array([tokenizer.eot_id], dtype=dtype))
+                n_tokens += 1
+            reader = TextReader(f, ENCODE_BLOCK_BYTES)
+            for group in _groups(reader, os.cpu_count() or 1):  # one block per core at a time
+                for ids in tokenizer.encode_batch(group):
+                    out.write(np.asarray(ids, dtype=dtype))
+                    n_tokens += len(ids)
+                done += sum(len(block) for block in group)
+                if progress:
+                    progress("tokenizing", min(done, total), total)
+            invalid += reader.invalid_bytes
+    if progress:
+        progress("tokenizing", total, total)
+    return n_tokens, invalid, out.sha256
 
 
 def _check_entry(meta_path: Path, bin_path: Path) -> tuple[dict, str | None]:

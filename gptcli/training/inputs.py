@@ -19,6 +19,7 @@ from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.train import train_tokenizer
 from gptcli.training.run_dir import check_run_dir_free
+from gptcli.training.tensorboard import summary_writer_class
 
 DEFAULT_TOKENIZER = Path("tokenizer.json")
 REPO_TOY_DATA = Path(__file__).resolve().parents[2] / "toy_data"
@@ -158,3 +159,18 @@ def build_model_config(
         )
     kept = config.model.model_fields_set & RUNTIME_MODEL_FIELDS
     return init_config.model_copy(update={k: getattr(config.model, k) for k in kept})
+
+
+def check_settings(config: TrainConfig, world) -> None:
+    """What this run's processes and extras allow, checked before any data is prepared."""
+    if config.fsdp and not world.enabled:
+        raise GptError(
+            "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
+        )
+    if config.tensorboard:
+        summary_writer_class()  # a missing optional package fails now, not after the data is prepared
+    if config.grad_accum % world.world_size:
+        raise GptError(
+            f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
+            "each optimizer step's micro-batches are split evenly between them"
+        )

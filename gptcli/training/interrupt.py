@@ -95,3 +95,20 @@ class StopOnInterrupt:
         for sig, previous in self._previous.items():  # None: a handler not set from Python
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
+
+    def agreed_stop(self, world, timed_out: bool, exchange: bool) -> str | None:
+        """The stop every rank takes: a signal's name, 'max_time', or None to go on.
+
+        Under torchrun the ranks agree, whether a signal reached one rank, some or all of them
+        (torchrun forwards SIGTERM to every worker; a scheduler may signal each process itself):
+        when `exchange` (at log steps only: an all-reduce is a host sync) they share which signals
+        each has seen, and all stop at that step, named the same way.
+        """
+        flags = [*self.flags(), timed_out]
+        if world.enabled:
+            flags = world.any(*flags) if exchange else [False] * len(flags)
+        *signals, timed_out = flags
+        sig = first_signal(signals)
+        if sig is not None:
+            return sig.name
+        return "max_time" if timed_out else None

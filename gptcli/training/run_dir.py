@@ -187,3 +187,26 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for d in found[:-keep]:
         if d != best:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Clean up after a save that was killed (SIGKILL, power loss) before it could clean up itself.
+
+    A hidden `.step_N.*.tmp` is a checkpoint that never finished: removed. A hidden `.step_N.old`
+    with no `step_N` beside it is a complete checkpoint caught between the two renames that
+    replace one: put back.
+    """
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if entry.name.endswith(".tmp"):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.endswith(".old"):
+            original = folder / entry.name[1 : -len(".old")]
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif ckpt.is_checkpoint(entry):
+                entry.rename(original)

@@ -8,7 +8,7 @@ Everything random in training (batches, dropout) comes from generators whose sta
 so a resumed run draws exactly what the uninterrupted run would have drawn.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,19 @@ class RunState:
         state = cls(**{k: v for k, v in data.items() if k in known})
         state.saved_step = state.step  # the state was saved with the checkpoint it is read from
         return state
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    seconds: float
+    stop_reason: str  # "max_iters" or "max_time" (a stop by signal raises TrainingInterrupted)
+    notes: list[str] = field(default_factory=list)
 
 
 def read_train_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

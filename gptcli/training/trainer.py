@@ -24,7 +24,6 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,36 +39,28 @@ from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
 from gptcli.training.checkpointer import Checkpointer
-from gptcli.training.inputs import plan_run
+from gptcli.training.inputs import check_settings, plan_run
 from gptcli.training.interrupt import (
     STOP_SIGNALS,
     StopOnInterrupt,
     TrainingInterrupted,
-    first_signal,
     stopped_message,
 )
 from gptcli.training.metrics import METRICS, MetricsLog, eval_record, log_record, truncate_metrics
-from gptcli.training.run_dir import RunDirLock, clear_run_dir
+from gptcli.training.run_dir import RunDirLock, clear_run_dir, tidy_checkpoints
 from gptcli.training.schedule import learning_rate
-from gptcli.training.tensorboard import TensorBoardLog, summary_writer_class
-from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
+from gptcli.training.tensorboard import TensorBoardLog
+from gptcli.training.train_state import (
+    RunState,
+    TrainSummary,
+    load_optimizer_state,
+    load_rng_state,
+    read_train_state,
+)
 from gptcli.training.validator import Validator, all_finite
 
 STOP_SIGNAL_NAMES = {sig.name for sig in STOP_SIGNALS}
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "info", "step", "eval", "checkpoint", "done"
-
-
-@dataclass
-class TrainSummary:
-    run_dir: Path
-    step: int
-    train_loss: float | None
-    val_loss: float | None
-    best_val_loss: float | None
-    last_checkpoint: Path | None
-    seconds: float
-    stop_reason: str  # "max_iters" or "max_time" (a stop by signal raises TrainingInterrupted)
-    notes: list[str] = field(default_factory=list)
 
 
 def train(
@@ -146,10 +137,10 @@ class Trainer:
         run_dir = self.run_dir
         if resume:
             if self.world.is_main:
-                ckpt.tidy_checkpoints(run_dir)
+                tidy_checkpoints(run_dir)
             self.world.barrier()
         self.config, self.tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, self.notes)
-        self._check_settings()
+        check_settings(self.config, self.world)
         self.device = resolve_device(device_name or self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         torch.manual_seed(self.config.seed)
@@ -166,20 +157,6 @@ class Trainer:
             self.metrics = None
         if self.lock is not None:
             self.lock.release()
-
-    def _check_settings(self) -> None:
-        config, world = self.config, self.world
-        if config.fsdp and not world.enabled:
-            raise GptError(
-                "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
-            )
-        if config.tensorboard:
-            summary_writer_class()  # a missing optional package fails now, not after the data is prepared
-        if config.grad_accum % world.world_size:
-            raise GptError(
-                f"--grad-accum {config.grad_accum} must be a multiple of the {world.world_size} processes: "
-                "each optimizer step's micro-batches are split evenly between them"
-            )
 
     def _setup_data(self) -> None:
         config, block_size = self.config, self.config.model.block_size
@@ -403,22 +380,10 @@ class Trainer:
         return losses
 
     def stop_reason(self, interrupt: StopOnInterrupt) -> str | None:
-        """A stop signal's name ('SIGINT' for Ctrl-C, 'SIGTERM', 'SIGUSR1'), 'max_time', or None to go on.
-
-        Under torchrun all ranks agree, whether a signal reached one rank, some or all of them (torchrun
-        forwards SIGTERM to every worker; a scheduler may signal each process itself): at log steps
-        they exchange which signals each has seen, and all stop at that step, named the same way.
-        """
+        """A stop signal's name ('SIGINT' for Ctrl-C, 'SIGTERM', 'SIGUSR1'), 'max_time', or None to go on."""
         max_time = self.config.max_time
         timed_out = max_time is not None and time.time() - self.train_start > max_time
-        flags = [*interrupt.flags(), timed_out]
-        if self.world.enabled:  # agree at log steps only: an all-reduce is a host sync
-            flags = self.world.any(*flags) if self.is_log_step() else [False] * len(flags)
-        *signals, timed_out = flags
-        sig = first_signal(signals)
-        if sig is not None:
-            return sig.name
-        return "max_time" if timed_out else None
+        return interrupt.agreed_stop(self.world, timed_out, exchange=self.is_log_step())
 
     def finish(self, stop_reason: str) -> None:
         """The final eval and checkpoint, unless this step was just saved; on a stop signal the checkpoint

@@ -10,6 +10,7 @@ from gptcli.errors import GptError
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer
+from gptcli.training.run_dir import tidy_checkpoints
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_tidy_removes_unfinished_saves_and_puts_back_a_checkpoint_caught_between
     between = ckpt.save_checkpoint(folder / ".step_0000015.old", model, model.config, tok, {"step": 15})
     replaced = ckpt.save_checkpoint(folder / ".step_0000010.old", model, model.config, tok)  # step 10 exists
     assert [d.name for d in ckpt.list_checkpoints(folder.parent)] == ["step_0000010"]  # hidden: not listed
-    ckpt.tidy_checkpoints(folder.parent)
+    tidy_checkpoints(folder.parent)
     assert not unfinished.exists() and not between.exists() and not replaced.exists()
     assert [d.name for d in ckpt.list_checkpoints(folder.parent)] == ["step_0000010", "step_0000015"]
     assert ckpt.read_config(folder / "step_0000015")["step"] == 15
