@@ -183,6 +183,12 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_iters: int = Field(2000, ge=1, description="Optimizer steps.")
     max_time: float | None = Field(None, gt=0, description="Stop after this long: 90, 90s, 15m, 1.5h.")
+    target_loss: float | None = Field(
+        None, description="Stop at the first eval whose val loss is at most this (it is saved)."
+    )
+    early_stop: int | None = Field(
+        None, ge=1, description="Stop after this many evals in a row without a better val loss."
+    )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float | None = Field(
         None, ge=0, description="Learning rate at the end of the cosine decay (default: lr/10)."

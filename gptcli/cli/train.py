@@ -29,6 +29,11 @@ from gptcli.storage.files import read_json
 MODEL_FIELDS = set(ModelConfig.model_fields)
 RUN_CONTROLS = {"config", "resume", "out", "overwrite", "quiet", "verbose"}  # how to run, not what
 DATA, MODEL, OPT, EVAL, SYSTEM = "Data", "Model", "Optimization", "Evaluation", "System"
+STOPPED_BY = {
+    "max_time": " (stopped by --max-time)",
+    "target_loss": " (stopped at --target-loss)",
+    "early_stop": " (stopped by --early-stop)",
+}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -92,6 +97,8 @@ def train_command(
     grad_accum: Annotated[int | None, _train("grad_accum", panel=OPT)] = None,
     max_iters: Annotated[int | None, _train("max_iters", panel=OPT)] = None,
     max_time: Annotated[str | None, _train("max_time", panel=OPT)] = None,
+    target_loss: Annotated[float | None, _train("target_loss", panel=EVAL)] = None,
+    early_stop: Annotated[int | None, _train("early_stop", panel=EVAL)] = None,
     lr: Annotated[float | None, _train("lr", panel=OPT)] = None,
     min_lr: Annotated[float | None, _train("min_lr", panel=OPT)] = None,
     warmup_iters: Annotated[int | None, _train("warmup_iters", panel=OPT)] = None,
@@ -156,7 +163,7 @@ def train_command(
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
         final += f", val {summary.val_loss:.4f}"
-    stopped = " (stopped by --max-time)" if summary.stop_reason == "max_time" else ""
+    stopped = STOPPED_BY.get(summary.stop_reason, "")
     console.print(
         f"done{stopped}: {summary.step} steps in {summary.seconds:.0f}s; {final}{best}; checkpoint {summary.last_checkpoint}"
     )

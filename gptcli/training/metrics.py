@@ -2,8 +2,10 @@
 
 Two kinds of record (the one place their shape is defined):
 
-    {"step": 10, "loss": 4.12, "lr": 0.001, "tokens_per_sec": 5120.0, "mfu": 0.41}     a log step
-    {"step": 250, "kind": "eval", "train_loss": 3.9, "val_loss": 4.0, "sample": "..."} an evaluation
+    {"step": 10, "loss": 4.12, "lr": 0.001, "tokens_per_sec": 5120.0, "mfu": 0.41, "elapsed": 3.2}
+    {"step": 250, "kind": "eval", "train_loss": 3.9, "val_loss": 4.0, "sample": "...", "elapsed": 61.0}
+
+(a log step, an evaluation; "elapsed": seconds since the command started, for loss-per-second plots)
 
 "mfu" only where the device's peak is known; "val_loss" is null when the val split is too small for
 a block; "sample" is null with --sample-tokens 0. A resumed run redoes the steps after its
@@ -22,20 +24,23 @@ from gptcli.errors import GptError
 METRICS = "metrics.jsonl"
 
 
-def log_record(step: int, loss: float, lr: float, tokens_per_sec: float, mfu: float | None) -> dict[str, Any]:
+def log_record(
+    step: int, loss: float, lr: float, tokens_per_sec: float, mfu: float | None, elapsed: float
+) -> dict[str, Any]:
     record = {"step": step, "loss": loss, "lr": lr, "tokens_per_sec": round(tokens_per_sec, 1)}
     if mfu is not None:
         record["mfu"] = round(mfu, 4)
-    return record
+    return {**record, "elapsed": round(elapsed, 3)}
 
 
-def eval_record(step: int, losses: dict[str, float], sample: str | None) -> dict[str, Any]:
+def eval_record(step: int, losses: dict[str, float], sample: str | None, elapsed: float) -> dict[str, Any]:
     return {
         "step": step,
         "kind": "eval",
         "train_loss": losses.get("train"),
         "val_loss": losses.get("val"),
         "sample": sample,
+        "elapsed": round(elapsed, 3),
     }
 
 

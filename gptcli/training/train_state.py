@@ -28,6 +28,7 @@ class RunState:
 
     step: int = 0  # optimizer steps done
     best_val_loss: float | None = None  # lowest val loss of any eval so far
+    evals_since_best: int = 0  # evals in a row whose val loss was not below best_val_loss (--early-stop)
     saved_step: int = -1  # step of the newest checkpoint (-1: none yet)
     train_loss: float | None = None  # the latest eval's losses
     val_loss: float | None = None
@@ -53,7 +54,9 @@ class TrainSummary:
     best_val_loss: float | None
     last_checkpoint: Path | None
     seconds: float
-    stop_reason: str  # "max_iters" or "max_time" (a stop by signal raises TrainingInterrupted)
+    stop_reason: (
+        str  # max_iters, max_time, target_loss, early_stop (a stop by signal raises TrainingInterrupted)
+    )
     notes: list[str] = field(default_factory=list)
 
 

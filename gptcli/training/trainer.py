@@ -279,9 +279,11 @@ class Trainer:
                     loss_sum, lr = self.train_step()
                     if self.is_log_step():
                         self.log_step(loss_sum, lr)
+                    reason = None
                     if self.checkpointer.due(self.state.step):
                         self.evaluate_and_save()
-                    reason = self.stop_reason(interrupt)
+                        reason = self.eval_stop_reason()
+                    reason = reason or self.stop_reason(interrupt)
                     if reason is not None:
                         stop_reason = reason
                         break
@@ -340,9 +342,9 @@ class Trainer:
         now = time.time()
         tokens_per_sec = self.steps_since_log * self.tokens_per_step / max(now - self.t_last, 1e-9)
         utilization = mfu(self.flops_per_token, tokens_per_sec, self.peak_flops) if self.peak_flops else None
-        record = log_record(step, loss, lr, tokens_per_sec, utilization)
+        record = log_record(step, loss, lr, tokens_per_sec, utilization, now - self.start_time)
         self.write(record)
-        self.report("step", {**record, "elapsed": now - self.train_start})
+        self.report("step", record)
         self.t_last, self.steps_since_log = now, 0
 
     def evaluate_and_save(self) -> None:
@@ -360,14 +362,14 @@ class Trainer:
                 f"Last good checkpoint: {self.checkpointer.last_saved(state) or 'none'}"
             )
         state.train_loss, state.val_loss = losses.get("train"), losses.get("val")
-        if state.val_loss is not None and (
-            state.best_val_loss is None or state.val_loss < state.best_val_loss
-        ):
-            state.best_val_loss = state.val_loss
+        if state.val_loss is not None:
+            improved = state.best_val_loss is None or state.val_loss < state.best_val_loss
+            state.best_val_loss = state.val_loss if improved else state.best_val_loss
+            state.evals_since_best = 0 if improved else state.evals_since_best + 1
         sample = self.validator.sample(
             self.raw_model, self.tokenizer
         )  # all ranks: FSDP forwards are collective
-        self.write(eval_record(state.step, losses, sample))
+        self.write(eval_record(state.step, losses, sample, time.time() - self.start_time))
         self.report(
             "eval",
             {
@@ -384,6 +386,19 @@ class Trainer:
         max_time = self.config.max_time
         timed_out = max_time is not None and time.time() - self.train_start > max_time
         return interrupt.agreed_stop(self.world, timed_out, exchange=self.is_log_step())
+
+    def eval_stop_reason(self) -> str | None:
+        """'target_loss' or 'early_stop' after an eval that meets one (every rank: the same losses)."""
+        config, state = self.config, self.state
+        if (
+            config.target_loss is not None
+            and state.val_loss is not None
+            and state.val_loss <= config.target_loss
+        ):
+            return "target_loss"
+        if config.early_stop is not None and state.evals_since_best >= config.early_stop:
+            return "early_stop"
+        return None
 
     def finish(self, stop_reason: str) -> None:
         """The final eval and checkpoint, unless this step was just saved; on a stop signal the checkpoint

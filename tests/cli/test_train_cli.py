@@ -51,7 +51,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def without_speed(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed")} for r in records]
 
 
 def last_line(stderr: str) -> str:
