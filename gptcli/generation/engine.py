@@ -11,7 +11,10 @@
 
 How a run goes: the prompt is encoded and prefilled once for all samples (one batch of identical
 rows), then one token per step for every row: logits / temperature -> top-k -> top-p -> a draw
-from a seeded generator. When the rows reach the model's context length, the cache is rebuilt
+from a seeded generator. The forward passes are gptcli.generation.decoder's: a KV cache
+allocated once, and a fixed-shape decode step that `compile=True` compiles (a CUDA graph on a
+GPU). In bf16 or fp16 the engine casts the model's weights once, up front: no autocast re-casting
+every weight at every step, and half the bytes each step reads. When the rows reach the model's context length, the cache is rebuilt
 from the last 3/4 of the context (a cropped re-prefill), so generation can go on indefinitely.
 A sample ends at the end-of-text token (unless ignore_eos), at a stop string (its text is cut just
 before it), or after max_new_tokens. Choosing a token is gptcli.generation.sampling; turning token
@@ -27,9 +30,10 @@ import torch
 
 from gptcli.config import SampleConfig
 from gptcli.errors import GptError
+from gptcli.generation.decoder import Decoder
 from gptcli.generation.sampling import pick_next
 from gptcli.generation.text import SampleText
-from gptcli.runtime import autocast, resolve_device, resolve_precision
+from gptcli.runtime import DTYPES, resolve_device, resolve_precision
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 
@@ -76,7 +80,11 @@ class GenerationResult:
 
 
 class Engine:
-    """A model and its tokenizer on a device, ready to generate."""
+    """A model and its tokenizer on a device, ready to generate.
+
+    precision bf16/fp16 casts the model's weights to it, in place (the engine takes the model
+    over); compile=True compiles the decode step (see gptcli.generation.decoder).
+    """
 
     def __init__(
         self,
@@ -84,13 +92,18 @@ class Engine:
         tokenizer: Tokenizer,
         precision: str = "fp32",
         checkpoint: Path | None = None,
+        compile: bool = False,
     ):
         self.model = model.eval()
+        if precision in ("bf16", "fp16"):
+            self.model.to(DTYPES[precision])  # once, here: the decode path never autocasts
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.precision = precision
+        self.compile = compile
         self.block_size = model.config.block_size
         self.checkpoint = checkpoint  # the directory the model was loaded from, if any
+        self.decoders: dict[tuple[int, int], Decoder] = {}  # (batch, cache length): kept, compiled once
 
     @classmethod
     def from_checkpoint(
@@ -101,12 +114,13 @@ class Engine:
         best: bool = False,
         strict: bool = False,
         warn: ckpt.Warn | None = None,
+        compile: bool = False,
     ) -> "Engine":
         """A checkpoint dir, or a run dir: its newest (or best) intact checkpoint; a damaged one is
         passed over with a warning through `warn` (with strict: an error)."""
         torch_device = resolve_device(device)
         model, tokenizer, _, directory = ckpt.load_newest(path, torch_device, best, strict, warn)
-        return cls(model, tokenizer, resolve_precision(precision, torch_device), directory)
+        return cls(model, tokenizer, resolve_precision(precision, torch_device), directory, compile)
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Prompt text (or ids) -> ids; an empty prompt starts from end-of-text when the tokenizer has it."""
@@ -133,11 +147,14 @@ class Engine:
             pass
         return run.result
 
-    def forward_last(self, idx: torch.Tensor, cache) -> torch.Tensor:
-        """(B, T) ids through the model with the cache -> (B, V) logits of the last position."""
-        with torch.no_grad(), autocast(self.device, self.precision):
-            logits, _ = self.model(idx, cache=cache, last_only=True)
-        return logits[:, -1, :]
+    def decoder(self, batch_size: int, tokens: int) -> Decoder:
+        """A decoder for this batch size whose cache holds `tokens` (rounded up to a multiple of 64,
+        at most the context), reused by later calls of the same size."""
+        max_len = min(self.block_size, -(-tokens // 64) * 64)
+        key = (batch_size, max_len)
+        if key not in self.decoders:
+            self.decoders[key] = Decoder(self.model, batch_size, max_len, self.compile)
+        return self.decoders[key]
 
 
 class GenerationRun:
@@ -166,10 +183,11 @@ class GenerationRun:
         keep = max(1, block_size - block_size // 4)  # tokens kept when the context is full
 
         t0 = time.perf_counter()
-        cache = engine.model.new_cache(B, device=device)
-        logits = engine.forward_last(torch.tensor(rows, device=device), cache)  # prefill: (B, V)
-        for _ in range(config.max_new_tokens):
-            next_ids = pick_next(logits, config, generator).tolist()  # (B,)
+        decoder = engine.decoder(B, len(rows[0]) + config.max_new_tokens)
+        logits = decoder.prefill(rows)  # (B, V)
+        for i in range(config.max_new_tokens):
+            next_tensor = pick_next(logits, config, generator)  # (B,)
+            next_ids = next_tensor.tolist()  # the one host sync per step
             for b, token in enumerate(next_ids):
                 if reasons[b] is not None:
                     continue  # finished rows run along (the batch stays rectangular) but are ignored
@@ -182,16 +200,16 @@ class GenerationRun:
                 if texts[b].stopped:
                     reasons[b] = "stop"
                 yield TokenEvent(b, token, text)
-            if all(r is not None for r in reasons):
-                break
+            if all(r is not None for r in reasons) or i == config.max_new_tokens - 1:
+                break  # (no forward pass for a token nothing will follow)
+            held = len(rows[0])  # tokens in the cache
             for row, token in zip(rows, next_ids):
                 row.append(token)
-            if cache.pos == block_size:  # the context is full: keep its last 3/4 and prefill again
+            if held == decoder.max_len:  # the context is full: keep its last 3/4 and prefill again
                 rows = [row[-keep:] for row in rows]
-                cache = engine.model.new_cache(B, device=device)
-                logits = engine.forward_last(torch.tensor(rows, device=device), cache)
+                logits = decoder.prefill(rows)
             else:
-                logits = engine.forward_last(torch.tensor([[t] for t in next_ids], device=device), cache)
+                logits = decoder.step(next_tensor)
         for b in range(B):
             if reasons[b] is None:
                 reasons[b] = "length"

@@ -7,7 +7,8 @@ lstm.py   the LSTM baseline, whose recurrent state stands in for the KV cache
 
 from gptcli.config import ModelConfig
 from gptcli.models.base import LanguageModel
-from gptcli.models.gpt import GPT, KVCache
+from gptcli.models.gpt import GPT
+from gptcli.models.kv_cache import KVCache
 from gptcli.models.lstm import LSTM, RecurrentState
 
 ARCHITECTURES: dict[str, type[LanguageModel]] = {"gpt": GPT, "lstm": LSTM}

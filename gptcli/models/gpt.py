@@ -7,7 +7,7 @@ Names follow OpenAI GPT-2 / Hugging Face (`transformer.h.0.attn.c_attn.weight` .
 weights is a rename-free copy plus the transposes of HF's Conv1D layers (see gptcli/hf_gpt2.py).
 Options beyond GPT-2, all set by `ModelConfig`: rotary / sinusoidal / no positions, grouped-query
 attention (n_kv_head < n_head), sliding-window attention, RMSNorm, exact GELU, untied lm_head, and a
-KV cache for generation. Attention has two paths that compute the same thing: PyTorch's fused
+KV cache for generation (gptcli/models/kv_cache.py). Attention has two paths that compute the same thing: PyTorch's fused
 `scaled_dot_product_attention` (config.flash) and the explicit softmax(q k^T / sqrt(hs)) v to read.
 
 Shapes in comments: B batch, T new tokens, L keys attended (cached + new), C n_embd, nh n_head,
@@ -22,7 +22,9 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
+from gptcli.errors import GptError
 from gptcli.models.base import LanguageModel
+from gptcli.models.kv_cache import KVCache, decode_mask
 
 # ---------------------------------------------------------------------------------------------------
 # Positions
@@ -73,48 +75,6 @@ def attention_mask(T: int, start: int, window: int | None, device: torch.device 
     if window is not None:
         mask = mask & (k_pos > q_pos - window)
     return mask  # (T, L)
-
-
-# ---------------------------------------------------------------------------------------------------
-# KV cache
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, preallocated for `max_len` tokens per layer.
-
-    `pos` is how many tokens are cached. Each attention layer writes its new keys/values at
-    pos .. pos+T-1 and reads 0 .. pos+T-1; the model advances `pos` once all layers have run.
-    Keys are stored after the rotary rotation, so they are never rotated twice.
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.pos = 0
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new (B, nkv, T, hs) keys/values of `layer`; return all of them, (B, nkv, pos+T, hs)."""
-        end = self.pos + k.size(2)
-        self.k[layer][:, :, self.pos : end] = k
-        self.v[layer][:, :, self.pos : end] = v
-        # cast back in case the cache was made in another dtype than the compute (e.g. under autocast)
-        return self.k[layer][:, :, :end].to(k.dtype), self.v[layer][:, :, :end].to(v.dtype)
-
-    def reset(self) -> None:
-        """Forget everything (the buffers are reused)."""
-        self.pos = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,7 +134,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, kv_cache: KVCache | None = None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         B, T, C = x.size()
         kv_dim = self.n_kv_head * self.head_dim
@@ -186,7 +150,11 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
         start = 0  # position of the first new token
-        if kv_cache is not None:
+        mask = None  # a decode step's (B, 1, 1, max_len) mask, when positions are given
+        if positions is not None:  # a decode step: one token per row, each at its own position
+            k, v = kv_cache.write_at(self.layer_idx, k, v, positions)  # (B, nkv, max_len, hs)
+            mask = decode_mask(positions, k.size(2), self.window)
+        elif kv_cache is not None:
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
 
@@ -196,7 +164,9 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
             v = v.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
 
-        if self.flash:
+        if mask is not None:
+            y = self._masked_attention(q, k, v, mask)
+        elif self.flash:
             dropout_p = self.dropout if self.training else 0.0
             if self.window is None and start == 0:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -219,6 +189,15 @@ class CausalSelfAttention(nn.Module):
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def _masked_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """A decode step's attention over the whole cache: q (B, nh, 1, hs), k/v (B, nh, L, hs), mask
+        (B, 1, 1, L) -> (B, nh, 1, hs). Row b sees keys 0 .. positions[b] (a window: the last of them)."""
+        if self.flash:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, 1, L)
+        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+        return att @ v  # (B, nh, 1, hs)
 
 
 class MLP(nn.Module):
@@ -244,9 +223,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, kv_cache: KVCache | None = None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, positions)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -259,6 +242,7 @@ class GPT(LanguageModel):
     """A GPT language model configured by `ModelConfig`. forward(idx) -> (logits, loss)."""
 
     cache_kind = "KV cache"
+    static_decode = True  # forward(..., positions=) runs a fixed-shape decode step (see KVCache)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -353,6 +337,7 @@ class GPT(LanguageModel):
         targets: Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
@@ -360,33 +345,49 @@ class GPT(LanguageModel):
         positions pos .. pos+T-1 and attend to the cached keys as well; the cache then holds pos+T.
         Targets of -1 are ignored. last_only (generation): logits of the last position only,
         (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
+        positions (a decode step, with a cache): (B,) the position of each row's one new token;
+        shapes stay fixed and cache.pos is left alone (the caller counts), see KVCache.
         """
-        self.check_input(idx, cache)
+        if positions is None:
+            self.check_input(idx, cache)
+        elif cache is None or idx.size(1) != 1:
+            raise GptError("a decode step with positions takes one token per row and a KV cache")
         T = idx.size(1)
-        cfg = self.config
         start = 0 if cache is None else cache.pos
-
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if cfg.pos_emb == "learned":
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
-        elif cfg.pos_emb == "sinusoidal":
-            x = x + self.sinusoid[start : start + T].to(x.dtype)  # (B, T, C) + (T, C)
-        rope = None
-        if cfg.pos_emb == "rope":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hs/2) each
-        x = self.transformer.drop(x)
-
+        x, rope = self._embed(idx, start, positions)  # (B, T, C)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, cache)  # (B, T, C)
+                x = block(x, rope, cache, positions)  # (B, T, C)
         x = self.transformer.ln_f(x)
-        if cache is not None:
+        if cache is not None and positions is None:
             cache.pos += T  # every layer has stored its keys/values for these T tokens
         return self.logits_and_loss(x, targets, last_only)
+
+    def _embed(
+        self, idx: Tensor, start: int, positions: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Token (+ position) embeddings of (B, T) ids at start .. start+T-1, or at a decode step's
+        (B,) positions -> (B, T, C), and the rotary tables for those positions (rope only)."""
+        cfg = self.config
+        T = idx.size(1)
+        if positions is None:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        else:
+            pos = positions[:, None]  # (B, 1): every row at its own position
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if cfg.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, 1, C)
+        elif cfg.pos_emb == "sinusoidal":
+            x = x + self.sinusoid[pos].to(x.dtype)  # (B, T, C) + (T, C) or (B, 1, C)
+        rope = None
+        if cfg.pos_emb == "rope":
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each, or (B, 1, hs/2)
+            if positions is not None:
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, 1, hs/2): broadcast over heads
+        return self.transformer.drop(x), rope
 
     def lookup_tables(self) -> list[Tensor]:
         """Weights read by index, not multiplied: wpe, and wte when it is not also the lm_head."""

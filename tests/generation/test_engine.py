@@ -111,8 +111,8 @@ class ScriptedModel(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.step = 0
 
-    def new_cache(self, batch_size, device=None):
-        return type("Cache", (), {"pos": 0})()
+    def new_cache(self, batch_size, max_len=None, device=None):
+        return type("Cache", (), {"pos": 0, "max_len": max_len, "reset": lambda self: None})()
 
     def forward(self, idx, cache=None, last_only=False):
         B, T = idx.shape

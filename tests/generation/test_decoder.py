@@ -1,0 +1,114 @@
+"""The decoder: fixed-shape decode steps == the growing KV cache; rows at their own positions;
+compiled == eager; weights cast once for bf16."""
+
+import pytest
+import torch
+from test_engine import GREEDY, char_tokenizer, greedy_by_recomputation, tiny_model
+
+from gptcli.config import ModelConfig, SampleConfig
+from gptcli.errors import GptError
+from gptcli.generation import Engine
+from gptcli.generation.decoder import Decoder
+from gptcli.models import build_model
+
+VARIANTS = [
+    dict(),
+    dict(pos_emb="rope", n_kv_head=2, window=5),
+    dict(pos_emb="sinusoidal", flash=False, window=4),
+    dict(pos_emb="none", n_kv_head=1, norm="rmsnorm"),
+]
+
+
+@torch.no_grad()
+def eager_logits(model, ids):
+    """Logits of every next token, the whole sequence at once, no cache: (T, V)."""
+    logits, _ = model(torch.tensor([ids]))
+    return logits[0]
+
+
+@pytest.mark.parametrize(
+    "overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "gpt2"
+)
+def test_decode_steps_give_the_logits_of_the_whole_sequence(overrides):
+    model = tiny_model(**overrides)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
+    decoder = Decoder(model, batch_size=1, max_len=16)
+    got = [decoder.prefill([ids[:4]])[0]]
+    for token in ids[4:]:
+        got.append(decoder.step(torch.tensor([token]))[0])
+    expected = eager_logits(model, ids)[3:]  # the prefill's last position, then one per step
+    torch.testing.assert_close(torch.stack(got), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_at_different_positions_each_get_what_they_get_alone():
+    """The continuous-batching primitive: each row of one step attends to its own history only."""
+    model = tiny_model(pos_emb="rope", n_kv_head=2)
+    short, long = [7, 3, 2], [1, 2, 3, 4, 5, 6, 7]
+    batch = Decoder(model, batch_size=2, max_len=16)
+    for row, prompt in enumerate([short, long]):  # prefill each alone, copy it into its row
+        alone = Decoder(model, batch_size=1, max_len=16)
+        alone.prefill([prompt])
+        for layer in range(model.config.n_layer):
+            batch.cache.k[layer][row] = alone.cache.k[layer][0]
+            batch.cache.v[layer][row] = alone.cache.v[layer][0]
+        batch.positions[row] = len(prompt)
+    nxt = torch.tensor([11, 12])
+    logits = batch.step(nxt)
+    torch.testing.assert_close(logits[0], eager_logits(model, short + [11])[-1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1], eager_logits(model, long + [12])[-1], atol=1e-5, rtol=1e-4)
+    assert batch.positions.tolist() == [4, 8]
+
+
+def test_compiled_decoding_equals_eager_decoding():
+    """torch.compile of the whole step (fullgraph, static shapes): the same logits at every step and the
+    same greedy text, through the context being full and prefilled again."""
+    model = tiny_model(pos_emb="rope", n_kv_head=2, window=5)
+    prompt = [3, 1, 4, 1, 5]
+    eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, compile=True)
+    a, b = eager.prefill([prompt] * 2), compiled.prefill([prompt] * 2)
+    for _ in range(8):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        nxt = a.argmax(-1)
+        a, b = eager.step(nxt), compiled.step(nxt)
+    engine = Engine(model, char_tokenizer(), compile=True)
+    engine.decoders[(2, 16)] = compiled  # the engine's own for 2 rows (compiling each costs ~10 s here)
+    result = engine.generate(prompt, SampleConfig(max_new_tokens=30, num_samples=2, **GREEDY))
+    expected = greedy_by_recomputation(model, prompt, 30)
+    assert [s.ids for s in result.samples] == [expected, expected]
+    seeded = SampleConfig(max_new_tokens=20, num_samples=2, temperature=1.0, top_k=10, seed=3)
+    again = Engine(model, char_tokenizer()).generate(prompt, seeded)
+    assert [s.ids for s in engine.generate(prompt, seeded).samples] == [s.ids for s in again.samples]
+    assert list(engine.decoders) == [(2, 16)]
+
+
+def test_the_engine_reuses_its_decoder_and_cache_across_calls():
+    engine = Engine(tiny_model(), char_tokenizer())
+    config = SampleConfig(max_new_tokens=5, **GREEDY)
+    first = engine.generate([1, 2], config)
+    decoder = engine.decoder(1, 7)
+    assert engine.generate([1, 2], config).samples[0].ids == first.samples[0].ids
+    assert engine.decoder(1, 7) is decoder and len(engine.decoders) == 1
+
+
+def test_bf16_casts_the_weights_once_and_generates():
+    model = tiny_model()
+    engine = Engine(model, char_tokenizer(), precision="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert engine.decoder(1, 10).cache.k[0].dtype == torch.bfloat16
+    result = engine.generate([1, 2, 3], SampleConfig(max_new_tokens=8, **GREEDY))
+    assert len(result.samples[0].ids) == 8
+
+
+def test_compile_needs_a_fixed_shape_decode_step():
+    lstm = build_model(ModelConfig(arch="lstm", vocab_size=40, block_size=16, n_layer=1, n_embd=16))
+    with pytest.raises(GptError, match="fixed-shape decode step"):
+        Decoder(lstm, 1, 16, compile=True)
+    decoder = Decoder(lstm, 1, 16)  # eager: through the recurrent state
+    decoder.prefill([[1, 2, 3]])
+    assert decoder.step(torch.tensor([4])).shape == (1, 40)
+
+
+def test_a_decode_step_takes_one_token_per_row_and_a_cache():
+    model = tiny_model()
+    with pytest.raises(GptError, match="one token per row"):
+        model(torch.tensor([[1, 2]]), cache=model.new_cache(1), positions=torch.tensor([0]))
