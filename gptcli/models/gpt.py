@@ -238,6 +238,14 @@ class Block(nn.Module):
 # The model
 
 
+def embedding(n: int, dim: int, weight: Tensor | None = None) -> nn.Embedding:
+    """nn.Embedding, with `weight` (tied) or its own; built on the meta device (to be loaded into),
+    left uninitialized: normal_ on a meta tensor imports torch._dynamo, seconds of start-up."""
+    if weight is None and torch.empty(0).is_meta:
+        weight = torch.empty(n, dim)
+    return nn.Embedding(n, dim, _weight=weight)
+
+
 class GPT(LanguageModel):
     """A GPT language model configured by `ModelConfig`. forward(idx) -> (logits, loss)."""
 
@@ -248,17 +256,17 @@ class GPT(LanguageModel):
         super().__init__()
         self.config = config
         V = config.padded_vocab_size  # rows beyond vocab_size exist only to make matmuls faster
-        # tied: wte gets lm_head's weight below, so its own is never allocated (meta) - saves a copy
-        layers: dict[str, nn.Module] = {
-            "wte": nn.Embedding(V, config.n_embd, device="meta" if config.tie_weights else None)
-        }
+        lm_head = nn.Linear(config.n_embd, V, bias=False)  # registered after the blocks, as GPT-2's
+        # tied: wte is handed lm_head's weight, so it never allocates or initializes one of its own
+        tied = lm_head.weight if config.tie_weights else None
+        layers: dict[str, nn.Module] = {"wte": embedding(V, config.n_embd, tied)}
         if config.pos_emb == "learned":
-            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+            layers["wpe"] = embedding(config.block_size, config.n_embd)
         layers["drop"] = nn.Dropout(config.dropout)
         layers["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)
-        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
+        self.lm_head = lm_head
         if config.tie_weights:
             # one Parameter for both: the input embedding of a token is its output vector too
             self.transformer.wte.weight = self.lm_head.weight
@@ -266,6 +274,8 @@ class GPT(LanguageModel):
         self._register_position_tables()
 
         self.activation_checkpointing = False  # a training-time switch (gpt train --activation-checkpointing)
+        if lm_head.weight.is_meta:
+            return  # built to be loaded into (GPT.empty): nothing to initialize
         self.apply(self._init_weights)
         # GPT-2: scale the projections that add into the residual stream by 1/sqrt(number of them)
         for name, p in self.named_parameters():
