@@ -182,7 +182,9 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_iters: int = Field(2000, ge=1, description="Optimizer steps.")
-    max_time: float | None = Field(None, gt=0, description="Stop after this long: 90, 90s, 15m, 1.5h.")
+    max_time: float | None = Field(
+        None, gt=0, description="End the command in this long, final eval and save included: 90, 15m, 1.5h."
+    )
     target_loss: float | None = Field(
         None, description="Stop at the first eval whose val loss is at most this (it is saved)."
     )
@@ -191,13 +193,27 @@ class TrainConfig(StrictModel):
     )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float | None = Field(
-        None, ge=0, description="Learning rate at the end of the cosine decay (default: lr/10)."
+        None, ge=0, description="Learning rate at the end of the decay (default: lr/10)."
     )
     warmup_iters: int = Field(100, ge=0, description="Linear warmup steps.")
-    lr_decay_iters: int | None = Field(
-        None, ge=1, description="End of the cosine decay (default: max_iters)."
+    lr_decay_iters: int | None = Field(None, ge=1, description="End of the decay (default: max_iters).")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="cosine (warmup, cosine decay to min-lr) or wsd (warmup, stable at lr, "
+        "linear decay to min-lr over the last --decay-fraction).",
     )
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices.")
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1, description="wsd: the fraction of the run, at its end, that decays to min-lr."
+    )
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw, or muon: Muon for the hidden layers' weight matrices, AdamW for the rest.",
+    )
+    muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate, on the schedule lr follows.")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's momentum (Nesterov).")
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW weight decay on matrices and embeddings (Muon's get none)."
+    )
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.99, ge=0, lt=1, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm, 0 = off.")
@@ -215,7 +231,7 @@ class TrainConfig(StrictModel):
     )
     fsdp: bool = Field(
         False,
-        description="Under torchrun: shard weights, gradients and AdamW state across ranks (FSDP2).",
+        description="Under torchrun: shard weights, gradients and optimizer state across ranks (FSDP2).",
     )
     device: str = Field("auto", description=DEVICE_HELP)
     seed: int = Field(1337, description="Random seed.")
@@ -257,6 +273,33 @@ class SampleConfig(StrictModel):
         if any(s == "" for s in v):
             raise ValueError("stop strings must not be empty")
         return v
+
+
+class ServeConfig(StrictModel):
+    """`gpt serve`: where to listen, who may call, how much one request may ask for."""
+
+    checkpoint: Path = Field(Path("out"), description="Checkpoint dir, or a run dir (its newest checkpoint).")
+    best: bool = Field(False, description="With a run dir: the checkpoint with the lowest val loss.")
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 for every interface.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on; 0 = any free port.")
+    api_key: str | None = Field(
+        None, min_length=1, description="Every request must send 'Authorization: Bearer KEY'."
+    )
+    max_batch: int = Field(16, ge=1, le=1024, description="Sequences decoded together (slots in the batch).")
+    max_tokens_limit: int = Field(
+        4096, ge=1, description="Largest max_tokens a request may ask for (the context caps it too)."
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, in bytes.")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM or Ctrl-C: how long requests in flight may take to finish."
+    )
+    model_name: str | None = Field(
+        None, min_length=1, description="The model id clients use (default: the checkpoint's folder name)."
+    )
+    device: str = Field("auto", description=DEVICE_HELP)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=PRECISION_HELP)
+    compile: bool = Field(False, description="Compile the decode step (torch.compile; a CUDA graph on a GPU).")
+    quiet: bool = Field(False, description="No log line per request.")
 
 
 def parse_duration(text: str) -> float:

@@ -1,11 +1,13 @@
-"""`gpt train`: flags -> TrainConfig (defaults < --config file < flags) -> gptcli.training.trainer.train.
+"""`gpt train`: flags -> TrainConfig (defaults < --config preset or file < flags) -> trainer.train.
 
 Every option but the run controls (--config, --resume, --out, --overwrite) sets the TrainConfig or
 ModelConfig field of its name; its help and default come from that field. Options left unset are
-None here, so a --config file (or a resumed run's config.json) keeps its values.
+None here, so a --config preset or file (gptcli.presets), or a resumed run's config.json, keeps its
+values.
 """
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,9 +26,8 @@ from gptcli.cli.common import (
 )
 from gptcli.config import ModelConfig, TrainConfig, validate
 from gptcli.errors import GptError
-from gptcli.storage.files import read_json
+from gptcli.presets import config_base, merge_config, presets_help
 
-MODEL_FIELDS = set(ModelConfig.model_fields)
 RUN_CONTROLS = {"config", "resume", "out", "overwrite", "quiet", "verbose"}  # how to run, not what
 DATA, MODEL, OPT, EVAL, SYSTEM = "Data", "Model", "Optimization", "Evaluation", "System"
 STOPPED_BY = {
@@ -34,31 +35,6 @@ STOPPED_BY = {
     "target_loss": " (stopped at --target-loss)",
     "early_stop": " (stopped by --early-stop)",
 }
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise GptError(f"config file not found: {path}")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise GptError(f"{path}: a config file holds one JSON object")
-    return data
-
-
-def merge_config(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags the user gave (not None) override the base; model flags go into base['model']."""
-    model = base.get("model") or {}
-    if not isinstance(model, dict):
-        raise GptError("the config's 'model' must be a JSON object of model settings")
-    merged = {**base, "model": dict(model)}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key in MODEL_FIELDS:
-            merged["model"][key] = value
-        else:
-            merged[key] = value
-    return merged
 
 
 def _train(name: str, *names: str, panel: str, **options):
@@ -102,6 +78,11 @@ def train_command(
     lr: Annotated[float | None, _train("lr", panel=OPT)] = None,
     min_lr: Annotated[float | None, _train("min_lr", panel=OPT)] = None,
     warmup_iters: Annotated[int | None, _train("warmup_iters", panel=OPT)] = None,
+    schedule: Annotated[str | None, _train("schedule", panel=OPT)] = None,
+    decay_fraction: Annotated[float | None, _train("decay_fraction", panel=OPT)] = None,
+    optimizer: Annotated[str | None, _train("optimizer", panel=OPT)] = None,
+    muon_lr: Annotated[float | None, _train("muon_lr", panel=OPT)] = None,
+    muon_momentum: Annotated[float | None, _train("muon_momentum", panel=OPT)] = None,
     weight_decay: Annotated[float | None, _train("weight_decay", panel=OPT)] = None,
     grad_clip: Annotated[float | None, _train("grad_clip", panel=OPT)] = None,
     eval_interval: Annotated[int | None, _train("eval_interval", panel=EVAL)] = None,
@@ -121,10 +102,12 @@ def train_command(
         bool | None, _train("tensorboard", "--tensorboard/--no-tensorboard", panel=SYSTEM)
     ] = None,
     config: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--config",
-            help="JSON config file (e.g. a run's config.json); flags override it.",
+            metavar="NAME|FILE",
+            help="A preset, or a JSON config file (e.g. a run's config.json); flags override it. "
+            f"Presets: {presets_help()}.",
             rich_help_panel=SYSTEM,
         ),
     ] = None,
@@ -147,6 +130,7 @@ def train_command(
 ) -> None:
     """Train a GPT. With no flags: ./tokenizer.json (else characters), its corpus, a 6-layer model, into out/."""
     flags = {name: value for name, value in locals().items() if name not in RUN_CONTROLS}
+    started = time.time()  # --max-time counts from here: loading torch is part of the command
     if resume is not None:
         if config is not None or overwrite or out is not None:
             raise GptError(
@@ -156,9 +140,9 @@ def train_command(
 
         run_dir, base = resume, read_run_config(resume).model_dump(mode="json")
     else:
-        run_dir, base = out or Path("out"), load_config_file(config) if config else {}
+        run_dir, base = out or Path("out"), config_base(config) if config else {}
     train_config = validate(TrainConfig, **merge_config(base, flags))
-    summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet)
+    summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet, started)
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
@@ -169,7 +153,14 @@ def train_command(
     )
 
 
-def run_training(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, quiet: bool):
+def run_training(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    start_time: float | None = None,
+):
     """The library call, shown by a TrainReporter (silent on every rank but 0 under torchrun)."""
     from gptcli.training.distributed import is_main_process  # torch loads only once a command runs
     from gptcli.training.trainer import train
@@ -178,7 +169,9 @@ def run_training(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bo
         quiet = console.quiet = True
     reporter = TrainReporter(quiet)
     try:
-        return train(config, run_dir, resume=resume, overwrite=overwrite, report=reporter)
+        return train(
+            config, run_dir, resume=resume, overwrite=overwrite, report=reporter, start_time=start_time
+        )
     finally:
         reporter.close()
 
@@ -238,6 +231,9 @@ class TrainReporter:
         console.print(f"[bold]step {d['step']}[/]: train {d['train_loss']:.4f}{val}")
         if d["sample"]:
             console.print(d["sample"].strip()[:400], style="dim", markup=False)
+
+    def on_note(self, d: dict[str, Any]) -> None:
+        console.print(d["message"], style="dim", markup=False)
 
     def on_checkpoint(self, d: dict[str, Any]) -> None:
         console.print(f"[dim]saved {d['path']}[/]")

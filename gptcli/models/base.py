@@ -10,6 +10,7 @@ The trainer's bookkeeping (optimizer groups, parameter and FLOP counts) lives he
 """
 
 import inspect
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -85,11 +86,24 @@ class LanguageModel(nn.Module):
             n -= sum(t.numel() for t in self.lookup_tables())
         return n
 
+    def hidden_matrices(self) -> list[Tensor]:
+        """The hidden layers' 2-D weights (what --optimizer muon updates): every matrix but the
+        embeddings and the output head, e.g. a transformer block's attention and MLP weights."""
+        io = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} | {id(self.lm_head.weight)}
+        return [p for p in self.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in io]
+
     def configure_optimizers(
-        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple[float, float],
+        device_type: str,
+        exclude: Iterable[Tensor] = (),
     ) -> torch.optim.AdamW:
-        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights."""
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        """AdamW that decays matrices and embeddings (dim >= 2) but not biases and norm weights;
+        `exclude`: parameters another optimizer updates (Muon's)."""
+        skip = {id(p) for p in exclude}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in skip]  # tied: once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

@@ -51,6 +51,15 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
+    def min(self, *values: float) -> list[float]:
+        """Per value: the smallest on any rank (numbers each rank derived from its own clock)."""
+        if not self.enabled:
+            return list(values)
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([float(v) for v in values], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.tolist()
+
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0

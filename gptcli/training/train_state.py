@@ -1,8 +1,10 @@
 """What a checkpoint holds beyond the weights so that `--resume` continues exactly.
 
-    train_state.json          RunState (step, best val loss, ...), AdamW's param groups, the seed
-    train_state.safetensors   AdamW's tensors ("optim.<param index>.<name>"), the RNG states
-                              ("rng.cpu", "rng.sampler", "rng.cuda.<i>")
+    train_state.json          RunState (step, best val loss, ...), AdamW's param groups under
+                              "optimizer" (and Muon's under "optimizer"."muon"), the seed
+    train_state.safetensors   AdamW's tensors ("optim.<param index>.<name>"), Muon's momentum
+                              buffers ("muon.<param index>.momentum_buffer", --optimizer muon),
+                              the RNG states ("rng.cpu", "rng.sampler", "rng.cuda.<i>")
 
 Everything random in training (batches, dropout) comes from generators whose states are saved,
 so a resumed run draws exactly what the uninterrupted run would have drawn.
@@ -20,6 +22,7 @@ from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.files import read_json
 from gptcli.storage.tensorfile import read_safetensors
 from gptcli.training import distributed
+from gptcli.training.optimizer import ADAMW, MUON, optimizer_parts
 
 
 @dataclass
@@ -73,36 +76,52 @@ def read_train_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def optimizer_state(optimizer, sharded_model=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """AdamW's state as flat tensors (for safetensors) + its param groups (for JSON).
+    """The optimizer's state as flat tensors (for safetensors) + its param groups (for JSON):
+    AdamW's as "optim.*" and {"param_groups"}, Muon's (if any) as "muon.*" and {"muon": {"param_groups"}}.
 
     With a sharded (FSDP) model every rank must call this; the state is gathered whole on rank 0.
     """
-    if sharded_model is not None:
-        sd = distributed.full_optimizer_state(sharded_model, optimizer)
-    else:
-        sd = optimizer.state_dict()
-    tensors = {
-        f"optim.{pid}.{name}": value.detach().cpu()
-        for pid, state in sd["state"].items()
-        for name, value in state.items()
-        if torch.is_tensor(value)
-    }
-    return tensors, {"param_groups": sd["param_groups"]}
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for prefix, part in optimizer_parts(optimizer).items():
+        if sharded_model is not None:
+            sd = distributed.full_optimizer_state(sharded_model, part)
+        else:
+            sd = part.state_dict()
+        for pid, state in sd["state"].items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"{prefix}.{pid}.{name}"] = value.detach().cpu()
+        if prefix == ADAMW:
+            meta["param_groups"] = sd["param_groups"]  # where AdamW-only runs always kept them
+        else:
+            meta[prefix] = {"param_groups": sd["param_groups"]}
+    return tensors, meta
 
 
 def load_optimizer_state(
     optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], sharded_model=None
 ) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    full = {"state": state, "param_groups": meta["param_groups"]}
-    if sharded_model is not None:
-        distributed.load_full_optimizer_state(sharded_model, optimizer, full)
-    else:
-        optimizer.load_state_dict(full)
+    """The inverse of optimizer_state; a checkpoint of the other --optimizer is a GptError."""
+    parts = optimizer_parts(optimizer)
+    if (MUON in meta) != (MUON in parts):
+        saved, wanted = ("muon", "adamw") if MUON in meta else ("adamw", "muon")
+        raise GptError(
+            f"the checkpoint was trained with --optimizer {saved}, this run asks for {wanted}: "
+            "a resumed run keeps its optimizer"
+        )
+    for prefix, part in parts.items():
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith(f"{prefix}."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value
+        groups = meta if prefix == ADAMW else meta[prefix]
+        full = {"state": state, "param_groups": groups["param_groups"]}
+        if sharded_model is not None:
+            distributed.load_full_optimizer_state(sharded_model, part, full)
+        else:
+            part.load_state_dict(full)
 
 
 def rng_state(sampler: BatchSampler) -> dict[str, torch.Tensor]:

@@ -8,10 +8,11 @@
 which hands each step to `train_step` (grad_accum micro-batches under autocast, the loss scaled by
 1/grad_accum, gradient clipping, AdamW at the scheduled learning rate), logs every log_interval
 steps, and asks the checkpointer whether the step is due for an eval + checkpoint (every
-eval_interval steps and at the end). It stops at max_iters, at max_time, or on Ctrl-C, SIGTERM or
-SIGUSR1 (after saving the step; gptcli.training.interrupt). Where a run stands is one `RunState`,
-saved with every checkpoint; with the optimizer's and the generators' states beside it, `--resume`
-reproduces the uninterrupted run exactly (on CPU, in fp32). The run directory's files are
+eval_interval steps and at the end). It stops at max_iters, early enough for max_time to bound the
+whole command, final eval and checkpoint included (gptcli.training.time_budget), or on Ctrl-C,
+SIGTERM or SIGUSR1 (after saving the step; gptcli.training.interrupt). Where a run stands is one
+`RunState`, saved with every checkpoint; with the optimizer's and the generators' states beside it,
+`--resume` reproduces the uninterrupted run exactly (on CPU, in fp32). The run directory's files are
 described in gptcli.training.run_dir.
 
 Under torchrun (WORLD_SIZE > 1) every rank runs the same code: all of them check the inputs and
@@ -47,9 +48,11 @@ from gptcli.training.interrupt import (
     stopped_message,
 )
 from gptcli.training.metrics import METRICS, MetricsLog, eval_record, log_record, truncate_metrics
+from gptcli.training.optimizer import Optimizer, build_optimizer
 from gptcli.training.run_dir import RunDirLock, clear_run_dir, tidy_checkpoints
 from gptcli.training.schedule import learning_rate
 from gptcli.training.tensorboard import TensorBoardLog
+from gptcli.training.time_budget import EvalShape, TimeBudget
 from gptcli.training.train_state import (
     RunState,
     TrainSummary,
@@ -60,7 +63,8 @@ from gptcli.training.train_state import (
 from gptcli.training.validator import Validator, all_finite
 
 STOP_SIGNAL_NAMES = {sig.name for sig in STOP_SIGNALS}
-Report = Callable[[str, dict[str, Any]], None]  # (event, data): "info", "step", "eval", "checkpoint", "done"
+# (event, data): "info", "step", "eval", "note", "checkpoint", "done"
+Report = Callable[[str, dict[str, Any]], None]
 
 
 def train(
@@ -69,11 +73,17 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     report: Report | None = None,
+    start_time: float | None = None,
 ) -> TrainSummary:
-    """Train a model as `config` says, in `run_dir`; with resume=True, continue the run found there."""
+    """Train a model as `config` says, in `run_dir`; with resume=True, continue the run found there.
+
+    start_time: when the command started (time.time()), what --max-time and `elapsed` count from;
+    by default, now."""
+    start_time = start_time or time.time()
     world, device_name = distributed.setup(config.device)
     try:
-        summary = Trainer(config, Path(run_dir), resume, overwrite, report, world, device_name).train()
+        trainer = Trainer(config, Path(run_dir), resume, overwrite, report, world, device_name, start_time)
+        summary = trainer.train()
         world.barrier()  # leave together: gloo aborts a process whose peer tears down mid-flight
         return summary
     finally:
@@ -96,11 +106,13 @@ class Trainer:
     sampler: BatchSampler  # the training batches; its state is saved for resume
     raw_model: LanguageModel  # what is saved and sampled from (under FSDP: the sharded module itself)
     model: torch.nn.Module  # what the training step calls: raw_model wrapped by DDP and/or torch.compile
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer  # AdamW, or Muon + AdamW (gptcli.training.optimizer)
+    peak_lrs: list[float]  # each param group's peak learning rate, in optimizer.param_groups' order
     scaler: torch.amp.GradScaler  # fp16 only; a pass-through otherwise
     state: RunState
     checkpointer: Checkpointer
     validator: Validator
+    budget: TimeBudget  # --max-time: when to stop, how large an eval fits in the time left
     metrics: MetricsLog | None  # rank 0 only
 
     def __init__(
@@ -112,11 +124,12 @@ class Trainer:
         report: Report | None = None,
         world: distributed.Dist | None = None,
         device_name: str | None = None,
+        start_time: float | None = None,
     ):
         self.world = world or distributed.Dist()
         self.report = report if (report and self.world.is_main) else (lambda event, data: None)
         self.notes: list[str] = []
-        self.start_time = time.time()
+        self.start_time = start_time or time.time()  # what --max-time and `elapsed` count from
         self.run_dir = run_dir
         self.metrics = None
         # one run per directory, checked before anything is read, built or written; rank 0 alone
@@ -148,6 +161,7 @@ class Trainer:
         train_state = self._setup_model(resume_from)
         self._setup_run_dir(resume_from, train_state)
         self._setup_step()
+        self._setup_time_budget()
         self._report_start()
 
     def close(self) -> None:
@@ -200,9 +214,9 @@ class Trainer:
         model.activation_checkpointing = config.activation_checkpointing
         self.raw_model = model
         self.model = distributed.wrap_model(model, self.world, self.device, config.fsdp)
-        self.optimizer = model.configure_optimizers(
-            config.weight_decay, config.lr, (config.beta1, config.beta2), self.device.type
-        )
+        self.optimizer = build_optimizer(model, config, self.device.type)
+        # each group starts at its peak: read it now, before a resume loads the lrs of its last step
+        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
         return train_state
 
     def _setup_run_dir(self, resume_from: Path | None, train_state) -> None:
@@ -245,6 +259,18 @@ class Trainer:
             tensorboard = TensorBoardLog(self.run_dir, self.state.step) if config.tensorboard else None
             self.metrics = MetricsLog(self.run_dir, tensorboard)
 
+    def _setup_time_budget(self) -> None:
+        config, block_size = self.config, self.config.model.block_size
+        splits = 1 + (len(self.data.val) >= block_size + 1)
+        params = sum(p.numel() for p in self.raw_model.parameters())
+        shape = EvalShape(
+            splits=splits,
+            micro_batches=max(1, config.grad_accum // self.world.world_size),
+            batch_size=config.batch_size,
+            checkpoint_bytes=12 * params,  # fp32 weights + AdamW's two moments
+        )
+        self.budget = TimeBudget(config.max_time, self.start_time, shape)
+
     def _report_start(self) -> None:
         self.report(
             "info",
@@ -269,14 +295,16 @@ class Trainer:
     def train(self) -> TrainSummary:
         """Step until max_iters, max_time or a stop signal; the final eval and checkpoint; a summary."""
         self.model.train()
-        self.train_start = self.t_last = time.time()
+        self.t_last = time.time()
         self.steps_since_log = 0
         stop_reason = "max_iters"
         interrupt = StopOnInterrupt()
         try:
             with interrupt:
                 while self.state.step < self.config.max_iters:
+                    started = time.time()
                     loss_sum, lr = self.train_step()
+                    self.budget.record_step(time.time() - started)
                     if self.is_log_step():
                         self.log_step(loss_sum, lr)
                     reason = None
@@ -302,9 +330,9 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, float]:
         """One optimizer step on this rank's share of grad_accum micro-batches -> (summed loss, lr)."""
         config, world = self.config, self.world
-        lr = learning_rate(self.state.step, config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["lr"] = learning_rate(self.state.step, config, peak)
+        lr = self.optimizer.param_groups[0]["lr"]  # AdamW's: the lr logged
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
         for i, (x, y) in enumerate(micro_batches):
@@ -348,14 +376,34 @@ class Trainer:
         self.t_last, self.steps_since_log = now, 0
 
     def evaluate_and_save(self) -> None:
-        losses = self.evaluate()
+        """An eval (as large as fits in --max-time's time left) and a checkpoint, timed for the budget."""
+        config = self.config
+        iters, tokens = self.budget.plan_eval(config.eval_iters, config.sample_tokens)
+        iters, tokens = (int(v) for v in self.world.min(iters, tokens))  # ranks' clocks differ: agree
+        if (iters, tokens) != (config.eval_iters, config.sample_tokens):
+            sample = " and no sample" if tokens < config.sample_tokens else ""
+            self.note(
+                f"--max-time: the eval at step {self.state.step} used {iters} of {config.eval_iters} "
+                f"batches per split{sample}, to end in time"
+            )
+        losses = self.evaluate(iters, tokens)
+        started = time.time()
         path = self.checkpointer.save(self.state, losses, self.raw_model, self.optimizer, self.sampler)
+        self.budget.record_save(time.time() - started)
         self.report("checkpoint", {"step": self.state.step, "path": str(path)})
 
-    def evaluate(self) -> dict[str, float]:
-        """Losses on fixed batches and a sample; every rank (same batches, same result)."""
+    def note(self, message: str) -> None:
+        """A note in the summary, shown as it happens."""
+        self.notes.append(message)
+        self.report("note", {"message": message})
+
+    def evaluate(self, iters: int, tokens: int) -> dict[str, float]:
+        """Losses on `iters` fixed batches per split and a sample of `tokens`; every rank (same batches,
+        same result)."""
         state = self.state
-        losses = self.validator.losses(self.raw_model)
+        started = time.time()
+        losses = self.validator.losses(self.raw_model, iters)
+        eval_seconds = time.time() - started
         if not all_finite(losses):
             raise GptError(
                 f"the loss became non-finite at step {state.step}; stopped without saving. "
@@ -366,9 +414,10 @@ class Trainer:
             improved = state.best_val_loss is None or state.val_loss < state.best_val_loss
             state.best_val_loss = state.val_loss if improved else state.best_val_loss
             state.evals_since_best = 0 if improved else state.evals_since_best + 1
-        sample = self.validator.sample(
-            self.raw_model, self.tokenizer
-        )  # all ranks: FSDP forwards are collective
+        started = time.time()
+        # all ranks: FSDP forwards are collective
+        sample = self.validator.sample(self.raw_model, self.tokenizer, tokens)
+        self.budget.record_eval(iters * len(losses), eval_seconds, tokens, time.time() - started)
         self.write(eval_record(state.step, losses, sample, time.time() - self.start_time))
         self.report(
             "eval",
@@ -382,10 +431,22 @@ class Trainer:
         return losses
 
     def stop_reason(self, interrupt: StopOnInterrupt) -> str | None:
-        """A stop signal's name ('SIGINT' for Ctrl-C, 'SIGTERM', 'SIGUSR1'), 'max_time', or None to go on."""
-        max_time = self.config.max_time
-        timed_out = max_time is not None and time.time() - self.train_start > max_time
-        return interrupt.agreed_stop(self.world, timed_out, exchange=self.is_log_step())
+        """A stop signal's name ('SIGINT' for Ctrl-C, 'SIGTERM', 'SIGUSR1'), 'max_time', or None to go on.
+
+        Under torchrun the ranks agree at log steps and at eval steps (just synchronized by the save)."""
+        config = self.config
+        ahead = self.steps_to_next_check()
+        timed_out = self.budget.should_stop(config.eval_iters, config.sample_tokens, ahead)
+        exchange = self.is_log_step() or self.state.saved_step == self.state.step
+        return interrupt.agreed_stop(self.world, timed_out, exchange=exchange)
+
+    def steps_to_next_check(self) -> int:
+        """Steps until the loop can next stop: 1 alone; under torchrun, to the next log or eval step."""
+        if not self.world.enabled:
+            return 1
+        step, config = self.state.step, self.config
+        log, save = config.log_interval, config.eval_interval
+        return min(log - step % log, save - step % save)
 
     def eval_stop_reason(self) -> str | None:
         """'target_loss' or 'early_stop' after an eval that meets one (every rank: the same losses)."""

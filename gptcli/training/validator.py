@@ -23,9 +23,11 @@ class Validator:
         self.data, self.config, self.device, self.precision = data, config, device, precision
 
     @torch.no_grad()
-    def losses(self, model: torch.nn.Module) -> dict[str, float]:
-        """Mean loss over eval_iters fixed batches of each split (a split too small for a block is left out)."""
+    def losses(self, model: torch.nn.Module, batches: int | None = None) -> dict[str, float]:
+        """Mean loss over the first `batches` (default eval_iters) fixed batches of each split (a split
+        too small for a block is left out)."""
         config = self.config
+        batches = batches or config.eval_iters
         model.eval()
         out = {}
         for offset, (split, tokens) in enumerate((("train", self.data.train), ("val", self.data.val))):
@@ -35,27 +37,27 @@ class Validator:
                 tokens, config.model.block_size, config.batch_size, seed=config.seed + 1 + offset
             )
             total = 0.0
-            for _ in range(config.eval_iters):
+            for _ in range(batches):
                 x, y = sampler.next_batch()
                 with autocast(self.device, self.precision):
                     _, loss = model(x.to(self.device), y.to(self.device))
                 total += loss.item()
-            out[split] = total / config.eval_iters
+            out[split] = total / batches
         model.train()
         return out
 
-    def sample(self, model: LanguageModel, tokenizer: Tokenizer) -> str | None:
-        """A short sample from a fixed seed, so runs are comparable and the global RNG is untouched."""
-        if self.config.sample_tokens == 0:
+    def sample(self, model: LanguageModel, tokenizer: Tokenizer, tokens: int | None = None) -> str | None:
+        """A short sample (`tokens`, default sample_tokens) from a fixed seed, so runs are comparable
+        and the global RNG is untouched."""
+        tokens = self.config.sample_tokens if tokens is None else tokens
+        if tokens == 0:
             return None
         start = (
             [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
         )
         was_training = model.training
         engine = Engine(model, tokenizer)  # puts the model in eval mode
-        settings = SampleConfig(
-            max_new_tokens=self.config.sample_tokens, temperature=1.0, top_k=200, seed=self.config.seed
-        )
+        settings = SampleConfig(max_new_tokens=tokens, temperature=1.0, top_k=200, seed=self.config.seed)
         text = engine.generate(start, settings).samples[0].text
         model.train(was_training)
         return text

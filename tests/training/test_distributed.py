@@ -118,3 +118,23 @@ def test_fsdp_needs_torchrun(tmp_path):
         "train", *TINY, "--data-cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--fsdp"
     )
     assert_one_line_error(result, "--fsdp shards the model across processes", "torchrun")
+
+
+def test_muon_under_fsdp_trains_like_one_process_and_saves_the_same_state(tmp_path):
+    """FSDP2 shards Muon's matrices; DTensor gathers what its Newton-Schulz iterations multiply, so
+    each update is the whole matrix's (to bf16 rounding: the iterations run in bf16)."""
+    muon = [*TINY, "--optimizer", "muon", "--max-iters", "4"]
+    one = gpt(tmp_path, "train", *muon, "--out", "one")
+    sharded = gpt(tmp_path, "train", *muon, "--out", "fs", "--fsdp", procs=2)
+    assert one.returncode == 0, one.stderr
+    assert sharded.returncode == 0, sharded.stderr
+    la, lb = losses(tmp_path / "one"), losses(tmp_path / "fs")
+    assert la.keys() == lb.keys() and all(abs(la[s] - lb[s]) <= 1e-5 * la[s] for s in la), (la, lb)
+    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "fs")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-3, rtol=1e-3)
+    states = [load_file(ckpt.list_checkpoints(tmp_path / r)[-1] / ckpt.STATE_TENSORS) for r in ("one", "fs")]
+    assert states[0].keys() == states[1].keys() and any(k.startswith("muon.") for k in states[0])
+    for k in states[0]:
+        if k.startswith(("optim.", "muon.")):
+            torch.testing.assert_close(states[0][k], states[1][k], atol=1e-4, rtol=1e-3)

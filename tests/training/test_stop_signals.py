@@ -17,6 +17,7 @@ import pytest
 
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.interrupt import STOP_SIGNALS, StopOnInterrupt, TrainingInterrupted, exit_code
+from gptcli.training.time_budget import EvalShape, TimeBudget
 from gptcli.training.trainer import Trainer
 from tests.conftest import SONNETS, run_cli
 
@@ -145,10 +146,13 @@ class FakeWorld:
 
 def stop_decision(interrupt: StopOnInterrupt, other: list[bool], step: int, log_interval: int = 5):
     """Trainer.stop_reason on one rank of two, without building a run."""
-    config = SimpleNamespace(max_time=None, log_interval=log_interval, max_iters=1000)
-    trainer = SimpleNamespace(config=config, train_start=time.time(), world=FakeWorld(other))
-    trainer.state = SimpleNamespace(step=step)
+    config = SimpleNamespace(log_interval=log_interval, max_iters=1000, eval_interval=1000)
+    config.eval_iters, config.sample_tokens = 1, 0
+    trainer = SimpleNamespace(config=config, world=FakeWorld(other))
+    trainer.budget = TimeBudget(None, time.time(), EvalShape(2, 1, 1, 0))  # no --max-time
+    trainer.state = SimpleNamespace(step=step, saved_step=-1)
     trainer.is_log_step = lambda: Trainer.is_log_step(trainer)
+    trainer.steps_to_next_check = lambda: Trainer.steps_to_next_check(trainer)
     return Trainer.stop_reason(trainer, interrupt), trainer.world.calls
 
 

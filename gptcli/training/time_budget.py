@@ -1,0 +1,101 @@
+"""--max-time bounds the whole command, the final eval, sample and checkpoint included.
+
+The rule, checked after every step:
+
+    stop when  elapsed + steps_ahead * step + reserve  >=  max_time
+
+- elapsed: seconds since the command started (the Trainer's start, set-up included);
+- step: the time of one training step (a moving average, the slow first steps included);
+- steps_ahead: the steps until the loop can next stop: 1, or under torchrun up to the next log or
+  eval step, where the ranks agree on a stop;
+- reserve: what the final eval + sample + checkpoint will take. Measured at each eval (seconds per
+  eval batch, per sampled token, per checkpoint); before the first, estimated from the step time:
+  an eval batch is a forward pass, ~1/3 of a micro-batch's forward + backward; a sampled token is
+  1/3 of that per sequence of the batch (at least 3 ms); a checkpoint writes ~150 MB/s.
+  The reserve is at most half of max_time: a final eval that would take longer is shrunk instead.
+
+Each eval then takes as many of its eval_iters batches as fit in the time left (at least one), and
+drops its sample if even one batch does not fit beside it, so the command ends within max_time
+unless one eval batch and the checkpoint alone do not fit.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MIN_TOKEN_SECONDS = 0.003  # a sampled token is one small forward pass: its overhead dominates
+SAVE_BYTES_PER_SECOND = 150e6  # a checkpoint's weights + optimizer state: written, hashed, fsynced
+STEP_AVERAGE = 0.3  # weight of the newest step in the moving average of the step time
+
+
+@dataclass
+class EvalShape:
+    """The sizes an eval's time is estimated from before one was measured."""
+
+    splits: int  # 2 (train and val), or 1 where the val split is too small for a block
+    micro_batches: int  # forward + backward passes per training step on this rank
+    batch_size: int
+    checkpoint_bytes: int  # weights + optimizer state
+
+
+class TimeBudget:
+    """When to stop for --max-time, and how large an eval fits in the time left (see the module)."""
+
+    def __init__(
+        self, max_time: float | None, start: float, shape: EvalShape, clock: Callable[[], float] = time.time
+    ):
+        self.max_time, self.start, self.shape, self.clock = max_time, start, shape, clock
+        self.step_seconds: float | None = None
+        self.batch_seconds: float | None = None  # measured per eval batch, once an eval ran
+        self.token_seconds: float | None = None
+        self.save_seconds: float | None = None
+
+    def record_step(self, seconds: float) -> None:
+        previous = self.step_seconds
+        self.step_seconds = seconds if previous is None else previous + STEP_AVERAGE * (seconds - previous)
+
+    def record_eval(self, batches: int, eval_seconds: float, tokens: int, sample_seconds: float) -> None:
+        if batches:
+            self.batch_seconds = eval_seconds / batches
+        if tokens:
+            self.token_seconds = sample_seconds / tokens
+
+    def record_save(self, seconds: float) -> None:
+        self.save_seconds = seconds
+
+    def left(self) -> float:
+        return math.inf if self.max_time is None else self.max_time - (self.clock() - self.start)
+
+    def costs(self) -> tuple[float, float, float]:
+        """(seconds per eval batch, per sampled token, per checkpoint): measured, else estimated."""
+        step = self.step_seconds or 0.0
+        batch = self.batch_seconds or step / self.shape.micro_batches / 3
+        token = self.token_seconds or max(batch / (3 * self.shape.batch_size), MIN_TOKEN_SECONDS)
+        save = self.save_seconds or self.shape.checkpoint_bytes / SAVE_BYTES_PER_SECOND
+        return batch, token, save
+
+    def reserve(self, eval_iters: int, sample_tokens: int) -> float:
+        """The time kept for the final eval + sample + checkpoint: at most half of max_time."""
+        batch, token, save = self.costs()
+        full = save + sample_tokens * token + eval_iters * self.shape.splits * batch
+        return min(full, self.max_time / 2) if self.max_time is not None else full
+
+    def should_stop(self, eval_iters: int, sample_tokens: int, steps_ahead: int = 1) -> bool:
+        """Would another `steps_ahead` steps leave too little time for the final work?"""
+        if self.max_time is None:
+            return False
+        ahead = steps_ahead * (self.step_seconds or 0.0)
+        return ahead + self.reserve(eval_iters, sample_tokens) >= self.left()
+
+    def plan_eval(self, eval_iters: int, sample_tokens: int) -> tuple[int, int]:
+        """(eval batches per split, sample tokens) that fit in the time left; all of them if they do."""
+        left = self.left()
+        if left == math.inf:
+            return eval_iters, sample_tokens
+        batch, token, save = self.costs()
+        per_iter = self.shape.splits * batch
+        if save + per_iter + sample_tokens * token > left:
+            sample_tokens = 0  # not even one batch fits beside the sample: keep the losses
+        fit = (left - save - sample_tokens * token) / per_iter if per_iter > 0 else eval_iters
+        return max(1, min(eval_iters, math.floor(fit))), sample_tokens
