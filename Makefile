@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GPT := $(BIN)/gpt
 DEMO := out/demo
 
-.PHONY: install test demo data bench lint clean
+.PHONY: install test demo data bench lint clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -51,6 +51,33 @@ bench: install data
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_train.py --full-run
 	$(BIN)/python benchmarks/bench_generate.py
+
+# The GPU check (benchmarks/gpu_check.py, ~8 min) runs on a bare GPU machine with its own python3,
+# torch and triton, no .venv and no network. `make gpu-wheels`, where there is a package index, puts
+# the wheels such a machine lacks (pydantic and what it needs, the versions .venv holds) into .whl/;
+# copy the repository with .whl/ and toy_data/shakespeare.txt there, then `make gpu-check`
+# (GPU_REPORT=DIR for the report folder, GPU_CHECK_ARGS="--sections env,cli" for some sections).
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/site
+GPU_REPORT ?= gpu-report
+GPU_CHECK_ARGS ?=
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64
+
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $(GPU_WHEELS)
+
+# no pip there? The wheels are zip files: unpacked into GPU_SITE they import the same.
+gpu-check:
+	if ls .whl/*.whl >/dev/null 2>&1; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+			--target $(GPU_SITE) .whl/*.whl \
+		|| for w in .whl/*.whl; do $(GPU_PYTHON) -m zipfile -e $$w $(GPU_SITE) || exit 1; done; \
+	fi
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_REPORT) $(GPU_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check gptcli tests benchmarks scripts

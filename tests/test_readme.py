@@ -25,6 +25,8 @@ NOT_RUN = {
     "make demo": "minutes of training; its figures are in the README",
     "torchrun --standalone --nproc_per_node=8": "needs 8 GPUs",
     "torchrun --nnodes=2": "needs two machines with GPUs",
+    "make gpu-wheels": "downloads wheels from a package index",
+    "make gpu-check": "needs a GPU",
 }
 TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --max-iters 2 --warmup-iters 1 "
         "--eval-interval 2 --eval-iters 1 --log-interval 1 --sample-tokens 4 --device cpu")  # fmt: skip
