@@ -15,6 +15,7 @@ param_groups, then calls step) and the checkpoint see. AdamW's groups come first
 so the logged lr is AdamW's; a checkpoint stores each part under its own prefix (train_state.py).
 """
 
+import math
 from typing import Any
 
 import torch
@@ -25,10 +26,50 @@ from gptcli.models.base import LanguageModel
 ADAMW, MUON = "optim", "muon"  # each part's prefix in a checkpoint: "optim." is AdamW's, as it always was
 
 
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, with the Newton-Schulz iterations in fp32 on a CPU.
+
+    torch's run in bf16: right on a GPU, but a CPU without bf16 matrix units multiplies bf16 several
+    times slower than fp32 (at the cpu-char shape here a step took 8x longer). The update is the
+    same: momentum (Nesterov), orthogonalized, scaled by sqrt(max(1, rows/cols)), decoupled decay.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not any(
+            p.grad is not None and p.device.type == "cpu" for g in self.param_groups for p in g["params"]
+        ):
+            return super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, p.size(0) / p.size(1))))
+        return None
+
+
+def orthogonalize(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """Newton-Schulz's quintic iteration towards U V^T of g = U S V^T (as torch's Muon, in g's dtype)."""
+    a, b, c = coefficients
+    x = g.T if g.size(0) > g.size(1) else g  # (rows <= cols): the Gram matrix is the small one
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+
 class MuonWithAdamW:
     """Muon for the hidden matrices and AdamW for the rest, stepped together as one optimizer."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.Optimizer) -> None:
+    def __init__(self, muon: Muon, adamw: torch.optim.Optimizer) -> None:
         self.muon, self.adamw = muon, adamw
 
     @property
@@ -62,7 +103,7 @@ def build_optimizer(model: LanguageModel, config: TrainConfig, device_type: str)
     if config.optimizer == "adamw":
         return model.configure_optimizers(config.weight_decay, config.lr, betas, device_type)
     matrices = model.hidden_matrices()
-    muon = torch.optim.Muon(matrices, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=0.0)
+    muon = Muon(matrices, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=0.0)
     adamw = model.configure_optimizers(config.weight_decay, config.lr, betas, device_type, exclude=matrices)
     return MuonWithAdamW(muon, adamw)
 

@@ -134,3 +134,22 @@ def test_resuming_with_the_other_optimizer_is_a_one_line_error(tmp_path, monkeyp
     assert run_cli("train", "--data", str(SONNETS), *flags.split(), "--optimizer", first).exit_code == 0
     result = run_cli("train", "--resume", "out", "--optimizer", then, "--max-iters", "4")
     assert_one_line_error(result, f"trained with --optimizer {first}", f"asks for {then}")
+
+
+def test_muon_on_a_cpu_steps_as_torch_muon_does_but_in_fp32():
+    """Ours orthogonalizes in fp32 on a CPU (torch's bf16 is several times slower there); one step
+    lands where torch.optim.Muon's does, to bf16's rounding."""
+    from gptcli.training.optimizer import Muon
+
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 16), torch.randn(16, 64)]
+    ours = [torch.nn.Parameter(w.clone()) for w in weights]
+    theirs = [torch.nn.Parameter(w.clone()) for w in weights]
+    for params in (ours, theirs):
+        for p, seed in zip(params, (1, 2)):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
+    Muon(ours, lr=0.02, weight_decay=0.0).step()
+    torch.optim.Muon(theirs, lr=0.02, weight_decay=0.0).step()
+    for a, b, w in zip(ours, theirs, weights):
+        assert (a - w).abs().max() > 1e-3  # it moved
+        torch.testing.assert_close(a - w, b - w, atol=5e-4, rtol=0)  # steps of ~1e-2; bf16 keeps ~3 digits
