@@ -27,6 +27,8 @@ NOT_RUN = {
     "torchrun --nnodes=2": "needs two machines with GPUs",
     "make gpu-wheels": "downloads wheels from a package index",
     "make gpu-check": "needs a GPU",
+    "gpt serve": "a server runs until stopped: tests/serving and tests/cli/test_serve.py start it and call it",
+    "curl ": "needs the running server: tests/serving/test_api.py sends these requests",
 }
 TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --max-iters 2 --warmup-iters 1 "
         "--eval-interval 2 --eval-iters 1 --log-interval 1 --sample-tokens 4 --device cpu")  # fmt: skip

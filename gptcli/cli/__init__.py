@@ -11,6 +11,7 @@ from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
 from gptcli.cli.plot import plot_command
+from gptcli.cli.serve import serve_command
 from gptcli.cli.train import train_command
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("export-hf")(export_hf_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 app.command("plot")(plot_command)
+app.command("serve")(serve_command)
 
 
 def _version(value: bool) -> None:

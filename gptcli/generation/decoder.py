@@ -14,7 +14,13 @@ the sampled ids back (for streaming) is the caller's one sync per token.
 
 Models without a fixed-shape step (the LSTM baseline; a model's `static_decode` says) run every
 forward eagerly through the cache's `pos`.
+
+Continuous batching (gptcli.serving) prefills requests apart from the batch, copies each row into a
+free slot of a batch decoder (`load_row`), and steps only the rows and cache positions in use
+(`first_rows`: a decoder over views of the same cache memory).
 """
+
+import copy
 
 import torch
 from torch import Tensor
@@ -46,6 +52,7 @@ class Decoder:
             self._step = torch.compile(self._forward_step, fullgraph=True, dynamic=False)
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
+        self.compiled = compile
 
     @torch.no_grad()
     def prefill(self, rows: list[list[int]]) -> Tensor:
@@ -71,6 +78,39 @@ class Decoder:
             logits = self._step(self.ids, self.positions)
         self.positions += 1
         return logits
+
+    def load_row(self, slot: int, source: "Decoder", row: int = 0) -> None:
+        """Copy row `row` of another decoder's cache (a request prefilled apart, say) into row `slot`
+        of this one, with its position; the other rows are left as they are. Positions past the
+        source's cache keep what they held: never read, a row attends only up to its position."""
+        n = source.max_len
+        if n > self.max_len:
+            raise GptError(f"a cache of {n} tokens does not fit in one of {self.max_len}")
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer][slot, :, :n] = source.cache.k[layer][row]  # (nkv, n, hs)
+            self.cache.v[layer][slot, :, :n] = source.cache.v[layer][row]
+        self.positions[slot] = source.positions[row]
+
+    def first_rows(self, n: int, length: int | None = None) -> "Decoder":
+        """A decoder over this one's first n rows (and first `length` cache positions): views of the
+        same cache and positions, so a step of it advances those rows here; its own step (compiled
+        apart when this one is). Its steps must write below `length`: rows' positions < length."""
+        if not self.static:
+            raise GptError(f"{type(self.model).__name__} has no fixed-shape decode step to run on some rows")
+        length = self.max_len if length is None else length
+        sub = copy.copy(self)
+        sub.batch_size, sub.max_len = n, length
+        sub.cache = copy.copy(self.cache)
+        sub.cache.k = [k[:n, :, :length] for k in self.cache.k]  # (n, nkv, length, hs) views
+        sub.cache.v = [v[:n, :, :length] for v in self.cache.v]
+        sub.cache.batch_size, sub.cache.max_len = n, length
+        sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
+        sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
+        sub._step = sub._forward_step
+        if self.compiled:
+            sub._step = torch.compile(sub._forward_step, fullgraph=True, dynamic=False)
+        sub.graph = None
+        return sub
 
     def _forward_step(self, ids: Tensor, positions: Tensor) -> Tensor:
         """The fixed-shape step: (B, 1) ids at (B,) positions -> (B, V) logits (what is compiled)."""

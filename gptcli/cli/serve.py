@@ -1,0 +1,81 @@
+"""`gpt serve`: flags -> ServeConfig -> gptcli.serving.Server (OpenAI's API, continuous batching, a playground)."""
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gptcli.cli.common import (
+    BestOption,
+    CheckpointOption,
+    QuietOption,
+    VerboseOption,
+    config_option,
+    console,
+    detail,
+    device_option,
+    precision_option,
+    warn,
+)
+from gptcli.cli.generate import load_engine
+from gptcli.config import ServeConfig, validate
+from gptcli.errors import GptError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(name: str, *names: str, **options):
+    """The option that sets ServeConfig.<name>."""
+    return config_option(ServeConfig, name, *names, **options)
+
+
+def log_request(message: str) -> None:
+    console.print(f"{time.strftime('%H:%M:%S')} {message}", markup=False, highlight=False, style="dim")
+
+
+def serve_command(
+    checkpoint: CheckpointOption = Path("out"),
+    best: BestOption = False,
+    host: Annotated[str | None, _serve("host", "--host")] = None,
+    port: Annotated[int | None, _serve("port", "--port")] = None,
+    api_key: Annotated[str | None, _serve("api_key", "--api-key", envvar="GPT_SERVE_API_KEY")] = None,
+    max_batch: Annotated[int | None, _serve("max_batch", "--max-batch")] = None,
+    max_tokens_limit: Annotated[int | None, _serve("max_tokens_limit", "--max-tokens-limit")] = None,
+    max_body_bytes: Annotated[int | None, _serve("max_body_bytes", "--max-body-bytes")] = None,
+    drain_seconds: Annotated[float | None, _serve("drain_seconds", "--drain-seconds")] = None,
+    model_name: Annotated[str | None, _serve("model_name", "--model-name")] = None,
+    device: Annotated[str, device_option()] = "auto",
+    precision: Annotated[str, precision_option()] = "auto",
+    compile: Annotated[bool, _serve("compile", "--compile/--no-compile")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Serve a checkpoint over HTTP: OpenAI's /v1/completions, continuously batched; a playground at /.
+
+    Example: gpt serve -c out --port 8000, then open http://127.0.0.1:8000 (the API is under /v1).
+
+    SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish, exit 0.
+    """
+    try:
+        import fastapi  # noqa: F401  (only to say clearly that the extra is missing)
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise GptError("gpt serve needs the serve extra: pip install 'gptcli[serve]'") from None
+    settings = dict(host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
+                    max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
+    config = validate(ServeConfig, checkpoint=checkpoint, best=best, device=device, precision=precision,
+                      compile=compile, quiet=quiet, **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
+    from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
+
+    engine = load_engine(
+        config.checkpoint, config.device, config.precision, config.best, False, config.compile
+    )
+    server = Server(engine, config, log=log_request)
+    typer.echo(server.banner(), err=True)
+    detail(f"settings {config.model_dump_json(exclude={'api_key'})}")
+    if config.host not in LOOPBACK and not config.api_key:
+        warn(f"listening on {config.host} without --api-key: anyone who can reach it can use it")
+    server.run()
+    if not quiet:
+        typer.echo("gpt serve: stopped", err=True)

@@ -1,0 +1,431 @@
+"""Continuous batching: one background thread decodes every request in flight together.
+
+    scheduler = Scheduler(engine, max_batch=16)
+    scheduler.start()
+    scheduler.submit(Job(prompt_ids, SampleConfig(num_samples=2, max_new_tokens=50), emit=outbox.put))
+    ...                                    # emit(ChoiceDelta(index, text, finish_reason)), then JobEnd()
+    scheduler.stop()
+
+The batch is a Decoder with `max_batch` rows (slots), each with the whole context in its KV cache
+and its own position. One round of the loop (`iterate`):
+
+1. admit: jobs waiting in the inbox (a thread-safe queue) take free slots, first come first served;
+   each prompt is prefilled apart from the batch (a few of one length together) and its row copied
+   into its slots (one per choice).
+2. choose: each row's next token from its own logits: one argmax for the greedy rows, and per job
+   a draw from its own seeded generator with its own temperature / top-k / top-p
+   (gptcli.generation.sampling's pick_next, its filtering batched over the jobs that share
+   settings), so a job's text does not depend on what else is running.
+3. hand out: token bytes -> text (gptcli.generation.text.SampleText: UTF-8 and stop strings);
+   a choice ends at end-of-text ("stop"), a stop string ("stop") or max_new_tokens ("length").
+4. retire: a job whose choices have all ended, whose client went away (`Job.cancel`) or that failed
+   leaves at once; its slots are free for the next round.
+5. step: one decode step of the first rows in use (a power of two of them) over the cache positions
+   in use (a multiple of 64). A row whose context is full is prefilled again from its last 3/4, as
+   the engine does; free rows run along, held in place.
+
+The choices of one job stay in the batch until the whole job ends (a finished one runs along,
+ignored), and draw from one generator as `gpt generate -n` does: the same seed gives the same texts.
+An exception while handling one job fails that job only; one in the shared decode step fails the
+jobs in the batch, and the loop goes on.
+"""
+
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gptcli.config import SampleConfig
+from gptcli.errors import GptError
+from gptcli.generation.decoder import Decoder
+from gptcli.generation.engine import Engine
+from gptcli.generation.sampling import filter_logits
+from gptcli.generation.text import SampleText
+
+PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
+
+# ---------------------------------------------------------------------------------------------
+# what goes in and what comes out
+
+
+@dataclass
+class ChoiceDelta:
+    index: int  # the choice, numbered across the request (Job.first_index + its number in the job)
+    text: str  # text that became final
+    finish_reason: str | None = None  # "stop" | "length" on the choice's last delta
+    tokens: int = 0  # tokens the choice generated, on its last delta
+
+
+@dataclass
+class JobEnd:
+    error: str | None = None  # None: every choice has ended; else why the job failed
+
+
+@dataclass
+class Job:
+    """One prompt and its config.num_samples choices, handed to the scheduler."""
+
+    prompt_ids: list[int]
+    config: SampleConfig
+    emit: Callable[[ChoiceDelta | JobEnd], None]  # called in the scheduler's thread
+    first_index: int = 0
+    cancelled: bool = False  # the client went away: the job leaves the batch at the next round
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class SchedulerStats:
+    running: int = 0  # rows of the batch in use now
+    waiting: int = 0  # jobs not admitted yet
+    max_running: int = 0  # the most rows ever decoded in one step
+    steps: int = 0
+    jobs_done: int = 0
+    tokens: int = 0  # generated, all jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# the scheduler's own bookkeeping
+
+
+@dataclass
+class _Choice:
+    slot: int
+    index: int
+    visible: list[int]  # the tokens its cache row holds (a full context is re-prefilled from these)
+    text: SampleText
+    ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Running:
+    job: Job
+    choices: list[_Choice]
+    slots: torch.Tensor  # (n,) its rows, on the device
+    generator: torch.Generator | None
+    steps: int = 0
+
+
+class Scheduler:
+    """The batch loop: slots, admit, choose, hand out, retire, step (see the module docstring)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 16):
+        model = engine.model
+        if not getattr(model, "static_decode", False):
+            raise GptError(
+                f"gpt serve batches requests through a fixed-shape decode step; {type(model).__name__} has none"
+            )
+        self.engine, self.max_batch = engine, max_batch
+        self.block_size, self.device = engine.block_size, engine.device
+        self.keep = max(1, self.block_size - self.block_size // 4)  # tokens kept when a row's context is full
+        self.batch = Decoder(model, max_batch, self.block_size, engine.compile)
+        self.views: dict[tuple[int, int], Decoder] = {}  # (rows, positions) -> a view of the batch
+        self.prefiller = Decoder(model, min(max_batch, PREFILL_ROWS), self.block_size)
+        self.prefill_views: dict[tuple[int, int], Decoder] = {}
+        self.logits: torch.Tensor | None = None  # (max_batch, V): each row's logits for its next token
+        self.free = list(range(max_batch))
+        self.running: list[_Running] = []
+        self.inbox: queue.Queue[Job] = queue.Queue()
+        self.waiting: deque[Job] = deque()
+        self.stats = SchedulerStats()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # finish what is in flight, then end
+        self._abort = threading.Event()  # end now: what is in flight fails
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Hand a job over (any thread); it joins the batch at the next round that has room for it."""
+        if self._stopping.is_set():
+            raise GptError("the server is shutting down")
+        if job.config.num_samples > self.max_batch:
+            raise GptError(
+                f"a job of {job.config.num_samples} choices does not fit a batch of {self.max_batch}"
+            )
+        self.inbox.put(job)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gpt-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the jobs in flight (for at most `timeout` seconds; the rest fail), then end the thread."""
+        self._stopping.set()
+        if self._thread is None:
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._abort.is_set():
+            idle = not self.running and not self.waiting and self.inbox.empty()
+            if idle and self._stopping.is_set():
+                break
+            try:
+                self.iterate(wait=0.05)
+            except Exception as e:  # the shared step failed: every job in the batch fails, the loop goes on
+                for run in list(self.running):
+                    self._retire(run, f"the decode step failed: {type(e).__name__}: {e}")
+        for run in list(self.running):
+            self._retire(run, "the server is shutting down")
+        for job in self._take_all():
+            self._send(job, JobEnd("the server is shutting down"))
+
+    # --- one round -----------------------------------------------------------------------------
+
+    def iterate(self, wait: float = 0.0) -> None:
+        """One round: admit, choose, hand out, retire, step. With nothing to do, wait up to `wait` s."""
+        self._collect(wait if not self.running and not self.waiting else 0.0)
+        self._admit()
+        running = sum(len(r.choices) for r in self.running)
+        self.stats.max_running = max(self.stats.max_running, running)
+        if self.running:
+            ids = self._choose()  # (max row in use + 1,) on the device
+            tokens = ids.tolist()  # the one host sync per step
+            for run in list(self.running):
+                self._hand_out(run, tokens)
+            if self.running:
+                self._step(ids, tokens)
+        self.stats.running = sum(len(r.choices) for r in self.running)
+        self.stats.waiting = len(self.waiting) + self.inbox.qsize()
+
+    def _collect(self, wait: float) -> None:
+        if wait > 0 and self.inbox.empty():
+            try:
+                self.waiting.append(self.inbox.get(timeout=wait))
+            except queue.Empty:
+                return
+        self.waiting.extend(self._take_all())
+
+    def _take_all(self) -> list[Job]:
+        jobs = []
+        while True:
+            try:
+                jobs.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _admit(self) -> None:
+        """Waiting jobs, in order, while the first one's choices fit in the free slots; prompts of one
+        length are prefilled together, PREFILL_ROWS at a time (one read of the weights for all)."""
+        by_length: dict[int, list[tuple[Job, list[int]]]] = {}
+        while self.waiting and (
+            self.waiting[0].cancelled or len(self.free) >= self.waiting[0].config.num_samples
+        ):
+            job = self.waiting.popleft()
+            if job.cancelled:
+                self._send(job, JobEnd("cancelled"))
+                continue
+            slots = [self.free.pop(0) for _ in range(job.config.num_samples)]  # the lowest free rows
+            by_length.setdefault(len(self._visible(job)), []).append((job, slots))
+        for group in by_length.values():
+            for i in range(0, len(group), PREFILL_ROWS):
+                self._prefill(group[i : i + PREFILL_ROWS])
+
+    def _visible(self, job: Job) -> list[int]:
+        return list(job.prompt_ids[-self.block_size :])  # a longer prompt: the model sees its end
+
+    def _prefill(self, group: list[tuple[Job, list[int]]]) -> None:
+        """Prefill these jobs together and start them; if that fails, each alone, so that only a job
+        that fails by itself fails."""
+        try:
+            self._load([slots for _, slots in group], [self._visible(job) for job, _ in group])
+        except Exception as e:
+            if len(group) > 1:
+                for one in group:
+                    self._prefill([one])
+                return
+            job, slots = group[0]
+            self._release(slots)
+            return self._send(job, JobEnd(f"prefill failed: {type(e).__name__}: {e}"))
+        for job, slots in group:
+            self.running.append(self._start(job, slots))
+
+    def _start(self, job: Job, slots: list[int]) -> _Running:
+        config = job.config
+        generator = None
+        if config.temperature > 0:
+            seed = config.seed if config.seed is not None else secrets.randbits(63)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        choices = [
+            _Choice(slot, job.first_index + i, self._visible(job), SampleText(config.stop))
+            for i, slot in enumerate(slots)
+        ]
+        rows = torch.tensor(slots, dtype=torch.long, device=self.device)
+        return _Running(job, choices, rows, generator)
+
+    def _load(self, slots: list[list[int]], rows: list[list[int]]) -> None:
+        """Prefill rows of one length together; row i's cache and logits go to each slot of slots[i]."""
+        prefiller = self._view(len(rows), self.prefiller, self.prefill_views)
+        logits = prefiller.prefill(rows)  # (len(rows), V)
+        if self.logits is None:
+            self.logits = torch.zeros(self.max_batch, logits.size(-1), dtype=logits.dtype, device=self.device)
+        for i, targets in enumerate(slots):
+            for slot in targets:
+                self.batch.load_row(slot, prefiller, row=i)
+                self.logits[slot] = logits[i]
+
+    def _choose(self) -> torch.Tensor:
+        """Every used row's next token: one argmax for all, then each sampling job's own draws.
+
+        This is pick_next, per job, split in two: the filtering (temperature, top-k, top-p: row by
+        row) runs once for all the jobs that share those settings; the draw (a multinomial over the
+        whole vocabulary) runs per job, from the job's own generator, over its own rows."""
+        rows = self._rows_in_use()
+        ids = self.logits[:rows].argmax(dim=-1)  # (rows,)
+        alike: dict[tuple, list[_Running]] = {}
+        for run in self.running:
+            if run.generator is not None:
+                config = run.job.config
+                alike.setdefault((config.temperature, config.top_k, config.top_p), []).append(run)
+        for (temperature, top_k, top_p), runs in alike.items():
+            try:
+                slots = torch.cat([run.slots for run in runs])
+                probs = torch.softmax(filter_logits(self.logits[slots], temperature, top_k, top_p), dim=-1)
+            except Exception as e:  # these settings fail: the jobs that share them fail, the others go on
+                for run in runs:
+                    self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
+                continue
+            first = 0
+            for run in runs:
+                mine = probs[first : first + len(run.choices)]  # (n, V)
+                first += len(run.choices)
+                try:
+                    ids[run.slots] = torch.multinomial(mine, 1, generator=run.generator).squeeze(-1)
+                except Exception as e:
+                    self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
+        return ids
+
+    def _hand_out(self, run: _Running, tokens: list[int]) -> None:
+        """The job's new tokens -> text deltas; retire it when it has ended, went away or failed."""
+        if run.job.cancelled:
+            return self._retire(run, "cancelled")
+        try:
+            run.steps += 1
+            for choice in run.choices:
+                if choice.finish_reason is None:
+                    self._add_token(run, choice, tokens[choice.slot])
+        except Exception as e:
+            return self._retire(run, f"{type(e).__name__}: {e}")
+        if all(c.finish_reason is not None for c in run.choices):
+            self._retire(run, None)
+
+    def _add_token(self, run: _Running, choice: _Choice, token: int) -> None:
+        config, tokenizer = run.job.config, self.engine.tokenizer
+        eos = None if config.ignore_eos else tokenizer.eot_id
+        if token == eos:  # OpenAI says "stop" for the end of text too
+            return self._finish(run, choice, "stop", choice.text.add(b"", final=True))
+        choice.ids.append(token)
+        self.stats.tokens += 1
+        text = choice.text.add(tokenizer.token_bytes(token))
+        if choice.text.stopped:
+            self._finish(run, choice, "stop", text)
+        elif run.steps == config.max_new_tokens:
+            self._finish(run, choice, "length", text + choice.text.add(b"", final=True))
+        elif text:
+            self._send(run.job, ChoiceDelta(choice.index, text))
+
+    def _finish(self, run: _Running, choice: _Choice, reason: str, text: str) -> None:
+        choice.finish_reason = reason
+        self._send(run.job, ChoiceDelta(choice.index, text, reason, len(choice.ids)))
+
+    def _step(self, ids: torch.Tensor, tokens: list[int]) -> None:
+        """Feed every running row its token: one decode step of the rows in use; a full row is
+        prefilled again from its last 3/4 instead; free rows run along and are put back."""
+        rows = self._rows_in_use()
+        advance = [False] * rows  # the rows this step feeds; the others are held where they are
+        full = []
+        for run in self.running:
+            for choice in run.choices:  # ended choices too: a job's rows stay in step, as in the engine
+                if len(choice.visible) == self.block_size:
+                    full.append(choice)
+                else:
+                    advance[choice.slot] = True
+                choice.visible.append(tokens[choice.slot])
+        refilled = self._refill(full)
+        if not any(advance):
+            return
+        held = torch.tensor([not a for a in advance], device=self.device)
+        positions = self.batch.positions[:rows]
+        before = positions.clone()
+        decoder = self._view(rows, self.batch, self.views, self._length_in_use())
+        logits = decoder.step(ids[:rows])  # (rows, V); held rows wrote at their position, harmlessly
+        positions.copy_(torch.where(held, before, positions))
+        self.logits[:rows] = logits
+        for slot, row in refilled.items():
+            self.logits[slot] = row
+        self.stats.steps += 1
+
+    def _refill(self, full: list[_Choice]) -> dict[int, torch.Tensor]:
+        """Rows whose context is full, prefilled again from their last 3/4 -> their new logits by slot."""
+        for i in range(0, len(full), PREFILL_ROWS):
+            group = full[i : i + PREFILL_ROWS]  # all of one length: `keep`
+            for choice in group:
+                choice.visible = choice.visible[-self.keep :]
+            self._load([[c.slot] for c in group], [c.visible for c in group])
+        return {c.slot: self.logits[c.slot].clone() for c in full}
+
+    def _rows_in_use(self) -> int:
+        """How many of the batch's first rows a step covers: the highest slot in use + 1, rounded up to a
+        power of two (so few step shapes exist: each is compiled once with --compile)."""
+        top = max(c.slot for r in self.running for c in r.choices) + 1
+        return min(self.max_batch, 1 << (top - 1).bit_length())
+
+    def _length_in_use(self) -> int:
+        """How many cache positions a step reads: past every running row's newest token, rounded up
+        to a multiple of 64 (a short context does not pay for attending over the whole buffer).
+        Compiled, always the whole context: one compilation per number of rows is enough."""
+        if self.batch.compiled:
+            return self.block_size
+        # a row's newest token goes at len(visible) - 1; a held (re-prefilled) row writes at len(visible)
+        longest = max(len(c.visible) for r in self.running for c in r.choices) + 1
+        return min(self.block_size, -(-longest // 64) * 64)
+
+    @staticmethod
+    def _view(rows: int, decoder: Decoder, views: dict, length: int | None = None) -> Decoder:
+        """`decoder` itself, or a decoder over its first rows (and cache positions), made once."""
+        length = length or decoder.max_len
+        if (rows, length) == (decoder.batch_size, decoder.max_len):
+            return decoder
+        if (rows, length) not in views:
+            views[rows, length] = decoder.first_rows(rows, length)
+        return views[rows, length]
+
+    # --- leaving -------------------------------------------------------------------------------
+
+    def _retire(self, run: _Running, error: str | None) -> None:
+        if run not in self.running:
+            return
+        self.running.remove(run)
+        self._release([c.slot for c in run.choices])
+        self.stats.jobs_done += 1
+        self._send(run.job, JobEnd(error))
+
+    def _release(self, slots: list[int]) -> None:
+        self.batch.positions[slots] = 0  # a free row runs along at position 0, out of everyone's way
+        self.free = sorted(self.free + slots)
+
+    def _send(self, job: Job, event: ChoiceDelta | JobEnd) -> None:
+        try:
+            job.emit(event)
+        except Exception:  # nobody is listening any more (the client's event loop is gone)
+            job.cancel()
+
+
+def wait_until_idle(scheduler: Scheduler, timeout: float = 10.0) -> bool:
+    """True once no job runs or waits (tests and benchmarks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not scheduler.running and not scheduler.waiting and scheduler.inbox.empty():
+            return True
+        time.sleep(0.01)
+    return False
