@@ -56,7 +56,7 @@ class Validator:
             [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
         )
         was_training = model.training
-        engine = Engine(model, tokenizer)  # puts the model in eval mode
+        engine = Engine(model, tokenizer, relayout=False)  # puts the model in eval mode; it goes on training
         settings = SampleConfig(max_new_tokens=tokens, temperature=1.0, top_k=200, seed=self.config.seed)
         text = engine.generate(start, settings).samples[0].text
         model.train(was_training)
