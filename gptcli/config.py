@@ -298,7 +298,9 @@ class ServeConfig(StrictModel):
     )
     device: str = Field("auto", description=DEVICE_HELP)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=PRECISION_HELP)
-    compile: bool = Field(False, description="Compile the decode step (torch.compile; a CUDA graph on a GPU).")
+    compile: bool = Field(
+        False, description="Compile the decode step (torch.compile; a CUDA graph on a GPU)."
+    )
     quiet: bool = Field(False, description="No log line per request.")
 
 

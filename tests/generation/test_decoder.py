@@ -123,4 +123,6 @@ def test_fp32_on_a_cpu_stores_the_weights_input_major_and_decodes_the_same():
     config = SampleConfig(max_new_tokens=20, **GREEDY)
     plain = Engine(reference, char_tokenizer(), relayout=False)
     assert reference.transformer.h[0].attn.c_attn.weight.is_contiguous()
-    assert engine.generate([1, 2, 3], config).samples[0].ids == plain.generate([1, 2, 3], config).samples[0].ids
+    assert (
+        engine.generate([1, 2, 3], config).samples[0].ids == plain.generate([1, 2, 3], config).samples[0].ids
+    )
