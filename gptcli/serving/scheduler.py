@@ -44,7 +44,7 @@ from gptcli.config import SampleConfig
 from gptcli.errors import GptError
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine
-from gptcli.generation.sampling import filter_logits
+from gptcli.generation.sampling import candidates, draw
 from gptcli.generation.text import SampleText
 
 PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
@@ -277,9 +277,9 @@ class Scheduler:
     def _choose(self) -> torch.Tensor:
         """Every used row's next token: one argmax for all, then each sampling job's own draws.
 
-        This is pick_next, per job, split in two: the filtering (temperature, top-k, top-p: row by
-        row) runs once for all the jobs that share those settings; the draw (a multinomial over the
-        whole vocabulary) runs per job, from the job's own generator, over its own rows."""
+        This is pick_next, per job, split in two: the candidates (temperature, top-k, top-p: row by
+        row) are found once for all the jobs that share those settings; the draw runs per job, from
+        the job's own generator, over its own rows."""
         rows = self._rows_in_use()
         ids = self.logits[:rows].argmax(dim=-1)  # (rows,)
         alike: dict[tuple, list[_Running]] = {}
@@ -290,17 +290,18 @@ class Scheduler:
         for (temperature, top_k, top_p), runs in alike.items():
             try:
                 slots = torch.cat([run.slots for run in runs])
-                probs = torch.softmax(filter_logits(self.logits[slots], temperature, top_k, top_p), dim=-1)
+                probs, choices = candidates(self.logits[slots], temperature, top_k, top_p)
             except Exception as e:  # these settings fail: the jobs that share them fail, the others go on
                 for run in runs:
                     self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
                 continue
             first = 0
             for run in runs:
-                mine = probs[first : first + len(run.choices)]  # (n, V)
+                rows_of_run = slice(first, first + len(run.choices))  # (n, K) of probs and choices
                 first += len(run.choices)
                 try:
-                    ids[run.slots] = torch.multinomial(mine, 1, generator=run.generator).squeeze(-1)
+                    mine = None if choices is None else choices[rows_of_run]
+                    ids[run.slots] = draw(probs[rows_of_run], mine, run.generator)
                 except Exception as e:
                     self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
         return ids
