@@ -173,13 +173,14 @@ def test_the_cli_checks_read_a_real_train_resume_generate(tmp_path, monkeypatch)
     import torch._dynamo
 
     monkeypatch.setenv("GPTCLI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(torch._dynamo.config, "debug_backend_override", ">=0:eager")  # as --tiny does
     ctx = gpu_check.Context("cpu", True, tmp_path)
     figures = {}
-    for step in gpu_check.cli_steps(ctx, 100.0):
-        result = run_cli(*step.argv[3:])
-        assert result.exit_code == 0, result.stderr
-        figures.update(step.check(gpu_check.StepRun(result.stderr + result.stdout, 1.0)))
+    # as --tiny does; config.patch restores it (monkeypatch's undo hid the setting from later compiles)
+    with torch._dynamo.config.patch(debug_backend_override=">=0:eager"):
+        for step in gpu_check.cli_steps(ctx, 100.0):
+            result = run_cli(*step.argv[3:])
+            assert result.exit_code == 0, result.stderr
+            figures.update(step.check(gpu_check.StepRun(result.stderr + result.stdout, 1.0)))
     assert figures["train_steps"] == 6 and figures["resume_steps"] == 9 and figures["generate_tokens"] == 10
     assert "resumed to 9" in gpu_check.cli_summary(figures)
     with pytest.raises(gpu_check.CheckFailed, match="did not resume"):
