@@ -44,20 +44,19 @@ class Dist:
 
     def any(self, *flags: bool) -> list[bool]:
         """Per flag: is it set on any rank? Keeps every rank's decisions (stop, save) in step."""
-        if not self.enabled:
-            return list(flags)
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([float(f) for f in flags], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
+        return [bool(v) for v in self._reduce(flags, dist.ReduceOp.MAX)]
 
     def min(self, *values: float) -> list[float]:
         """Per value: the smallest on any rank (numbers each rank derived from its own clock)."""
+        return self._reduce(values, dist.ReduceOp.MIN)
+
+    def _reduce(self, values, op) -> list[float]:
+        """All-reduce a few numbers with `op`; one process: the numbers as they are."""
         if not self.enabled:
-            return list(values)
+            return [float(v) for v in values]
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         t = torch.tensor([float(v) for v in values], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        dist.all_reduce(t, op=op)
         return t.tolist()
 
 
