@@ -47,12 +47,10 @@ class Decoder:
         # the step's inputs live in fixed tensors, so a captured CUDA graph reads them in place
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        self._step = self._forward_step
-        if compile:
-            self._step = torch.compile(self._forward_step, fullgraph=True, dynamic=False)
+        self.compiled = compile
+        self._step = self._new_step()
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
-        self.compiled = compile
 
     @torch.no_grad()
     def prefill(self, rows: list[list[int]]) -> Tensor:
@@ -106,11 +104,15 @@ class Decoder:
         sub.cache.batch_size, sub.cache.max_len = n, length
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
-        sub._step = sub._forward_step
-        if self.compiled:
-            sub._step = torch.compile(sub._forward_step, fullgraph=True, dynamic=False)
+        sub._step = sub._new_step()
         sub.graph = None
         return sub
+
+    def _new_step(self):
+        """The step this decoder runs: _forward_step, compiled whole (fullgraph, static shapes) or eager."""
+        if self.compiled:
+            return torch.compile(self._forward_step, fullgraph=True, dynamic=False)
+        return self._forward_step
 
     def _forward_step(self, ids: Tensor, positions: Tensor) -> Tensor:
         """The fixed-shape step: (B, 1) ids at (B,) positions -> (B, V) logits (what is compiled)."""
@@ -119,8 +121,7 @@ class Decoder:
 
     def _replay(self) -> Tensor:
         """The compiled step as a CUDA graph: captured once (after warm-up runs), replayed after."""
-        if self.graph is None:
-            saved = self.positions.clone()
+        if self.graph is None:  # (the step leaves positions alone: step() advances them after)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up writes at the current positions, as the step will
@@ -130,6 +131,5 @@ class Decoder:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.graph_logits = self._step(self.ids, self.positions)
-            self.positions.copy_(saved)
         self.graph.replay()
         return self.graph_logits

@@ -14,7 +14,8 @@ rows), then one token per step for every row: logits / temperature -> top-k -> t
 from a seeded generator. The forward passes are gptcli.generation.decoder's: a KV cache
 allocated once, and a fixed-shape decode step that `compile=True` compiles (a CUDA graph on a
 GPU). In bf16 or fp16 the engine casts the model's weights once, up front: no autocast re-casting
-every weight at every step, and half the bytes each step reads. When the rows reach the model's context length, the cache is rebuilt
+every weight at every step, and half the bytes each step reads.
+When the rows reach the model's context length, the cache is rebuilt
 from the last 3/4 of the context (a cropped re-prefill), so generation can go on indefinitely.
 A sample ends at the end-of-text token (unless ignore_eos), at a stop string (its text is cut just
 before it), or after max_new_tokens. Choosing a token is gptcli.generation.sampling; turning token
