@@ -14,6 +14,7 @@ from gptcli.errors import GptError, one_line_validation_error
 
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator: the default special token
 DEFAULT_BPE_VOCAB_SIZE = 4096
+SHARD_TOKENS = 100_000_000  # tokens per token-store shard (200 MB of uint16): the unit of resume
 EXPORT_FORMATS = ("hf", "tiktoken")  # gpt tokenizer export --format
 DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -21,6 +22,10 @@ HUB_NAMES = {  # `gpt load-gpt2 NAME`: OpenAI's GPT-2 sizes on the Hugging Face 
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 }
 PRECISION_HELP = "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
+# how a corpus is read (gptcli.data.sources.SourceOptions), for every config that reads one
+TEXT_FIELD_HELP = "The JSON field, or Parquet / HF dataset column, that holds each document's text."
+SPLIT_HELP = "The split of an HF DatasetDict folder to read (needed when it has several)."
+SKIP_BAD_RECORDS_HELP = "Skip and count bad records (and unreadable files) instead of stopping at the first."
 
 
 class StrictModel(BaseModel):
@@ -33,8 +38,13 @@ class TokenizerTrainConfig(StrictModel):
     """`gpt tokenizer train`: what to train on and what to learn."""
 
     files: list[str] = Field(
-        min_length=1, description="Corpus files, directories (searched for text files) or glob patterns."
+        min_length=1,
+        description="Corpus files (text, .jsonl/.json, .parquet, .gz/.zst), directories (searched), "
+        "HF dataset folders or glob patterns.",
     )
+    text_field: str = Field("text", min_length=1, description=TEXT_FIELD_HELP)
+    split: str | None = Field(None, min_length=1, description=SPLIT_HELP)
+    skip_bad_records: bool = Field(False, description=SKIP_BAD_RECORDS_HELP)
     kind: Literal["bpe", "char"] = Field(
         "bpe", description="bpe (byte-level BPE) or char (one id per character)."
     )
@@ -171,6 +181,9 @@ class TrainConfig(StrictModel):
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of tokens held out for validation."
     )
+    text_field: str = Field("text", min_length=1, description=TEXT_FIELD_HELP)
+    split: str | None = Field(None, min_length=1, description=SPLIT_HELP)
+    skip_bad_records: bool = Field(False, description=SKIP_BAD_RECORDS_HELP)
     tokenizer: str | None = Field(
         None, description="Tokenizer file/dir, or 'char' (default: ./tokenizer.json, else char)."
     )
@@ -248,6 +261,40 @@ class TrainConfig(StrictModel):
             raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.fsdp and self.model.arch != "gpt":
             raise ValueError("fsdp shards transformer blocks: train the LSTM baseline without it")
+        return self
+
+
+class DataPrepareConfig(StrictModel):
+    """`gpt data prepare`: a corpus tokenized once into a token store folder (gptcli.data.prepare)."""
+
+    files: list[str] = Field(
+        min_length=1,
+        description="Corpus files (text, .jsonl/.json, .parquet, .gz/.zst), directories (searched), "
+        "HF dataset folders or glob patterns.",
+    )
+    tokenizer: Path = Field(Path("tokenizer.json"), description="Tokenizer file or folder.")
+    out: Path = Field(description="The store folder to write (new, empty, or this store's, to resume).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of tokens, at the end, held out as val shards."
+    )
+    val_data: list[str] | None = Field(
+        None, description="Separate validation sources, instead of --val-fraction."
+    )
+    text_field: str = Field("text", min_length=1, description=TEXT_FIELD_HELP)
+    split: str | None = Field(None, min_length=1, description=SPLIT_HELP)
+    skip_bad_records: bool = Field(False, description=SKIP_BAD_RECORDS_HELP)
+    workers: int | None = Field(None, ge=1, description="Processes that encode (default: all cores).")
+    shard_tokens: int = Field(
+        SHARD_TOKENS,
+        ge=1,
+        description="A shard ends at the first block boundary at or after this many tokens.",
+    )
+    overwrite: bool = Field(False, description="Replace a store of other inputs in --out.")
+
+    @model_validator(mode="after")
+    def _one_val_source(self) -> "DataPrepareConfig":
+        if self.val_data and "val_fraction" in self.model_fields_set:
+            raise ValueError("give --val-fraction or --val-data, not both")
         return self
 
 

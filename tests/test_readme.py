@@ -70,6 +70,7 @@ def scratch(tmp_path, monkeypatch):
     (tmp_path / "toy_data").mkdir()
     (tmp_path / "toy_data" / "shakespeare.txt").write_text(sonnets * 8)  # > 15,000 lines, as the real one
     (tmp_path / "toy_data" / "sonnets.txt").write_text(sonnets)
+    write_datasets(tmp_path / "data", sonnets)
     for name, text in {
         "corpus.txt": sonnets,
         "my_corpus.txt": sonnets,
@@ -82,6 +83,21 @@ def scratch(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTCLI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path
+
+
+def write_datasets(folder: Path, text: str) -> None:
+    """The sonnets, one per record, as data/web.jsonl (field "text") and data/wiki.parquet ("content")."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    sonnets = [s for s in text.split("\n\n") if s.strip()]
+    (folder / "web.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": s}) + "\n" for i, s in enumerate(sonnets))
+    )
+    pq.write_table(pa.table({"content": sonnets}), folder / "wiki.parquet")
 
 
 def local_gpt2(folder: Path) -> Path:

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from gptcli import __version__
-from gptcli.cli import tokenizer
+from gptcli.cli import data, tokenizer
 from gptcli.cli.common import GptGroup
 from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.generate import generate_command
@@ -22,6 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(tokenizer.app, name="tokenizer")
+app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.command("generate")(generate_command)
 app.command("load-gpt2")(load_gpt2_command)

@@ -1,4 +1,4 @@
-"""`gpt eval` and `gpt info`: measure a checkpoint on a text; show what a checkpoint or run holds."""
+"""`gpt eval` and `gpt info`: measure a checkpoint on a corpus; show what a checkpoint or run holds."""
 
 import json
 import sys
@@ -16,19 +16,28 @@ from gptcli.cli.common import (
     QuietOption,
     StrictOption,
     VerboseOption,
+    config_option,
     console,
     detail,
     device_option,
     fail,
     human_bytes,
-    read_text_file,
     stage_progress,
     warn,
 )
+from gptcli.config import TrainConfig
 
 
 def eval_command(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Text file to evaluate on.")],
+    data: Annotated[
+        list[str],
+        typer.Option(
+            "--data",
+            "-d",
+            help="Corpus to evaluate on: text, .jsonl/.json, .parquet, .gz/.zst files, directories, "
+            "HF dataset folders or globs; repeat for several.",
+        ),
+    ],
     checkpoint: Annotated[
         list[Path] | None,
         typer.Option(
@@ -40,6 +49,11 @@ def eval_command(
     ] = None,
     best: BestOption = False,
     strict: StrictOption = False,
+    text_field: Annotated[str | None, config_option(TrainConfig, "text_field")] = None,
+    split: Annotated[str | None, config_option(TrainConfig, "split")] = None,
+    skip_bad_records: Annotated[
+        bool | None, config_option(TrainConfig, "skip_bad_records", "--skip-bad-records")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
     device: Annotated[str, device_option()] = "auto",
@@ -47,23 +61,34 @@ def eval_command(
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a text file.
+    """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a corpus.
 
+    Each document is followed by the end-of-text token when the tokenizer has one, as in training.
     With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side; with
     --json, one JSON object per checkpoint, one per line.
     """
+    from gptcli.data.sources import CorpusReader, SourceOptions, find_sources
     from gptcli.runtime import resolve_device  # torch loads only once a command runs
     from gptcli.storage import checkpoint as ckpt
 
     sources = checkpoint or [Path("out")]
     for source in sources:
         ckpt.resolve_checkpoint(source, best=best)  # every path named exists, before any work
-    text = read_text_file(data, "data file")
+    given = dict(text_field=text_field, split=split, skip_bad_records=skip_bad_records)
+    options = SourceOptions(**{k: v for k, v in given.items() if v is not None})
+    corpus = find_sources(data)
+    CorpusReader(corpus, options)  # a missing split or extra fails here, before a model loads
     torch_device = resolve_device(device)
     rows = []
-    for source in sources:
+    for i, source in enumerate(sources):
         loaded = ckpt.load_newest(source, torch_device, best=best, strict=strict, warn=warn)
-        row = evaluate_checkpoint(loaded, data, text, torch_device, batch_size, max_tokens, as_json)
+        reader = CorpusReader(corpus, options)  # read again for each model: its tokenizer may differ
+        row = evaluate_checkpoint(
+            loaded, ", ".join(data), reader, torch_device, batch_size, max_tokens, as_json
+        )
+        if i == 0:
+            for line in reader.report():
+                warn(line)
         rows.append(row)
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
@@ -71,20 +96,19 @@ def eval_command(
         write_eval_table(rows)
 
 
-def evaluate_checkpoint(loaded, data: Path, text: str, device, batch_size, max_tokens, as_json) -> dict:
-    """One row of the eval table: the checkpoint, its model, and its figures on the text."""
-    from gptcli.evaluate import evaluate_text
+def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_tokens, as_json) -> dict:
+    """One row of the eval table: the checkpoint, its model, and its figures on the corpus."""
+    from gptcli.evaluate import document_ids, evaluate_ids
 
     model, tokenizer, config, directory = loaded
     t0 = time.perf_counter()
+    ids = document_ids(tokenizer, reader, None if max_tokens is None else max_tokens + 1)
     with stage_progress(enabled=not as_json) as progress:
-        result = evaluate_text(
-            model, tokenizer, text, batch_size=batch_size, max_tokens=max_tokens, progress=progress
-        )
+        result = evaluate_ids(model, tokenizer, ids, batch_size=batch_size, progress=progress)
     detail(f"{directory}: {result.tokens:,} tokens in {time.perf_counter() - t0:.1f}s on {device}")
     return {
         "checkpoint": str(directory),
-        "data": str(data),
+        "data": data,
         "arch": config["model"].arch,
         "parameters": model.num_params(non_embedding=False),
         "tokenizer": tokenizer.kind,

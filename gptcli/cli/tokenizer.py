@@ -60,15 +60,19 @@ def train(
     ] = None,
     pattern: Annotated[str | None, _field("pattern")] = None,
     workers: Annotated[int | None, _field("workers")] = None,
+    text_field: Annotated[str | None, _field("text_field")] = None,
+    split: Annotated[str | None, _field("split")] = None,
+    skip_bad_records: Annotated[bool | None, _field("skip_bad_records", "--skip-bad-records")] = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Train a tokenizer on text files. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
+    """Train a tokenizer on a corpus. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
     from gptcli.tokenizers.train import train_tokenizer  # tiktoken and regex load only when needed
 
     if kind not in (None, "bpe", "char"):
         raise GptError(f"unknown --kind {kind!r}: choose bpe or char")
-    given = dict(files=files, kind=kind, vocab_size=vocab_size, pattern=pattern, out=out, workers=workers)
+    given = dict(files=files, kind=kind, vocab_size=vocab_size, pattern=pattern, out=out, workers=workers,
+                 text_field=text_field, split=split, skip_bad_records=skip_bad_records)  # fmt: skip
     if special_tokens is not None:
         given["special_tokens"] = special_tokens.split(",") if special_tokens != "" else []
     config = validate(TokenizerTrainConfig, **{k: v for k, v in given.items() if v is not None})

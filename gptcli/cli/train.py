@@ -52,6 +52,11 @@ def train_command(
     tokenizer: Annotated[str | None, _train("tokenizer", "--tokenizer", "-t", panel=DATA)] = None,
     val_data: Annotated[list[str] | None, _train("val_data", panel=DATA)] = None,
     val_fraction: Annotated[float | None, _train("val_fraction", panel=DATA)] = None,
+    text_field: Annotated[str | None, _train("text_field", panel=DATA)] = None,
+    split: Annotated[str | None, _train("split", panel=DATA)] = None,
+    skip_bad_records: Annotated[
+        bool | None, _train("skip_bad_records", "--skip-bad-records", panel=DATA)
+    ] = None,
     data_cache: Annotated[Path | None, _train("data_cache", panel=DATA)] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=DATA)

@@ -1,6 +1,10 @@
 """Training data.
 
-corpus.py       finding corpus files and reading them as text in bounded-memory blocks
-token_cache.py  corpus + tokenizer -> token ids on disk (cached by content), split into train/val
+sources.py      finding a corpus (files, dirs, globs, HF dataset folders) and reading it as documents
+records.py      the text of each record of JSON Lines, JSON arrays, Parquet and Arrow files
+corpus.py       a plain-text document as text in bounded-memory blocks cut at safe points
+prepare.py      corpus + tokenizer -> a token store (shards of ids), in parallel, resumable
+store.py        a token store on disk: layout, meta.json, checks; TokenShards, its splits as arrays
+token_cache.py  the training data: a store given, or the corpus's store in the cache -> train/val
 sampler.py      random (x, y) batches from the ids, from a seeded generator (resumable)
 """

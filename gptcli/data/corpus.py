@@ -1,73 +1,27 @@
-"""Finding corpus files and reading them as text in bounded-memory blocks.
+"""Reading a plain-text document as text in bounded-memory blocks.
 
-Shared by tokenizer training and the training-data pipeline. Files are read in binary blocks and
-decoded incrementally, so a multi-GB corpus never sits in memory. Invalid UTF-8 is replaced by
-U+FFFD and counted, never fatal. Blocks end at a "safe cut": between a letter and a space. With
-GPT-2's and GPT-4's split patterns a chunk never spans such a point and the chunk before it never
-depends on what follows (the patterns look ahead only past whitespace), so pre-tokenizing block by
-block gives exactly the chunks of the whole file (tests/data/test_corpus.py checks this).
+Shared by tokenizer training and the training-data pipeline (through `gptcli.data.sources`, which
+finds the corpus and reads its other formats). A document is read from a binary stream (a file, or a
+decompressor over one) in blocks and decoded incrementally, so a multi-GB text never sits in
+memory. Invalid UTF-8 is replaced by U+FFFD and counted, never fatal. Blocks end at a "safe cut":
+between a letter and a space. With GPT-2's and GPT-4's split patterns a chunk never spans such a
+point and the chunk before it never depends on what follows (the patterns look ahead only past
+whitespace), so pre-tokenizing block by block gives exactly the chunks of the whole text
+(tests/data/test_corpus.py checks this).
+
+    >>> with open("corpus.txt", "rb") as fh:
+    ...     blocks = list(TextReader(Path("corpus.txt"), block_bytes=1 << 20, stream=fh))
 """
 
 import codecs
-import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from gptcli.errors import GptError
-
-TEXT_SUFFIXES = {
-    ".txt",
-    ".md",
-    ".text",
-    ".rst",
-    ".csv",
-    ".tsv",
-    ".json",
-    ".jsonl",
-    ".py",
-    ".html",
-    ".xml",
-    "",
-}
 BLOCK_BYTES = 1 << 22  # 4 MiB of input per block
 MAX_CARRY_CHARS = (
     1 << 26
 )  # text with no safe cut (no spaces: CJK, minified data) is cut hard at 64M characters
-
-
-def find_text_files(paths: list[str | Path]) -> list[Path]:
-    """Files, directories (searched recursively for text files) and glob patterns -> sorted unique files."""
-    if not paths:
-        raise GptError("no corpus given: pass one or more files or directories")
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if any(ch in str(raw) for ch in "*?[") and not p.exists():
-            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
-            if not matches:
-                raise GptError(f"no files match {str(raw)!r}")
-            found.extend(m for m in matches if m.is_file())
-        elif p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in TEXT_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not files:
-                raise GptError(
-                    f"directory {str(p)!r} holds no text files ({', '.join(sorted(s for s in TEXT_SUFFIXES if s))})"
-                )
-            found.extend(files)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise GptError(f"corpus file not found: {str(raw)!r}")
-    unique = list(dict.fromkeys(f.resolve() for f in found))
-    if sum(f.stat().st_size for f in unique) == 0:
-        raise GptError("the corpus is empty: " + ", ".join(str(f) for f in unique))
-    return unique
 
 
 _invalid_seen = [0]  # bytes replaced so far by the handler below (reading is single-threaded)
@@ -79,6 +33,16 @@ def _replace_and_count(err: UnicodeDecodeError) -> tuple[str, int]:
 
 
 codecs.register_error("gptcli-replace-count", _replace_and_count)
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    """Bytes -> (text, bytes replaced by U+FFFD): b"ok \\xff" -> ("ok \\ufffd", 1)."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        seen = _invalid_seen[0]
+        text = raw.decode("utf-8", errors="gptcli-replace-count")
+        return text, _invalid_seen[0] - seen
 
 
 def _safe_cut(text: str) -> int:
@@ -94,34 +58,43 @@ def _safe_cut(text: str) -> int:
 class TextReader:
     """Iterates a file's text in blocks of about `block_bytes`, cut at safe points.
 
-    After iteration, `invalid_bytes` holds how many undecodable byte sequences were replaced.
+    With `stream` (an open binary stream: the file, or a decompressor over it) the text is read from
+    it, and `path` only names it; else the file at `path` is opened. After iteration,
+    `invalid_bytes` holds how many undecodable bytes were replaced.
     """
 
-    def __init__(self, path: Path, block_bytes: int | None = None):
+    def __init__(self, path: Path, block_bytes: int | None = None, stream: BinaryIO | None = None):
         self.path = path
         self.block_bytes = block_bytes or BLOCK_BYTES
+        self.stream = stream
         self.invalid_bytes = 0
 
     def __iter__(self) -> Iterator[str]:
+        if self.stream is not None:
+            yield from self._blocks(self.stream)
+        else:
+            with open(self.path, "rb") as fh:
+                yield from self._blocks(fh)
+
+    def _blocks(self, fh: BinaryIO) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="gptcli-replace-count")
         carry = ""
-        with open(self.path, "rb") as fh:
-            while True:
-                raw = fh.read(self.block_bytes)
-                final = not raw
-                seen = _invalid_seen[0]
-                text = decoder.decode(raw, final=final)
-                self.invalid_bytes += _invalid_seen[0] - seen
-                text = carry + text
-                if final:
-                    if text:
-                        yield text
-                    return
-                cut = _safe_cut(text)
-                if cut == 0:
-                    if len(text) < MAX_CARRY_CHARS:  # no safe point yet: read on
-                        carry = text
-                        continue
-                    cut = len(text)
-                yield text[:cut]
-                carry = text[cut:]
+        while True:
+            raw = fh.read(self.block_bytes)
+            final = not raw
+            seen = _invalid_seen[0]
+            text = decoder.decode(raw, final=final)
+            self.invalid_bytes += _invalid_seen[0] - seen
+            text = carry + text
+            if final:
+                if text:
+                    yield text
+                return
+            cut = _safe_cut(text)
+            if cut == 0:
+                if len(text) < MAX_CARRY_CHARS:  # no safe point yet: read on
+                    carry = text
+                    continue
+                cut = len(text)
+            yield text[:cut]
+            carry = text[cut:]

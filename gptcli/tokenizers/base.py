@@ -34,15 +34,20 @@ FORMAT_VERSION = 1
 
 
 class CorpusFile(BaseModel):
-    """A corpus file a tokenizer was trained on, as its file records it."""
+    """A corpus file (or dataset folder) a tokenizer was trained on, as its file records it."""
 
     path: str
     bytes: int
     sha256: str
 
     @classmethod
-    def of(cls, path: Path) -> "CorpusFile":
-        return cls(path=str(path), bytes=path.stat().st_size, sha256=sha256_file(path).hexdigest())
+    def of(cls, path: Path, parts: list[Path] | None = None) -> "CorpusFile":
+        """A file; or a folder whose data is in `parts` (an HF dataset's Arrow files), hashed in order."""
+        parts = parts or [path]
+        h = None
+        for part in parts:
+            h = sha256_file(part, h)
+        return cls(path=str(path), bytes=sum(p.stat().st_size for p in parts), sha256=h.hexdigest())
 
 
 class TokenizerFile(BaseModel):

@@ -2,7 +2,8 @@
 
 1. Pre-tokenize: the split pattern cuts the corpus into chunks (" the", "ing", "\\n\\n", ...). Only
    the distinct chunks and their counts matter, so each distinct chunk is stored once as a "word"
-   (a list of ids) with a count. Large corpora are cut into blocks counted in parallel processes.
+   (its UTF-8 bytes) with a count. Large corpora are cut into blocks counted in parallel processes
+   (gptcli.tokenizers.pretokenize does the cutting).
 2. Learn merges: keep the count of every adjacent pair over all words (weighted by word count), an
    index from each pair to the words that hold it, and a max-heap of pairs. Each step pops the best
    pair, rewrites only the words that contain it, and adjusts the counts of the pairs around each
@@ -15,162 +16,249 @@ exist as a token (two different splits of the same string) is never merged, so e
 string is unique, as tiktoken requires. The same corpus therefore always gives the same merges.
 """
 
+import gc
 import heapq
 import os
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from multiprocessing import get_context
-from pathlib import Path
 
-import regex
-
-from gptcli.data.corpus import TextReader
 from gptcli.tokenizers.bpe import merge_pair
+from gptcli.tokenizers.pretokenize import Splitter
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, a process pool costs more than it saves
 PRETOKENIZE_BLOCK_BYTES = 1 << 20
 
-_worker_pattern = None
+_worker_splitter: Splitter | None = None
 
 
 def _init_worker(pattern: str) -> None:
-    global _worker_pattern
-    _worker_pattern = regex.compile(pattern)
+    global _worker_splitter
+    _worker_splitter = Splitter(pattern)
 
 
-def _count_block(block: str) -> Counter:
-    return Counter(_worker_pattern.findall(block))
+def _count_texts(texts: list[str]) -> Counter:
+    counts: Counter = Counter()
+    for text in texts:  # each text on its own: a chunk never spans two pieces
+        counts.update(_worker_splitter.findall(text))
+    return counts
 
 
 def count_chunks(
-    files: list[Path], pattern: str, workers: int | None = None, progress: Progress | None = None
-) -> tuple[Counter, int]:
-    """Count the pre-token chunks of all files -> (Counter{chunk str: count}, invalid UTF-8 bytes replaced)."""
-    total_bytes = sum(f.stat().st_size for f in files)
-    readers = [TextReader(f, PRETOKENIZE_BLOCK_BYTES) for f in files]
-    blocks = (block for reader in readers for block in reader)
+    texts: Iterable[str],
+    pattern: str,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> Counter:
+    """Count the pre-token chunks of the texts (documents, or blocks cut at safe points) -> {chunk: count}.
+
+    Each text is pre-tokenized on its own, so chunks never span two texts. Texts are grouped into
+    tasks of about PRETOKENIZE_BLOCK_BYTES characters for the worker processes; below
+    PARALLEL_MIN_BYTES of text in all, one process counts them. `progress` gets the characters done
+    (against `total`, when given).
+    """
     workers = workers or os.cpu_count() or 1
     counts: Counter = Counter()
     done = 0
 
-    def absorb(block_counts: Counter, n_chars: int) -> None:
+    def absorb(task_counts: Counter, n_chars: int) -> None:
         nonlocal done
-        counts.update(block_counts)
-        done = min(total_bytes, done + n_chars)
+        counts.update(task_counts)
+        done += n_chars
         if progress:
-            progress("pre-tokenizing", done, total_bytes)
+            progress("pre-tokenizing", min(done, total) if total else done, total or done)
 
-    if workers > 1 and total_bytes >= PARALLEL_MIN_BYTES:
-        sized = ((b, len(b)) for b in blocks)
+    tasks = _tasks(texts, PRETOKENIZE_BLOCK_BYTES)
+    first = list(_take_chars(tasks, PARALLEL_MIN_BYTES))  # enough text to be worth a pool?
+    if workers > 1 and sum(n for _, n in first) >= PARALLEL_MIN_BYTES:
         sizes: list[int] = []
 
-        def texts() -> Iterable[str]:
-            for b, n in sized:
+        def task_texts() -> Iterable[list[str]]:
+            for task, n in chain(first, tasks):
                 sizes.append(n)
-                yield b
+                yield task
 
         with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(pattern,)) as pool:
-            for i, block_counts in enumerate(pool.imap(_count_block, texts(), chunksize=1)):
-                absorb(block_counts, sizes[i])
+            for i, task_counts in enumerate(pool.imap(_count_texts, task_texts(), chunksize=1)):
+                absorb(task_counts, sizes[i])
     else:
         _init_worker(pattern)
-        for block in blocks:
-            absorb(_count_block(block), len(block))
+        for task, n in chain(first, tasks):
+            absorb(_count_texts(task), n)
     if progress:
-        progress("pre-tokenizing", total_bytes, total_bytes)
-    return counts, sum(r.invalid_bytes for r in readers)
+        progress("pre-tokenizing", total or done, total or done)
+    return counts
 
 
-def chunks_to_words(chunk_counts: Counter) -> tuple[list[list[int]], list[int]]:
-    """{chunk str: count} -> (words as lists of byte ids, counts), in a fixed order."""
-    words, counts = [], []
-    for chunk, n in chunk_counts.items():
-        words.append(list(chunk.encode("utf-8")))
-        counts.append(n)
-    return words, counts
+def _tasks(texts: Iterable[str], chars: int) -> Iterator[tuple[list[str], int]]:
+    """Consecutive texts grouped into (texts, characters) of about `chars` characters each."""
+    group: list[str] = []
+    size = 0
+    for text in texts:
+        group.append(text)
+        size += len(text)
+        if size >= chars:
+            yield group, size
+            group, size = [], 0
+    if group:
+        yield group, size
+
+
+def _take_chars(tasks: Iterator[tuple[list[str], int]], chars: int) -> Iterator[tuple[list[str], int]]:
+    """Tasks from the front of `tasks` until they hold `chars` characters (or `tasks` ends)."""
+    seen = 0
+    while seen < chars and (task := next(tasks, None)) is not None:
+        seen += task[1]
+        yield task
+
+
+def chunks_to_words(chunk_counts: Counter) -> tuple[list[bytes], list[int]]:
+    """{chunk str: count} -> (words as the chunks' UTF-8 bytes, counts), in a fixed order."""
+    return [chunk.encode("utf-8") for chunk in chunk_counts], list(chunk_counts.values())
 
 
 def learn_merges(
-    words: list[list[int]], counts: list[int], num_merges: int, progress: Progress | None = None
+    words: list[bytes] | list[list[int]],
+    counts: list[int],
+    num_merges: int,
+    progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
-    """The fast incremental trainer. `words` are rewritten in place. Returns merges in rank order."""
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> words that (may) hold it
+    """The fast incremental trainer: the merges in rank order. `words` are not modified.
+
+    A word is held as a str with one character per token (chr(id)), so finding a pair in it, and
+    merging it, are `str.find` and `str.replace` in C, whatever the word's length; Python only runs
+    once per merge site. A pair (a, b) is the int a << shift | b, and a heap entry is one int,
+    -count << 2 * shift | pair, so the smallest entry is the tie rule's winner.
+
+    A pair's count only grows in the step that creates its newer token (only pairs with the new
+    token gain), so each index list is complete after that step (it is then frozen into a tuple)
+    and a pair whose count reaches 0 is gone for good (swept from time to time).
+    """
+    shift = (256 + num_merges).bit_length()
+    low, top = (1 << shift) - 1, 2 * shift
+    texts = [bytes(word).decode("latin-1") for word in words]  # byte b -> chr(b)
+    pair_counts: dict[int, int] = {}
+    where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> words that (may) hold it, each once
     for idx, word in enumerate(words):
         n = counts[idx]
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += n
-            where[pair].add(idx)
-    # max-heap via negated counts; tuples compare (count, left, right) exactly as the tie rule says
-    heap = [(-n, pair) for pair, n in pair_counts.items()]
+        for i in range(len(word) - 1):
+            pair = word[i] << shift | word[i + 1]
+            if pair in pair_counts:
+                pair_counts[pair] += n
+                if (indices := where[pair])[-1] != idx:  # each word once: its pairs come together
+                    indices.append(idx)
+            else:
+                pair_counts[pair], where[pair] = n, [idx]
+    _freeze(where, where)
+    heap = [(-n << top) | pair for pair, n in pair_counts.items()]
     heapq.heapify(heap)
 
     vocab = [bytes([i]) for i in range(256)]
     known = set(vocab)
     merges: list[tuple[int, int]] = []
-    while len(merges) < num_merges and heap:
-        neg, pair = heapq.heappop(heap)
-        n = pair_counts[pair]
-        if n <= 0:
-            continue
-        if -neg != n:  # stale entry: the count dropped since it was pushed
-            heapq.heappush(heap, (-n, pair))
-            continue
-        merged = vocab[pair[0]] + vocab[pair[1]]
-        if merged in known:  # would duplicate an existing token: never merged (see module docs)
-            continue
-        new_id = len(vocab)
-        vocab.append(merged)
-        known.add(merged)
-        merges.append(pair)
+    live = len(pair_counts)  # pairs after the last sweep
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of containers, none in a cycle: the collector would only rescan them
+    try:
+        while len(merges) < num_merges and heap:
+            entry = heapq.heappop(heap)
+            pair = entry & ((1 << top) - 1)
+            n = pair_counts.get(pair, 0)
+            if n <= 0:
+                continue
+            if -(entry >> top) != n:  # stale entry: the count dropped since it was pushed
+                heapq.heappush(heap, (-n << top) | pair)
+                continue
+            a, b = pair >> shift, pair & low
+            merged = vocab[a] + vocab[b]
+            if merged in known:  # would duplicate an existing token: never merged (see module docs)
+                del pair_counts[pair]
+                where.pop(pair, None)
+                continue
+            new_id = len(vocab)
+            vocab.append(merged)
+            known.add(merged)
+            merges.append((a, b))
 
-        created: set[tuple[int, int]] = set()
-        for idx in where.pop(pair):
-            _merge_in_word(words, idx, pair, new_id, counts[idx], pair_counts, where, created)
-        # only pairs with the new id can have grown; push each once with its final count
-        for p in created:
-            heapq.heappush(heap, (-pair_counts[p], p))
-        if progress and (len(merges) % 256 == 0 or len(merges) == num_merges):
-            progress("merging", len(merges), num_merges)
+            created = _merge_everywhere(texts, where.pop(pair), counts, a, b, new_id, shift, pair_counts)
+            del pair_counts[pair]
+            _freeze(where, created)
+            for p in created:  # pairs with the new id: pushed once, with their final count
+                heapq.heappush(heap, (-pair_counts[p] << top) | p)
+            if len(pair_counts) > 2 * live:  # many pairs may be dead: forget them
+                _sweep(pair_counts, where)
+                live = len(pair_counts)
+            if progress and (len(merges) % 256 == 0 or len(merges) == num_merges):
+                progress("merging", len(merges), num_merges)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return merges
 
 
-def _merge_in_word(words, idx, pair, new_id, n, pair_counts, where, created) -> None:
-    """Merge `pair` in words[idx] (which occurs n times), updating only the counts around each site.
+def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) -> dict[int, list[int]]:
+    """Merge (a, b) into new_id in the words at `indices`, adjusting the counts around each site ->
+    the pairs gained, each with the words that now hold it.
 
-    At each site ... x [a b] y ...: (a, b), (x, a) and (b, y) lose n; (x, new) and (new, y) gain n
-    and are indexed to this word. When sites touch (a b a b -> N N), x is the new id just written,
-    and the (N, a) gained at the first site is lost again at the second, as it should be.
-    A stale index entry (the pair no longer in the word) changes nothing.
+    At each site ... x [a b] y ...: (a, b), (x, a) and (b, y) lose n (the word's count); (x, new)
+    and (new, y) gain n. When sites touch (a b a b -> N N), x is the new id just written, and the
+    (N, a) gained at the first site is lost again at the second, as it should be. A stale index
+    entry (the pair no longer in the word) changes nothing. (The two gains are spelled out, not
+    called: this is the trainer's innermost loop.)
     """
-    a, b = pair
-    word = words[idx]
-    out: list[int] = []
-    i, length = 0, len(word)
-    while i < length:
-        if word[i] == a and i + 1 < length and word[i + 1] == b:
+    ab, new_char = chr(a) + chr(b), chr(new_id)
+    pair, new_hi = a << shift | b, new_id << shift
+    created: dict[int, list[int]] = {}
+    for idx in indices:
+        text = texts[idx]
+        i = text.find(ab)
+        if i < 0:
+            continue
+        n, last = counts[idx], len(text) - 2
+        end = -1  # where the previous site ended
+        while i >= 0:
             pair_counts[pair] -= n
-            if out:
-                x = out[-1]
-                pair_counts[(x, a)] -= n
-                pair_counts[(x, new_id)] += n
-                created.add((x, new_id))
-                where[(x, new_id)].add(idx)
-            if i + 2 < length:
-                y = word[i + 2]
-                pair_counts[(b, y)] -= n
-                pair_counts[(new_id, y)] += n
-                created.add((new_id, y))
-                where[(new_id, y)].add(idx)
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    if len(out) != length:
-        words[idx] = out
+            if i > 0:
+                x = new_id if i == end else ord(text[i - 1])
+                pair_counts[x << shift | a] -= n
+                gained = x << shift | new_id
+                if gained in pair_counts:
+                    pair_counts[gained] += n
+                    if (words := created[gained])[-1] != idx:
+                        words.append(idx)
+                else:
+                    pair_counts[gained], created[gained] = n, [idx]
+            if i < last:
+                y = ord(text[i + 2])
+                pair_counts[b << shift | y] -= n
+                gained = new_hi | y
+                if gained in pair_counts:
+                    pair_counts[gained] += n
+                    if (words := created[gained])[-1] != idx:
+                        words.append(idx)
+                else:
+                    pair_counts[gained], created[gained] = n, [idx]
+            end = i + 2
+            i = text.find(ab, end)
+        texts[idx] = text.replace(ab, new_char)
+    return created
+
+
+def _freeze(where: dict, lists: dict) -> None:
+    """Store finished index lists as tuples: no room kept for appends (most hold 1-3 words)."""
+    for pair, words in lists.items():
+        where[pair] = tuple(words)
+
+
+def _sweep(pair_counts: dict, where: dict) -> None:
+    """Forget the pairs that no word holds any more (their heap entries are skipped when popped)."""
+    for pair in [p for p, n in pair_counts.items() if n == 0]:
+        del pair_counts[pair]
+        where.pop(pair, None)
 
 
 def learn_merges_naive(words: list[list[int]], counts: list[int], num_merges: int) -> list[tuple[int, int]]:

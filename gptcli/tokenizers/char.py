@@ -11,9 +11,8 @@ character the corpus never had is refused with an error that names the character
 """
 
 from collections import Counter
-from pathlib import Path
+from collections.abc import Iterable
 
-from gptcli.data.corpus import TextReader
 from gptcli.errors import GptError
 from gptcli.tokenizers.base import CorpusFile, Tokenizer, TokenizerFile
 
@@ -61,13 +60,9 @@ class CharTokenizer(Tokenizer):
         )
 
 
-def count_chars(files: list[Path]) -> tuple[Counter, int]:
-    """Character counts over all files -> (Counter, invalid UTF-8 bytes replaced)."""
+def count_chars(texts: Iterable[str]) -> Counter:
+    """Character counts over all texts (documents, or blocks of them)."""
     counts: Counter = Counter()
-    invalid = 0
-    for f in files:
-        reader = TextReader(f)
-        for block in reader:
-            counts.update(block)
-        invalid += reader.invalid_bytes
-    return counts, invalid
+    for text in texts:
+        counts.update(text)
+    return counts

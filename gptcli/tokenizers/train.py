@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass, field
 
 from gptcli.config import TokenizerTrainConfig
-from gptcli.data.corpus import find_text_files
+from gptcli.data.sources import CorpusReader, SourceOptions, find_sources
 from gptcli.errors import GptError
+from gptcli.tokenizers import bpe_train
 from gptcli.tokenizers.base import CorpusFile, Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.bpe_train import Progress, chunks_to_words, count_chunks, learn_merges
@@ -28,12 +29,16 @@ class TrainResult:
 
 def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = None) -> TrainResult:
     start = time.perf_counter()
-    files = find_text_files(config.files)
-    trained_on = [CorpusFile.of(f) for f in files]
+    # plain text in blocks of the pre-tokenizer's task size
+    reader = CorpusReader(
+        find_sources(config.files), SourceOptions.of(config), bpe_train.PRETOKENIZE_BLOCK_BYTES
+    )
+    trained_on = [CorpusFile.of(s.path, list(s.files)) for s in reader.sources]
+    texts = (text for text, _ in reader)
     warnings: list[str] = []
 
     if config.kind == "char":
-        counts, invalid = count_chars(files)
+        counts = count_chars(texts)
         chars = sorted(counts)
         if config.vocab_size is not None and len(chars) + len(config.special_tokens) > config.vocab_size:
             raise GptError(
@@ -44,7 +49,7 @@ def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = No
         tokenizer: Tokenizer = CharTokenizer(chars, specials, trained_on)
     else:
         pattern = resolve_pattern(config.pattern)
-        chunk_counts, invalid = count_chunks(files, pattern, config.workers, progress)
+        chunk_counts = count_chunks(texts, pattern, config.workers, _reading(progress, reader))
         words, word_counts = chunks_to_words(chunk_counts)
         del chunk_counts
         num_merges = config.vocab_size - 256 - len(config.special_tokens)
@@ -57,9 +62,16 @@ def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = No
         specials = _special_ids(config.special_tokens, first_id=256 + len(merges))
         tokenizer = BPETokenizer(merges, pattern, specials, trained_on=trained_on)
 
-    if invalid:
-        warnings.append(f"{invalid} byte(s) of the corpus were not valid UTF-8 and were read as U+FFFD")
-    return TrainResult(tokenizer, time.perf_counter() - start, invalid, warnings)
+    warnings = reader.report() + warnings
+    return TrainResult(tokenizer, time.perf_counter() - start, reader.invalid_bytes, warnings)
+
+
+def _reading(progress: Progress | None, reader: CorpusReader) -> Progress | None:
+    """Pre-tokenizing progress as bytes of the corpus read on disk (characters done are no measure
+    against a compressed size)."""
+    if progress is None:
+        return None
+    return lambda stage, _done, _total: progress(stage, reader.bytes_read, reader.total_bytes)
 
 
 def _special_ids(specials: list[str], first_id: int) -> dict[str, int]:

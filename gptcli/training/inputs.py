@@ -2,10 +2,11 @@
 
     config, tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, notes)
 
-A fresh run fills in what was left out (./tokenizer.json else characters; the tokenizer's corpus
-else the shipped toy data), makes every path absolute (so the run's config.json works from any
-directory), and takes the model's shape from the flags, or from --init-from's checkpoint. A resumed
-run takes all of it from the run directory and its newest checkpoint.
+A fresh run fills in what was left out (a token store's own tokenizer.json when the data is a
+store, else ./tokenizer.json, else characters; the tokenizer's corpus else the shipped toy data),
+makes every path absolute (so the run's config.json works from any directory), and takes the
+model's shape from the flags, or from --init-from's checkpoint. A resumed run takes all of it from
+the run directory and its newest checkpoint.
 """
 
 import os
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
+from gptcli.data.store import TOKENIZER as STORE_TOKENIZER
+from gptcli.data.store import is_store
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import load_tokenizer
@@ -81,13 +84,24 @@ def resumed_model_config(config: TrainConfig, saved: ModelConfig, run_dir: Path)
 
 
 def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
-    """Fill the everyday defaults: ./tokenizer.json (else char), the tokenizer's corpus (else toy data)."""
+    """Fill the everyday defaults: the store's tokenizer or ./tokenizer.json (else char), the
+    tokenizer's corpus (else toy data)."""
     updates: dict[str, Any] = {}
     tokenizer = config.tokenizer
+    store = next((Path(p) for p in config.data or [] if is_store(p)), None)
+    if store is not None and tokenizer == "char":
+        raise GptError(
+            f"--tokenizer char learns its characters from text, but {store} is a token store: "
+            f"leave out --tokenizer to use the store's ({store / STORE_TOKENIZER})"
+        )
     if config.init_from is not None and tokenizer is None:
         tokenizer = str(Path(config.init_from) / ckpt.TOKENIZER)
         updates["tokenizer"] = tokenizer
         notes.append(f"tokenizer: {tokenizer} (from --init-from)")
+    if store is not None and tokenizer is None:
+        tokenizer = str(store / STORE_TOKENIZER)
+        updates["tokenizer"] = tokenizer
+        notes.append(f"tokenizer: {tokenizer} (the token store's)")
     if tokenizer is None:
         tokenizer = str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_file() else "char"
         updates["tokenizer"] = tokenizer

@@ -32,6 +32,7 @@ import torch
 
 from gptcli.config import TrainConfig
 from gptcli.data.sampler import BatchSampler
+from gptcli.data.sources import SourceOptions
 from gptcli.data.token_cache import TokenData, prepare_data
 from gptcli.errors import GptError
 from gptcli.models import LanguageModel, build_model
@@ -177,7 +178,12 @@ class Trainer:
         if not self.world.is_main:
             self.world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
         self.data = prepare_data(
-            config.data, self.tokenizer, config.val_fraction, config.val_data, config.data_cache
+            config.data,
+            self.tokenizer,
+            config.val_fraction,
+            config.val_data,
+            config.data_cache,
+            options=SourceOptions.of(config),
         )
         if self.world.is_main:
             self.world.barrier()

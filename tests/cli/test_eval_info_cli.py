@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,11 +34,12 @@ def test_eval_reports_loss_perplexity_and_bits_per_byte(run_dir, tmp_path):
     result = run_cli("eval", "-c", str(run), "--data", str(tmp_path / "text.txt"), "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    ids = tok.encode(TEXT)  # the whole text fits one window: the loss is one forward pass
-    with torch.no_grad():
+    ids = tok.encode(TEXT) + [tok.eot_id]  # the document, then end-of-text, as training sees it
+    with torch.no_grad():  # the whole text fits one window: the loss is one forward pass
         _, expected = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
     assert data["loss"] == pytest.approx(expected.item(), rel=1e-5)
     assert data["perplexity"] == pytest.approx(math.exp(data["loss"]), rel=1e-5)
+    # every id but the first is predicted; the bytes are the text's, end-of-text has none
     assert data["tokens"] == len(ids) - 1 and data["bytes"] == len(TEXT.encode()) - 1
     assert data["bits_per_byte"] == pytest.approx(
         data["loss"] * data["tokens"] / math.log(2) / data["bytes"], rel=1e-5
@@ -55,7 +57,25 @@ def test_eval_windows_cover_every_token_once(run_dir, tmp_path):
     data = json.loads(
         run_cli("eval", "-c", str(run), "--data", str(long_text), "--json", "--batch-size", "3").stdout
     )
-    assert data["tokens"] == len(TEXT) * 10 - 1
+    assert data["tokens"] == len(TEXT) * 10  # + end-of-text - the first, unpredicted, id
+
+
+def test_eval_reads_any_corpus_format_each_document_then_end_of_text(run_dir, tmp_path):
+    from gptcli.evaluate import evaluate_ids
+
+    run, model, tok = run_dir
+    docs = [TEXT, TEXT[:40], TEXT[40:]]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in docs))
+    result = run_cli("eval", "-c", str(run), "--data", str(tmp_path / "docs.jsonl"), "--text-field", "body",
+                     "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    ids = [i for d in docs for i in tok.encode(d) + [tok.eot_id]]
+    expected = evaluate_ids(model, tok, np.array(ids))
+    assert data["loss"] == pytest.approx(expected.loss, rel=1e-5)
+    assert data["tokens"] == len(ids) - 1 and data["bytes"] == sum(len(d.encode()) for d in docs) - 1
+    missing = run_cli("eval", "-c", str(run), "--data", str(tmp_path / "docs.jsonl"))
+    assert_one_line_error(missing, "docs.jsonl line 1", 'no "text" field', "--text-field")
 
 
 def test_info_on_a_run_and_on_a_checkpoint(run_dir):
@@ -72,8 +92,8 @@ def test_info_on_a_run_and_on_a_checkpoint(run_dir):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["eval", "-c", "{run}", "--data", "{missing}"], ["data file not found"]),
-        (["eval", "-c", "{run}", "--data", "{one_char}"], ["at least 2 are needed"]),
+        (["eval", "-c", "{run}", "--data", "{missing}"], ["corpus file not found"]),
+        (["eval", "-c", "{run}", "--data", "{one_char}", "--max-tokens", "0"], ["at least 2 are needed"]),
         (["eval", "-c", "{run}", "--data", "{unknown}"], ["does not know", "'Z'"]),
         (["eval", "-c", "{nowhere}", "--data", "{missing}"], ["checkpoint not found"]),
         (["info", "{nowhere}"], ["checkpoint not found"]),

@@ -178,7 +178,8 @@ def test_model_and_optimizer_options_reach_the_run(tmp_path, text, corpus):
         "--no-bias", "--dropout", "0.1", "--grad-accum", "2", "--keep-checkpoints", "1", "--seed", "3",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert "3,000 val tokens; 128 tokens per step" in result.stderr  # batch 4 x accum 2 x block 16
+    # 3,000 characters + the end-of-text after the document; batch 4 x accum 2 x block 16
+    assert "3,001 val tokens; 128 tokens per step" in result.stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     model = config["model"]
     assert (model["n_head"], model["n_kv_head"], model["pos_emb"], model["window"]) == (4, 2, "rope", 4)

@@ -1,12 +1,10 @@
 from collections import Counter
 
-import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli.data.corpus import TextReader, find_text_files
-from gptcli.errors import GptError
+from gptcli.data.corpus import TextReader, decode_utf8
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 
 # text rich in the characters where split patterns are delicate: newlines, spaces, letters, digits
@@ -36,22 +34,13 @@ def test_invalid_utf8_is_replaced_and_counted(corpus):
     assert reader.invalid_bytes == 4
 
 
-def test_find_text_files_resolves_dirs_globs_and_reports_problems(tmp_path):
-    (tmp_path / "d" / "sub").mkdir(parents=True)
-    (tmp_path / "d" / "a.txt").write_text("a")
-    (tmp_path / "d" / "sub" / "b.md").write_text("b")
-    (tmp_path / "d" / "img.png").write_bytes(b"\x89PNG")
-    files = find_text_files([tmp_path / "d"])
-    assert [f.name for f in files] == ["a.txt", "b.md"]
-    assert [f.name for f in find_text_files([str(tmp_path / "d" / "*.txt")])] == ["a.txt"]
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty.txt").write_text("")
-    for bad, message in [
-        ([tmp_path / "missing.txt"], "not found"),
-        ([tmp_path / "empty"], "no text files"),
-        ([tmp_path / "empty.txt"], "empty"),
-        ([str(tmp_path / "*.nothing")], "no files match"),
-        ([], "no corpus"),
-    ]:
-        with pytest.raises(GptError, match=message):
-            find_text_files(bad)
+def test_a_stream_reads_as_the_file_does(corpus):
+    path = corpus("some text that is cut into blocks at safe points " * 20)
+    with open(path, "rb") as fh:
+        from_stream = list(TextReader(path, block_bytes=16, stream=fh))
+    assert from_stream == list(TextReader(path, block_bytes=16))
+
+
+def test_decode_utf8_counts_the_bytes_it_replaces():
+    assert decode_utf8("é ok".encode()) == ("é ok", 0)
+    assert decode_utf8(b"a\xff\xfeb") == ("a\ufffd\ufffdb", 2)

@@ -137,7 +137,8 @@ def test_cli_trains_an_lstm_and_eval_shows_it_beside_a_gpt(tmp_path):
     assert header.split()[:2] == ["checkpoint", "arch"] and "bits/byte" in header
     assert lstm_row.split()[1] == "lstm" and gpt_row.split()[1] == "gpt"
     rows = [json.loads(line) for line in run_cli(*both, "--json").stdout.splitlines()]
-    assert [r["arch"] for r in rows] == ["lstm", "gpt"] and all(r["tokens"] == 1999 for r in rows)
+    # 2000 characters + end-of-text, all but the first predicted
+    assert [r["arch"] for r in rows] == ["lstm", "gpt"] and all(r["tokens"] == 2000 for r in rows)
 
     info = run_cli("info", str(tmp_path / "lstm")).stdout
     assert "LSTM, 1 layers, 24 units" in info

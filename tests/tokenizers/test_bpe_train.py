@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptcli.config import TokenizerTrainConfig
+from gptcli.data.sources import CorpusReader
 from gptcli.tokenizers.bpe_train import chunks_to_words, count_chunks, learn_merges, learn_merges_naive
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 from gptcli.tokenizers.train import train_tokenizer
@@ -57,10 +58,11 @@ def test_parallel_pre_tokenization_counts_the_same(tmp_path, monkeypatch):
     )
     path = tmp_path / "c.txt"
     path.write_text(text, encoding="utf-8")
-    serial, _ = count_chunks([path], GPT4_PATTERN, workers=1)
+    blocks = [block for block, _ in CorpusReader([path], block_bytes=4096)]
+    serial = count_chunks(blocks, GPT4_PATTERN, workers=1)
     monkeypatch.setattr(bpe_train, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(bpe_train, "PRETOKENIZE_BLOCK_BYTES", 4096)
-    parallel, _ = count_chunks([path], GPT4_PATTERN, workers=2)
+    parallel = count_chunks(iter(blocks), GPT4_PATTERN, workers=2)
     assert parallel == serial == Counter(regex.findall(GPT4_PATTERN, text))
 
 

@@ -13,10 +13,15 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+import gptcli.data.prepare as prepare
 from gptcli.config import SampleConfig
+from gptcli.data.prepare import prepare_store
+from gptcli.data.sources import find_sources
+from gptcli.data.token_cache import cache_key
 from gptcli.generation import Engine
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage import checkpoint_info
+from gptcli.tokenizers import load_tokenizer
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.generation.test_engine import greedy_by_recomputation
@@ -38,7 +43,22 @@ def old_run(tmp_path) -> Path:
     assert config["data"] == ["corpus.txt"] and config["data_cache"] == "cache"
     config.update(data=[str(tmp_path / "corpus.txt")], data_cache=str(tmp_path / "cache"))
     (run / "config.json").write_text(json.dumps(config, indent=2))
+    cache_the_old_ids(tmp_path / "corpus.txt", tmp_path / "cache")
     return run
+
+
+def cache_the_old_ids(corpus: Path, cache: Path) -> None:
+    """Put the ids the old code trained on in the token cache, where a run on `corpus` finds them.
+
+    The old code put end-of-text only between files; a token store puts one after every document,
+    so the corpus alone now gives one more id (and other batches). The old ids, in a store under
+    the corpus's cache key, keep the comparison with the old code's numbers exact."""
+    tokenizer = load_tokenizer(OLD_CHECKPOINTS / "step_0000006" / ckpt.TOKENIZER)
+    sources = find_sources([corpus])
+    encode = prepare._encode_block
+    with pytest.MonkeyPatch.context() as patch:  # no document ends: no end-of-text
+        patch.setattr(prepare, "_encode_block", lambda pieces: encode([(text, False) for text, _ in pieces]))
+        prepare_store(cache / cache_key(sources, tokenizer), sources, tokenizer, val_fraction=0.0)
 
 
 def set_max_iters(run: Path, max_iters: int) -> None:

@@ -95,7 +95,7 @@ def test_ctrl_c_saves_the_current_step_and_resume_finishes_exactly(tmp_path):
 
 def test_a_damaged_token_cache_is_rebuilt_and_noted_never_trained_on(tmp_path):
     train(tiny(tmp_path, max_iters=3, eval_interval=3), tmp_path / "a")
-    (tokens_bin,) = (tmp_path / "cache").rglob("tokens.bin")
+    (tokens_bin,) = (tmp_path / "cache").rglob("train_000000.bin")  # the token store's one shard
     data = bytearray(tokens_bin.read_bytes())
     data[100] ^= 0x01  # the right size, one id changed
     tokens_bin.write_bytes(bytes(data))

@@ -1,0 +1,156 @@
+"""`gpt data prepare|verify`: a corpus tokenized once into a token store, and its check.
+
+    gpt data prepare corpus.jsonl --tokenizer tokenizer.json --out data/corpus
+    gpt train --data data/corpus                 # memory-maps the shards; the store's tokenizer
+    gpt data verify data/corpus                  # every shard against its checksum
+
+Thin wrappers over gptcli.data.prepare and gptcli.data.store (the format is described there).
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gptcli.cli.common import QuietOption, VerboseOption, config_option, console, detail, warn
+from gptcli.config import DataPrepareConfig, validate
+from gptcli.errors import GptError
+
+app = typer.Typer(
+    help="Tokenize a corpus once into a token store (shards of ids) for gpt train --data STORE.",
+    no_args_is_help=True,
+)
+PROGRESS_LINE_SECONDS = 30.0  # not on a terminal (a log file): one progress line this often
+TERMINAL_REDRAW_SECONDS = 0.2
+
+
+def _field(name: str, *names: str, **options):
+    """The option that sets DataPrepareConfig.<name>."""
+    return config_option(DataPrepareConfig, name, *names, **options)
+
+
+@app.command()
+def prepare(
+    files: Annotated[list[str], typer.Argument(help=DataPrepareConfig.model_fields["files"].description)],
+    tokenizer: Annotated[Path | None, _field("tokenizer", "--tokenizer", "-t")] = None,
+    out: Annotated[Path | None, _field("out", "--out", "-o")] = None,
+    val_fraction: Annotated[float | None, _field("val_fraction")] = None,
+    val_data: Annotated[list[str] | None, _field("val_data")] = None,
+    text_field: Annotated[str | None, _field("text_field")] = None,
+    split: Annotated[str | None, _field("split")] = None,
+    skip_bad_records: Annotated[bool | None, _field("skip_bad_records", "--skip-bad-records")] = None,
+    workers: Annotated[int | None, _field("workers")] = None,
+    shard_tokens: Annotated[int | None, _field("shard_tokens")] = None,
+    overwrite: Annotated[bool | None, _field("overwrite", "--overwrite")] = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Tokenize a corpus into a token store. Example: gpt data prepare corpus.jsonl -t tokenizer.json -o data/c
+
+    An interrupted run resumes where it stopped when run again with the same arguments."""
+    from gptcli.data.prepare import prepare_store  # numpy and the tokenizers load only when needed
+    from gptcli.data.sources import SourceOptions, find_sources
+    from gptcli.tokenizers import load_tokenizer
+
+    if out is None:
+        raise GptError("no --out given: name the folder to write the token store into")
+    given = dict(files=files, tokenizer=tokenizer, out=out, val_fraction=val_fraction, val_data=val_data,
+                 text_field=text_field, split=split, skip_bad_records=skip_bad_records, workers=workers,
+                 shard_tokens=shard_tokens, overwrite=overwrite)  # fmt: skip
+    config = validate(DataPrepareConfig, **{k: v for k, v in given.items() if v is not None})
+    detail(f"settings: {config.model_dump_json()}")
+    tok = load_tokenizer(config.tokenizer)
+    sources = find_sources(config.files)
+    val_sources = find_sources(config.val_data) if config.val_data else None
+    start = time.perf_counter()
+    result = prepare_store(
+        config.out,
+        sources,
+        tok,
+        val_fraction=config.val_fraction,
+        val_sources=val_sources,
+        options=SourceOptions.of(config),
+        shard_tokens=config.shard_tokens,
+        workers=config.workers,
+        overwrite=config.overwrite,
+        progress=None if quiet else RateProgress(),
+    )
+    for note in result.notes:
+        warn(note)
+    if quiet:
+        return
+    store = result.store
+    summary = describe(store)
+    if result.status == "complete":
+        console.print(f"{store.folder} is complete, its checksums match: {summary}", markup=False)
+        return
+    resumed = f" (resumed: {result.kept_shards} shard(s) kept)" if result.status == "resumed" else ""
+    seconds = time.perf_counter() - start
+    console.print(f"prepared {store.folder}{resumed}: {summary}, in {seconds:.1f}s", markup=False)
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="The token store folder.")],
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Check every shard of a token store against its size and sha256 in meta.json."""
+    from gptcli.data.store import open_store
+
+    opened = open_store(store, checksums=True)
+    console.print(f"{opened.folder} is intact (sizes and checksums): {describe(opened)}", markup=False)
+
+
+def describe(store) -> str:
+    """'train 1,200,000 tokens in 12 shards, val ..., uint16, 3,400 documents'."""
+    meta = store.meta
+    parts = []
+    for split in ("train", "val"):
+        info = meta["splits"][split]
+        parts.append(f"{split} {info['n_tokens']:,} tokens in {len(info['shards'])} shard(s)")
+    return ", ".join(parts) + f", {meta['dtype']}, {meta['documents']:,} document(s)"
+
+
+class RateProgress:
+    """`progress(stage, done, total)` (bytes) as a line on stderr: MB done / total, MB/s and ETA.
+
+    On a terminal the line is redrawn in place; in a log (not a terminal) a line is written every
+    PROGRESS_LINE_SECONDS, and when a stage ends. The rate counts only this run's bytes (a resumed
+    run starts past the input it had finished)."""
+
+    def __init__(self):
+        self.stage = None
+        self.terminal = sys.stderr.isatty()
+        self.every = TERMINAL_REDRAW_SECONDS if self.terminal else PROGRESS_LINE_SECONDS
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage, self.started, self.first, self.last, self.ended = stage, now, done, now, False
+        finished = done >= total
+        if self.ended or (not finished and now - self.last < self.every):
+            return
+        self.ended = finished
+        self.last = now
+        elapsed = now - self.started
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {format_seconds((total - done) / rate)}" if rate > 0 and not finished else "done"
+        line = f"{stage}: {done / 1e6:,.1f} / {total / 1e6:,.1f} MB, {rate / 1e6:.1f} MB/s, {eta}"
+        if self.terminal:
+            sys.stderr.write("\r" + line.ljust(78) + ("\n" if finished else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    """42s, 3m05s, 2h07m."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
