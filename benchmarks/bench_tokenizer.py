@@ -4,6 +4,7 @@ Run from the repository root (the corpus comes from `make data`):
 
     python benchmarks/bench_tokenizer.py [--corpus toy_data/shakespeare.txt] [--vocab-size 20000] [--big-mb 100]
                                          [--repeats 3] [--encode-mb 20] [--no-hf-big] [--json]
+    python benchmarks/bench_tokenizer.py --scale-only --scale python:100:32000 mixed:100:32000 nospace:20:5000
 
 Both tokenizers are byte-level BPE with the same vocabulary size (256 bytes + merges + <|endoftext|>).
 Ours: `train_tokenizer` (GPT-4 split pattern; encoding runs in tiktoken). HF: `models.BPE` with a
@@ -32,6 +33,13 @@ Ours: `train_tokenizer` (GPT-4 split pattern; encoding runs in tiktoken). HF: `m
    ru_maxrss that wait4/RUSAGE_CHILDREN give here would be useless: Linux carries the parent's
    high-water mark across fork and exec. The RSS summed over the process tree is also sampled
    every 50 ms with psutil (pages that forked workers share count once per process).
+5. At scale (--scale KIND:MB:VOCAB): `gpt tokenizer train` (a fresh process, as a user runs it), HF's
+   BpeTrainer and nanochat's `rustbpe` (nanochat's trainer: GPT-4 split, Rust, rayon), each in a fresh
+   process, on real varied text (`python`: the Python sources on this machine; `mixed`: its other
+   text files, C headers, HTML, JavaScript, Perl, docs) or text without spaces (`nospace`, CJK
+   ideographs, see write_nospace_corpus). Wall seconds, start-up included, and the peak over the
+   process tree of the summed RSS and of the summed PSS (shared pages divided among the processes
+   that share them: the tree's real footprint), sampled every 50 ms.
 """
 
 import argparse
@@ -39,10 +47,12 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import string
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -56,9 +66,10 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptcli.config import TokenizerTrainConfig
+from gptcli.data.sources import CorpusReader
 from gptcli.tokenizers.base import ENDOFTEXT
 from gptcli.tokenizers.bpe import BPETokenizer
-from gptcli.tokenizers.bpe_train import count_chunks
+from gptcli.tokenizers.bpe_train import PRETOKENIZE_BLOCK_BYTES, count_chunks
 from gptcli.tokenizers.patterns import GPT4_PATTERN
 from gptcli.tokenizers.train import train_tokenizer
 
@@ -113,6 +124,11 @@ def text_blocks(path: Path) -> Iterator[str]:
         end = text.find("\n", start + BLOCK_CHARS) + 1 or len(text)
         yield text[start:end]
         start = end
+
+
+def corpus_texts(path: Path) -> Iterator[str]:
+    """The file's text in the blocks `gpt tokenizer train` pre-tokenizes."""
+    return (text for text, _ in CorpusReader([path], block_bytes=PRETOKENIZE_BLOCK_BYTES))
 
 
 def train_hf(path: Path, vocab_size: int, split: str = "gpt2", blocks: bool = False) -> Tokenizer:
@@ -387,8 +403,232 @@ def bench_big(source: str, big_mb: float, vocab_size: int, workdir: Path, with_h
         log("training HF on it in a subprocess ...")
         numbers["hf"] = run_child("hf", path, vocab_size)
     log("counting its distinct pre-token chunks ...")
-    numbers["distinct_chunks"] = len(count_chunks([path], GPT4_PATTERN)[0])
+    numbers["distinct_chunks"] = len(count_chunks(corpus_texts(path), GPT4_PATTERN))
     return numbers
+
+
+# --- at scale: real varied text and text without spaces, against HF and rustbpe ---------------------
+
+# The corpora are built from what is on this machine, deterministically (sorted, then shuffled with
+# a fixed seed): "python" is the Python sources of this interpreter's stdlib and site-packages,
+# "mixed" the other text files (C/C++ headers, HTML, JavaScript, Perl, Markdown, JSON, ...) under
+# /usr and the venv, and "nospace" is --corpus with its words mapped to 1-3 CJK ideographs (a
+# fixed, Zipf-weighted choice per word) and most spaces, punctuation and line breaks dropped, so
+# that a letter chunk runs for a whole sentence or speech (tens to hundreds of characters).
+SCALE_SUFFIXES = {
+    "python": {".py"},
+    "mixed": {
+        ".h",
+        ".c",
+        ".hpp",
+        ".cpp",
+        ".cuh",
+        ".html",
+        ".js",
+        ".md",
+        ".rst",
+        ".txt",
+        ".pm",
+        ".pl",
+        ".xml",
+        ".yaml",
+        ".json",
+    },
+}
+SCALE_TRAINERS = ("ours", "hf", "rustbpe")
+TARGET_SCALE_RATIO = 1.0  # ours/HF, seconds and peak memory, at most
+
+HF_CODE = """
+import sys
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+path, vocab_size = sys.argv[1], int(sys.argv[2])
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+tok.train([path], trainer)
+print(tok.get_vocab_size())
+"""
+RUSTBPE_CODE = """
+import sys, rustbpe
+path, vocab_size = sys.argv[1], int(sys.argv[2])
+def blocks():
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while block := f.read(1 << 20):
+            yield block
+tok = rustbpe.Tokenizer()
+tok.train_from_iterator(blocks(), vocab_size)
+print(vocab_size)
+"""
+
+
+def scale_files(kind: str, target_bytes: int) -> list[Path]:
+    """The files of one corpus kind, in a fixed shuffled order, up to target_bytes in all."""
+    if kind == "python":
+        roots = {Path(p) for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"])}
+    else:
+        roots = {Path("/usr"), Path(sys.prefix)}
+    found = sorted(
+        {
+            p
+            for root in roots
+            for p in root.rglob("*")
+            if p.suffix in SCALE_SUFFIXES[kind] and p.is_file() and not p.is_symlink()
+        }
+    )
+    random.Random(0).shuffle(found)
+    files, total = [], 0
+    for p in found:
+        files.append(p)
+        total += p.stat().st_size
+        if total >= target_bytes:
+            break
+    return files
+
+
+def write_scale_corpus(kind: str, source: str, path: Path, target_bytes: int) -> None:
+    if kind == "nospace":
+        write_nospace_corpus(source, path, target_bytes)
+        return
+    written = 0
+    with open(path, "wb") as out:
+        for f in scale_files(kind, target_bytes):
+            data = f.read_bytes()[: target_bytes - written]
+            out.write(data)
+            written += len(data)
+    if written < target_bytes:
+        log(f"note: this machine has only {written / MB:.0f} MB of {kind} text; the corpus is that size")
+
+
+def write_nospace_corpus(source: str, path: Path, target_bytes: int) -> None:
+    rng = random.Random(0)
+    ideographs = [chr(0x4E00 + i) for i in range(6000)]
+    weights = [1 / (rank + 10) for rank in range(len(ideographs))]
+    words: dict[str, str] = {}
+    punctuation = dict(zip(",.;:!?", "，。；：！？"))
+    written, rotation = 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < target_bytes:
+            for speech in source.split("\n\n"):
+                parts = []
+                for token in re.findall(r"[A-Za-z']+|[,.;:!?]|\n", speech):
+                    if token in punctuation:
+                        if rng.random() < 0.15:
+                            parts.append(punctuation[token])
+                    elif token == "\n":
+                        if rng.random() < 0.05:
+                            parts.append("\n")
+                    else:
+                        key = f"{rotation}:{token.lower()}"  # each pass over the source maps words anew
+                        if key not in words:
+                            r = random.Random(key)
+                            words[key] = "".join(r.choices(ideographs, weights, k=r.randint(1, 3)))
+                        parts.append(words[key])
+                paragraph = "".join(parts) + "\n\n"
+                out.write(paragraph)
+                written += len(paragraph.encode("utf-8"))
+                if written >= target_bytes:
+                    break
+            rotation += 1
+
+
+def sample_tree_memory(pid: int, stop: threading.Event, peak: dict) -> None:
+    """Keep peak["rss"] / peak["pss"] = the largest sums seen over process `pid` and its descendants.
+
+    RSS counts a page shared by several processes (forked workers) in each of them; PSS divides it
+    among them, so the PSS sum is the tree's real footprint. Both are reported."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.wait(0.05):
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = pss = 0
+        for p in procs:
+            try:
+                info = p.memory_full_info()
+                rss, pss = rss + info.rss, pss + info.pss
+            except psutil.Error:
+                pass
+        peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+
+
+def run_trainer(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
+    """One trainer in a fresh process: wall seconds (start-up included) and peak tree memory."""
+    if which == "ours":
+        out = workdir / "ours.json"
+        argv = [
+            sys.executable,
+            "-m",
+            "gptcli",
+            "tokenizer",
+            "train",
+            str(path),
+            "--vocab-size",
+            str(vocab_size),
+        ]
+        argv += ["--out", str(out), "--overwrite", "--quiet"]
+    else:
+        argv = [sys.executable, "-c", HF_CODE if which == "hf" else RUSTBPE_CODE, str(path), str(vocab_size)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    stop, peak = threading.Event(), {"rss": 0, "pss": 0}
+    sampler = threading.Thread(target=sample_tree_memory, args=(proc.pid, stop, peak), daemon=True)
+    sampler.start()
+    proc.wait()
+    wall = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{which} training failed with exit code {proc.returncode}: {' '.join(argv[:6])}")
+    return {"wall_s": wall, "peak_rss_mb": peak["rss"] / MB, "peak_pss_mb": peak["pss"] / MB}
+
+
+def bench_scale(
+    kind: str, source: str, mb: float, vocab_size: int, trainers: list[str], workdir: Path
+) -> dict:
+    path = workdir / f"{kind}.txt"
+    log(f"writing the {kind} corpus ({mb:g} MB) ...")
+    write_scale_corpus(kind, source, path, int(mb * MB))
+    r: dict = {"kind": kind, "corpus_mb": path.stat().st_size / MB, "vocab_size": vocab_size}
+    for which in trainers:
+        log(f"training {which} on it (vocab {vocab_size}) ...")
+        r[which] = run_trainer(which, path, vocab_size, workdir)
+    path.unlink()
+    return r
+
+
+def scale_rows(r: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for s in r["scale"]:
+        name = f"{s['kind']} {s['corpus_mb']:.0f} MB, vocab {s['vocab_size']}"
+        ours, hf, rb = s.get("ours"), s.get("hf"), s.get("rustbpe")
+        for label, key, unit in (
+            ("seconds", "wall_s", "s"),
+            ("peak PSS", "peak_pss_mb", "MB"),
+            ("peak RSS", "peak_rss_mb", "MB"),
+        ):
+            if ours is None:
+                continue
+            line = f"{name}: {label} (rustbpe {rb[key]:.1f} {unit})" if rb else f"{name}: {label}"
+            if hf:
+                ratio = ours[key] / hf[key]
+                rows.append(
+                    (
+                        line,
+                        f"{ours[key]:.1f}",
+                        f"{hf[key]:.1f}",
+                        f"{ratio:.2f}x",
+                        f"<= {TARGET_SCALE_RATIO:g}x",
+                        met(ratio <= TARGET_SCALE_RATIO),
+                    )
+                )
+            else:
+                rows.append((line, f"{ours[key]:.1f}", "-", "-", "-", "-"))
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -499,6 +739,19 @@ def parse_args() -> argparse.Namespace:
         "--big-mb", type=float, default=100, help="synthetic corpus for peak memory; 0 skips (default 100)"
     )
     p.add_argument("--no-hf-big", action="store_true", help="do not train HF on the big corpus")
+    p.add_argument(
+        "--scale",
+        nargs="*",
+        default=[],
+        metavar="KIND:MB:VOCAB",
+        help="train at scale on python|mixed|nospace corpora of MB megabytes, e.g. python:100:32000 nospace:20:5000",
+    )
+    p.add_argument(
+        "--trainers",
+        default=",".join(SCALE_TRAINERS),
+        help="for --scale: which of ours,hf,rustbpe (default all)",
+    )
+    p.add_argument("--scale-only", action="store_true", help="run only the --scale part")
     p.add_argument("--json", action="store_true", help="also print one JSON line with every number")
     return p.parse_args()
 
@@ -522,7 +775,20 @@ def machine() -> dict:
     }
 
 
+def run_scale_part(args: argparse.Namespace, data: bytes, workdir: Path) -> list[dict]:
+    results = []
+    for spec in args.scale:
+        kind, mb, vocab = spec.split(":")
+        if kind not in (*SCALE_SUFFIXES, "nospace"):
+            raise SystemExit(f"error: --scale kind {kind!r} is not one of python, mixed, nospace")
+        trainers = args.trainers.split(",")
+        results.append(bench_scale(kind, data.decode("utf-8"), float(mb), int(vocab), trainers, workdir))
+    return results
+
+
 def run_all(args: argparse.Namespace, data: bytes, workdir: Path) -> dict:
+    if args.scale_only:
+        return {"machine": machine(), "scale": run_scale_part(args, data, workdir)}
     train_bytes, heldout_bytes = split_corpus(data)
     train_path = workdir / "train.txt"
     train_path.write_bytes(train_bytes)
@@ -541,8 +807,9 @@ def run_all(args: argparse.Namespace, data: bytes, workdir: Path) -> dict:
     r["compression"] = bench_compression(ours, hf_variants, heldout)
     r["encode"] = bench_encode(ours, hf, heldout, args.encode_mb, args.repeats)
     if args.big_mb > 0:
-        r["corpus_distinct_chunks"] = len(count_chunks([args.corpus], GPT4_PATTERN)[0])
+        r["corpus_distinct_chunks"] = len(count_chunks(corpus_texts(args.corpus), GPT4_PATTERN))
         r["big"] = bench_big(data.decode("utf-8"), args.big_mb, args.vocab_size, workdir, not args.no_hf_big)
+    r["scale"] = run_scale_part(args, data, workdir)
     return r
 
 
@@ -555,9 +822,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
         r = run_all(args, args.corpus.read_bytes(), Path(tmp))
     header = ("benchmark (ours | HF)", "ours", "HF", "ours/HF", "target", "met")
-    rows = training_rows(r) + compression_rows(r) + encode_rows(r) + (big_rows(r) if "big" in r else [])
+    if args.scale_only:
+        rows = scale_rows(r)
+    else:
+        rows = training_rows(r) + compression_rows(r) + encode_rows(r) + (big_rows(r) if "big" in r else [])
+        rows += scale_rows(r)
     print_table([header, *rows])
-    print_notes(r)
+    if not args.scale_only:
+        print_notes(r)
     if args.json:
         print(json.dumps(r))
     return 0

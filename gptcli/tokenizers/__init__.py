@@ -6,9 +6,23 @@ ids = tok.encode("Hello world")
 assert tok.decode(ids) == "Hello world"
 """
 
-from gptcli.tokenizers.base import ENDOFTEXT, Tokenizer
-from gptcli.tokenizers.bpe import BPETokenizer
-from gptcli.tokenizers.char import CharTokenizer
-from gptcli.tokenizers.load import load_tokenizer
+import importlib
+
+# names -> their modules, imported on first use: a process that needs one module (a pre-tokenizing
+# worker: gptcli.tokenizers.pretokenize) does not load pydantic and tiktoken with the others
+_HOMES = {
+    "ENDOFTEXT": "base",
+    "Tokenizer": "base",
+    "BPETokenizer": "bpe",
+    "CharTokenizer": "char",
+    "load_tokenizer": "load",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
 
 __all__ = ["ENDOFTEXT", "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer"]

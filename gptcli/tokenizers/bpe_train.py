@@ -19,32 +19,20 @@ string is unique, as tiktoken requires. The same corpus therefore always gives t
 import gc
 import heapq
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain
-from multiprocessing import get_context
+from itertools import chain, repeat
+from operator import lshift, or_
 
 from gptcli.tokenizers.bpe import merge_pair
-from gptcli.tokenizers.pretokenize import Splitter
+from gptcli.tokenizers.pretokenize import Splitter, count_in_workers
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, a process pool costs more than it saves
-PRETOKENIZE_BLOCK_BYTES = 1 << 20
-
-_worker_splitter: Splitter | None = None
-
-
-def _init_worker(pattern: str) -> None:
-    global _worker_splitter
-    _worker_splitter = Splitter(pattern)
-
-
-def _count_texts(texts: list[str]) -> Counter:
-    counts: Counter = Counter()
-    for text in texts:  # each text on its own: a chunk never spans two pieces
-        counts.update(_worker_splitter.findall(text))
-    return counts
+PRETOKENIZE_BLOCK_BYTES = (
+    1 << 18
+)  # small: a few tasks in flight stay a few MB (a str can take 4 bytes a character)
 
 
 def count_chunks(
@@ -62,33 +50,30 @@ def count_chunks(
     (against `total`, when given).
     """
     workers = workers or os.cpu_count() or 1
-    counts: Counter = Counter()
     done = 0
 
-    def absorb(task_counts: Counter, n_chars: int) -> None:
+    def report(n_chars: int) -> None:
         nonlocal done
-        counts.update(task_counts)
         done += n_chars
         if progress:
             progress("pre-tokenizing", min(done, total) if total else done, total or done)
 
     tasks = _tasks(texts, PRETOKENIZE_BLOCK_BYTES)
-    first = list(_take_chars(tasks, PARALLEL_MIN_BYTES))  # enough text to be worth a pool?
+    first = deque(_take_chars(tasks, PARALLEL_MIN_BYTES))  # enough text to be worth worker processes?
     if workers > 1 and sum(n for _, n in first) >= PARALLEL_MIN_BYTES:
-        sizes: list[int] = []
-
-        def task_texts() -> Iterable[list[str]]:
-            for task, n in chain(first, tasks):
-                sizes.append(n)
-                yield task
-
-        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(pattern,)) as pool:
-            for i, task_counts in enumerate(pool.imap(_count_texts, task_texts(), chunksize=1)):
-                absorb(task_counts, sizes[i])
+        tasks = chain(_popping(first), tasks)
+        counts = count_in_workers(
+            (task for task, _ in tasks),
+            pattern,
+            workers,
+            lambda task: report(sum(map(len, task))),
+        )
     else:
-        _init_worker(pattern)
-        for task, n in chain(first, tasks):
-            absorb(_count_texts(task), n)
+        splitter, counts = Splitter(pattern), Counter()
+        for task, n in chain(_popping(first), tasks):
+            for text in task:  # each text on its own: a chunk never spans two
+                counts.update(splitter.findall(text))
+            report(n)
     if progress:
         progress("pre-tokenizing", total or done, total or done)
     return counts
@@ -116,6 +101,12 @@ def _take_chars(tasks: Iterator[tuple[list[str], int]], chars: int) -> Iterator[
         yield task
 
 
+def _popping(items: deque) -> Iterator:
+    """The items, each let go as it is taken (a list iterated over would keep them all alive)."""
+    while items:
+        yield items.popleft()
+
+
 def chunks_to_words(chunk_counts: Counter) -> tuple[list[bytes], list[int]]:
     """{chunk str: count} -> (words as the chunks' UTF-8 bytes, counts), in a fixed order."""
     return [chunk.encode("utf-8") for chunk in chunk_counts], list(chunk_counts.values())
@@ -127,7 +118,7 @@ def learn_merges(
     num_merges: int,
     progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
-    """The fast incremental trainer: the merges in rank order. `words` are not modified.
+    """The fast incremental trainer: the merges in rank order. `words` is emptied (taken over).
 
     A word is held as a str with one character per token (chr(id)), so finding a pair in it, and
     merging it, are `str.find` and `str.replace` in C, whatever the word's length; Python only runs
@@ -145,14 +136,14 @@ def learn_merges(
     where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> words that (may) hold it, each once
     for idx, word in enumerate(words):
         n = counts[idx]
-        for i in range(len(word) - 1):
-            pair = word[i] << shift | word[i + 1]
+        # the word's pairs a << shift | b, made and counted in C (map, Counter), not one by one
+        for pair, k in Counter(map(or_, map(lshift, word[:-1], repeat(shift)), word[1:])).items():
             if pair in pair_counts:
-                pair_counts[pair] += n
-                if (indices := where[pair])[-1] != idx:  # each word once: its pairs come together
-                    indices.append(idx)
+                pair_counts[pair] += n * k
+                where[pair].append(idx)
             else:
-                pair_counts[pair], where[pair] = n, [idx]
+                pair_counts[pair], where[pair] = n * k, [idx]
+    words.clear()  # the words are held as texts from here on: let the caller's copies go
     _freeze(where, where)
     heap = [(-n << top) | pair for pair, n in pair_counts.items()]
     heapq.heapify(heap)
@@ -204,14 +195,14 @@ def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) 
     """Merge (a, b) into new_id in the words at `indices`, adjusting the counts around each site ->
     the pairs gained, each with the words that now hold it.
 
-    At each site ... x [a b] y ...: (a, b), (x, a) and (b, y) lose n (the word's count); (x, new)
-    and (new, y) gain n. When sites touch (a b a b -> N N), x is the new id just written, and the
+    At each site ... x [a b] y ...: (x, a) and (b, y) lose n (the word's count); (x, new) and
+    (new, y) gain n; (a, b) itself is deleted by the caller. When sites touch (a b a b -> N N), x is the new id just written, and the
     (N, a) gained at the first site is lost again at the second, as it should be. A stale index
     entry (the pair no longer in the word) changes nothing. (The two gains are spelled out, not
     called: this is the trainer's innermost loop.)
     """
     ab, new_char = chr(a) + chr(b), chr(new_id)
-    pair, new_hi = a << shift | b, new_id << shift
+    new_hi = new_id << shift
     created: dict[int, list[int]] = {}
     for idx in indices:
         text = texts[idx]
@@ -220,28 +211,27 @@ def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) 
             continue
         n, last = counts[idx], len(text) - 2
         end = -1  # where the previous site ended
-        while i >= 0:
-            pair_counts[pair] -= n
+        while i >= 0:  # (a, b) itself is not counted down: it is deleted after this step
             if i > 0:
                 x = new_id if i == end else ord(text[i - 1])
                 pair_counts[x << shift | a] -= n
                 gained = x << shift | new_id
-                if gained in pair_counts:
-                    pair_counts[gained] += n
-                    if (words := created[gained])[-1] != idx:
-                        words.append(idx)
-                else:
+                if (words := created.get(gained)) is None:  # in created <=> in pair_counts (it holds new_id)
                     pair_counts[gained], created[gained] = n, [idx]
+                else:
+                    pair_counts[gained] += n
+                    if words[-1] != idx:
+                        words.append(idx)
             if i < last:
                 y = ord(text[i + 2])
                 pair_counts[b << shift | y] -= n
                 gained = new_hi | y
-                if gained in pair_counts:
-                    pair_counts[gained] += n
-                    if (words := created[gained])[-1] != idx:
-                        words.append(idx)
-                else:
+                if (words := created.get(gained)) is None:
                     pair_counts[gained], created[gained] = n, [idx]
+                else:
+                    pair_counts[gained] += n
+                    if words[-1] != idx:
+                        words.append(idx)
             end = i + 2
             i = text.find(ab, end)
         texts[idx] = text.replace(ab, new_char)

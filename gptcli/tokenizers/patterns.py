@@ -5,7 +5,6 @@ The two named patterns are OpenAI's: GPT-2's (r50k) and GPT-4's (cl100k). Anythi
 """
 
 import regex
-import tiktoken
 
 from gptcli.errors import GptError
 
@@ -21,6 +20,8 @@ def resolve_pattern(name_or_regex: str) -> str:
     """'gpt2' | 'gpt4' | a regex -> the regex, checked to compile in both engines that run it:
     Python's `regex` (training) and tiktoken's Rust fancy-regex (encoding)."""
     pattern = NAMED_PATTERNS.get(name_or_regex, name_or_regex)
+    import tiktoken  # here, not at the top: pre-tokenizing workers import this module and need no tiktoken
+
     try:
         regex.compile(pattern)
         tiktoken.Encoding("pattern-check", pat_str=pattern, mergeable_ranks=_BYTE_RANKS, special_tokens={})

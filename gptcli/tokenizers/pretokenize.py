@@ -16,11 +16,21 @@ the chunks of the whole. Other patterns always run in `regex`. tests/tokenizers/
 checks both paths against `regex` on the whole text.
 """
 
+import json
+import os
+import queue
 import re
 import string
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import regex
 
+from gptcli.errors import GptError
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 
 _L, _N, _S = "A-Za-z", "0-9", r"\t\n\x0b\x0c\r "  # \p{L}, \p{N} and \s on ASCII characters
@@ -72,3 +82,81 @@ def _last_safe_cut(text: str, lo: int, hi: int) -> int:
             return i
         hi = i
     return lo
+
+
+# --- counting chunks in worker processes ---------------------------------------------------------
+#
+# Each worker is `python -m gptcli.tokenizers.pretokenize PATTERN`: a fresh interpreter that loads
+# only this module (~15 MB), not a fork of the caller, whose imports every forked worker would carry
+# in its resident memory (and copy page by page as Python touches the objects). A worker reads
+# texts from stdin (each an 8-byte length, then UTF-8), keeps one running count, and at the end of
+# its input writes it as one JSON object; the caller adds the workers' counts up. So the caller never
+# holds more than the running total and the tasks in flight, and no process outlives the counting.
+
+
+def count_in_workers(
+    tasks: Iterable[list[str]], pattern: str, workers: int, task_done: Callable[[list[str]], None]
+) -> Counter:
+    """Count the chunks of every text of every task in `workers` processes; `task_done(task)` is
+    called as each task is handed over (for progress)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", __name__, pattern], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        for _ in range(workers)
+    ]
+    handoff: queue.Queue = queue.Queue(maxsize=workers)  # bounded: reading never runs far ahead
+    feeders = [threading.Thread(target=_feed, args=(handoff, proc.stdin), daemon=True) for proc in procs]
+    for feeder in feeders:
+        feeder.start()
+    try:
+        for task in tasks:
+            handoff.put(task)
+            task_done(task)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        for _ in feeders:
+            handoff.put(None)
+        for feeder in feeders:
+            feeder.join()
+    counts: Counter = Counter()
+    for proc in procs:
+        out = proc.stdout.read()
+        if proc.wait() != 0:
+            raise GptError(f"a pre-tokenizing worker process failed (exit code {proc.returncode})")
+        counts.update(json.loads(out))
+    return counts
+
+
+def _feed(handoff: queue.Queue, stdin) -> None:
+    """In a thread of the caller: write tasks to one worker until the None that ends them."""
+    try:
+        while (task := handoff.get()) is not None:
+            for text in task:
+                data = text.encode("utf-8", "surrogatepass")  # JSON records may hold lone surrogates
+                stdin.write(len(data).to_bytes(8, "little") + data)
+        stdin.close()
+    except (BrokenPipeError, OSError):  # the worker is gone: the caller sees its exit code
+        while handoff.get() is not None:
+            pass
+
+
+def _worker_main(pattern: str) -> None:
+    splitter = Splitter(pattern)
+    counts: Counter = Counter()
+    stdin = sys.stdin.buffer
+    while header := stdin.read(8):
+        text = stdin.read(int.from_bytes(header, "little")).decode("utf-8", "surrogatepass")
+        counts.update(splitter.findall(text))  # each text on its own: no chunk spans two
+    sys.stdout.write(json.dumps(counts))
+
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds gptcli/
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1])

@@ -36,3 +36,42 @@ def test_other_patterns_run_in_regex():
     splitter = Splitter(r"\p{L}+|\s+")
     assert splitter.ascii is None
     assert splitter.findall("añb c") == ["añb", " ", "c"]
+
+
+def test_workers_count_what_one_process_counts():
+    from collections import Counter
+
+    from gptcli.tokenizers.pretokenize import count_in_workers
+
+    texts = [f"line {i}: café {'x' * (i % 7)}\n\n  end" for i in range(400)]
+    tasks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    handed = []
+    counts = count_in_workers(iter(tasks), GPT4_PATTERN, 2, handed.append)
+    assert counts == Counter(c for text in texts for c in regex.findall(GPT4_PATTERN, text))
+    assert handed == tasks
+
+
+def test_a_failing_input_stops_the_workers_and_reaches_the_caller():
+    import psutil
+    import pytest
+
+    from gptcli.errors import GptError
+    from gptcli.tokenizers.pretokenize import count_in_workers
+
+    def tasks():
+        yield ["some text"]
+        raise GptError("data.jsonl line 2: not JSON")
+
+    with pytest.raises(GptError, match="line 2"):
+        count_in_workers(tasks(), GPT4_PATTERN, 2, lambda task: None)
+    assert not [p for p in psutil.Process().children() if p.is_running() and p.status() != "zombie"]
+
+
+def test_a_worker_that_dies_is_an_error():
+    import pytest
+
+    from gptcli.errors import GptError
+    from gptcli.tokenizers.pretokenize import count_in_workers
+
+    with pytest.raises(GptError, match="worker process failed"):
+        count_in_workers(iter([["text"]]), "(", 2, lambda task: None)  # a pattern no worker can compile
