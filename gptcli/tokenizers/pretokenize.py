@@ -135,15 +135,19 @@ def count_in_workers(
 
 def _feed(handoff: queue.Queue, stdin) -> None:
     """In a thread of the caller: write tasks to one worker until the None that ends them."""
+    gone = False  # the worker died: take the tasks still, write nothing (the caller sees its exit code)
+    while (task := handoff.get()) is not None:
+        for text in task:
+            data = text.encode("utf-8", "surrogatepass")  # JSON records may hold lone surrogates
+            try:
+                if not gone:
+                    stdin.write(len(data).to_bytes(8, "little") + data)
+            except OSError:
+                gone = True
     try:
-        while (task := handoff.get()) is not None:
-            for text in task:
-                data = text.encode("utf-8", "surrogatepass")  # JSON records may hold lone surrogates
-                stdin.write(len(data).to_bytes(8, "little") + data)
         stdin.close()
-    except (BrokenPipeError, OSError):  # the worker is gone: the caller sees its exit code
-        while handoff.get() is not None:
-            pass
+    except OSError:
+        pass
 
 
 def _worker_main(pattern: str) -> None:
