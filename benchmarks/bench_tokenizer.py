@@ -493,7 +493,9 @@ def write_scale_corpus(kind: str, source: str, path: Path, target_bytes: int) ->
     written = 0
     with open(path, "wb") as out:
         for f in scale_files(kind, target_bytes):
-            data = f.read_bytes()[: target_bytes - written]
+            # valid UTF-8 only (a few stdlib test files are Latin-1): HF's trainer stops at a bad byte
+            data = f.read_bytes().decode("utf-8", "replace").encode("utf-8")[: target_bytes - written]
+            data = data.decode("utf-8", "ignore").encode("utf-8")  # the last file may be cut inside a character
             out.write(data)
             written += len(data)
     if written < target_bytes:
@@ -570,7 +572,7 @@ def run_trainer(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
             "--vocab-size",
             str(vocab_size),
         ]
-        argv += ["--out", str(out), "--overwrite", "--quiet"]
+        argv += ["--out", str(out), "--quiet"]
     else:
         argv = [sys.executable, "-c", HF_CODE if which == "hf" else RUSTBPE_CODE, str(path), str(vocab_size)]
     start = time.perf_counter()
