@@ -138,7 +138,8 @@ class RateProgress:
         elapsed = now - self.started
         rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
         eta = f"ETA {format_seconds((total - done) / rate)}" if rate > 0 and not finished else "done"
-        line = f"{stage}: {done / 1e6:,.1f} / {total / 1e6:,.1f} MB, {rate / 1e6:.1f} MB/s, {eta}"
+        speed = f"{rate / 1e6:.1f} MB/s, " if rate > 0 else ""  # none yet when the first report is the last
+        line = f"{stage}: {done / 1e6:,.1f} / {total / 1e6:,.1f} MB, {speed}{eta}"
         if self.terminal:
             sys.stderr.write("\r" + line.ljust(78) + ("\n" if finished else ""))
         else:

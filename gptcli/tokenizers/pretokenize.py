@@ -99,10 +99,14 @@ def count_in_workers(
 ) -> Counter:
     """Count the chunks of every text of every task in `workers` processes; `task_done(task)` is
     called as each task is handed over (for progress)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    path = [_PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # with -P: never the cwd on the path
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", __name__, pattern], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-P", "-m", __name__, pattern],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
         )
         for _ in range(workers)
     ]

@@ -27,7 +27,7 @@ def prepare(*args: str):
 def test_training_from_a_store_equals_training_from_the_files(workdir):
     result = prepare("--shard-tokens", "4000")
     assert result.exit_code == 0, result.stderr
-    assert "prepared store: train" in result.stderr and "MB/s" in result.stderr  # progress, not on a terminal
+    assert "prepared store: train" in result.stderr and " MB, " in result.stderr  # progress, not on a terminal
     meta = json.loads((workdir / "store" / "meta.json").read_text())
     assert len(meta["splits"]["train"]["shards"]) > 3  # the sampler draws across shards
     from_store = run_cli("train", "--data", "store", "--out", "run_store", *tiny())
@@ -130,3 +130,18 @@ def test_a_folder_that_is_not_a_store_is_refused(workdir):
     result = run_cli("data", "prepare", str(SONNETS), "--out", "notes", "--overwrite")
     assert_one_line_error(result, "not empty and is not a token store")
     assert [p.name for p in (workdir / "notes").iterdir()] == ["todo.txt"]
+
+
+def test_progress_line_shows_the_rate_and_eta_once_measured(monkeypatch, capsys):
+    import gptcli.cli.data as data_cli
+
+    clock = iter([0.0, 10.0, 20.0, 30.0])
+    monkeypatch.setattr(data_cli.time, "monotonic", lambda: next(clock))
+    progress = data_cli.RateProgress()
+    progress.every = 0
+    progress("tokenizing train", 0, 40_000_000)
+    progress("tokenizing train", 10_000_000, 40_000_000)  # 1 MB/s so far: 30 s to go
+    progress("tokenizing val", 5_000_000, 5_000_000)  # a stage whose first report is its last
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1] == "tokenizing train: 10.0 / 40.0 MB, 1.0 MB/s, ETA 30s"
+    assert lines[2] == "tokenizing val: 5.0 / 5.0 MB, done"
