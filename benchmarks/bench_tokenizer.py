@@ -495,7 +495,9 @@ def write_scale_corpus(kind: str, source: str, path: Path, target_bytes: int) ->
         for f in scale_files(kind, target_bytes):
             # valid UTF-8 only (a few stdlib test files are Latin-1): HF's trainer stops at a bad byte
             data = f.read_bytes().decode("utf-8", "replace").encode("utf-8")[: target_bytes - written]
-            data = data.decode("utf-8", "ignore").encode("utf-8")  # the last file may be cut inside a character
+            data = data.decode("utf-8", "ignore").encode(
+                "utf-8"
+            )  # the last file may be cut inside a character
             out.write(data)
             written += len(data)
     if written < target_bytes:

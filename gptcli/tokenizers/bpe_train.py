@@ -204,6 +204,7 @@ def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) 
     ab, new_char = chr(a) + chr(b), chr(new_id)
     new_hi = new_id << shift
     created: dict[int, list[int]] = {}
+    created_get = created.get
     for idx in indices:
         text = texts[idx]
         i = text.find(ab)
@@ -213,10 +214,10 @@ def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) 
         end = -1  # where the previous site ended
         while i >= 0:  # (a, b) itself is not counted down: it is deleted after this step
             if i > 0:
-                x = new_id if i == end else ord(text[i - 1])
-                pair_counts[x << shift | a] -= n
-                gained = x << shift | new_id
-                if (words := created.get(gained)) is None:  # in created <=> in pair_counts (it holds new_id)
+                x_hi = new_hi if i == end else ord(text[i - 1]) << shift
+                pair_counts[x_hi | a] -= n
+                gained = x_hi | new_id
+                if (words := created_get(gained)) is None:  # in created <=> in pair_counts (it holds new_id)
                     pair_counts[gained], created[gained] = n, [idx]
                 else:
                     pair_counts[gained] += n
@@ -226,7 +227,7 @@ def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) 
                 y = ord(text[i + 2])
                 pair_counts[b << shift | y] -= n
                 gained = new_hi | y
-                if (words := created.get(gained)) is None:
+                if (words := created_get(gained)) is None:
                     pair_counts[gained], created[gained] = n, [idx]
                 else:
                     pair_counts[gained] += n

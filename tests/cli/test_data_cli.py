@@ -27,7 +27,9 @@ def prepare(*args: str):
 def test_training_from_a_store_equals_training_from_the_files(workdir):
     result = prepare("--shard-tokens", "4000")
     assert result.exit_code == 0, result.stderr
-    assert "prepared store: train" in result.stderr and " MB, " in result.stderr  # progress, not on a terminal
+    assert (
+        "prepared store: train" in result.stderr and " MB, " in result.stderr
+    )  # progress, not on a terminal
     meta = json.loads((workdir / "store" / "meta.json").read_text())
     assert len(meta["splits"]["train"]["shards"]) > 3  # the sampler draws across shards
     from_store = run_cli("train", "--data", "store", "--out", "run_store", *tiny())

@@ -24,13 +24,16 @@ def sonnets_tok_gpt2(tmp_path_factory):
     return train_tokenizer(config).tokenizer
 
 
-# mostly English-like text with unicode, whitespace runs and digits mixed in
+# mostly English-like text with unicode, whitespace runs and digits mixed in. No unassigned code
+# points (as Python's Unicode tables see them): the regex module (training, reference encoder) and
+# tiktoken's fancy-regex (encoding) ship different Unicode versions, and may disagree on them
+# (regex 2026.11 calls U+3D000 a letter, tiktoken 0.14 does not, so "\U0003d000's" splits apart)
 english_like = st.lists(
     st.one_of(
         st.sampled_from(
             ["the", " thou", " art", "'s", " love", "\n", "  ", "\t", ",", ".", " 1234", "é", "🙂", "日本"]
         ),
-        st.text(max_size=5),
+        st.text(st.characters(codec="utf-8", exclude_categories=("Cn",)), max_size=5),
     ),
     max_size=40,
 ).map("".join)
