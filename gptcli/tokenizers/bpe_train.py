@@ -8,7 +8,9 @@
    index from each pair to the words that hold it, and a max-heap of pairs. Each step pops the best
    pair, rewrites only the words that contain it, and adjusts the counts of the pairs around each
    rewrite. Heap entries are checked when popped (lazy invalidation): an entry whose count went
-   stale is pushed back with the true count.
+   stale is pushed back with the true count. Long words (text without spaces, where a chunk is a
+   whole sentence) are dealt out to worker processes that rewrite their share at each step and
+   send back the count changes; the heap and the counts stay here, so the merges are the same.
 
 The tie rule, shared by `learn_merges` and `learn_merges_naive`: the pair with the highest count
 wins; among equal counts, the smaller left id, then the smaller right id. A pair whose bytes already
@@ -19,20 +21,25 @@ string is unique, as tiktoken requires. The same corpus therefore always gives t
 import gc
 import heapq
 import os
-from collections import Counter, deque
+import struct
+import subprocess
+import sys
+from array import array
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, repeat
 from operator import lshift, or_
 
-from gptcli.tokenizers.bpe import merge_pair
-from gptcli.tokenizers.pretokenize import Splitter, count_in_workers
+from gptcli.errors import GptError
+from gptcli.tokenizers.pretokenize import Splitter, count_in_workers, worker_command
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, a process pool costs more than it saves
-PRETOKENIZE_BLOCK_BYTES = (
-    1 << 18
-)  # small: a few tasks in flight stay a few MB (a str can take 4 bytes a character)
+LONG_WORD_BYTES = 32  # words this long on average (text without spaces) are merged in workers
+PARALLEL_MERGE_MIN_BYTES = 1 << 20  # and only when there are this many bytes of them
+# small tasks: the few in flight stay a few MB (a str can take 4 bytes a character)
+PRETOKENIZE_BLOCK_BYTES = 1 << 18
 
 
 def count_chunks(
@@ -117,6 +124,7 @@ def learn_merges(
     counts: list[int],
     num_merges: int,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> list[tuple[int, int]]:
     """The fast incremental trainer: the merges in rank order. `words` is emptied (taken over).
 
@@ -128,23 +136,20 @@ def learn_merges(
     A pair's count only grows in the step that creates its newer token (only pairs with the new
     token gain), so each index list is complete after that step (it is then frozen into a tuple)
     and a pair whose count reaches 0 is gone for good (swept from time to time).
+
+    With `workers` > 1 and long words (text without spaces: a word per sentence), the words are
+    dealt out to worker processes that merge them (`_WorkerWords`); this loop keeps the counts.
     """
     shift = (256 + num_merges).bit_length()
     low, top = (1 << shift) - 1, 2 * shift
-    texts = [bytes(word).decode("latin-1") for word in words]  # byte b -> chr(b)
-    pair_counts: dict[int, int] = {}
-    where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> words that (may) hold it, each once
-    for idx, word in enumerate(words):
-        n = counts[idx]
-        # the word's pairs a << shift | b, made and counted in C (map, Counter), not one by one
-        for pair, k in Counter(map(or_, map(lshift, word[:-1], repeat(shift)), word[1:])).items():
-            if pair in pair_counts:
-                pair_counts[pair] += n * k
-                where[pair].append(idx)
-            else:
-                pair_counts[pair], where[pair] = n * k, [idx]
-    words.clear()  # the words are held as texts from here on: let the caller's copies go
-    _freeze(where, where)
+    total = sum(map(len, words))
+    long_words = total >= PARALLEL_MERGE_MIN_BYTES and total >= LONG_WORD_BYTES * len(words)
+    index = (
+        _WorkerWords(words, counts, shift, workers)
+        if workers > 1 and long_words
+        else _Words(words, counts, shift)
+    )
+    pair_counts = index.pair_counts
     heap = [(-n << top) | pair for pair, n in pair_counts.items()]
     heapq.heapify(heap)
 
@@ -168,27 +173,173 @@ def learn_merges(
             merged = vocab[a] + vocab[b]
             if merged in known:  # would duplicate an existing token: never merged (see module docs)
                 del pair_counts[pair]
-                where.pop(pair, None)
                 continue
             new_id = len(vocab)
             vocab.append(merged)
             known.add(merged)
             merges.append((a, b))
 
-            created = _merge_everywhere(texts, where.pop(pair), counts, a, b, new_id, shift, pair_counts)
+            created = index.merge(a, b, new_id)
             del pair_counts[pair]
-            _freeze(where, created)
             for p in created:  # pairs with the new id: pushed once, with their final count
                 heapq.heappush(heap, (-pair_counts[p] << top) | p)
             if len(pair_counts) > 2 * live:  # many pairs may be dead: forget them
-                _sweep(pair_counts, where)
+                index.forget_dead()
                 live = len(pair_counts)
             if progress and (len(merges) % 256 == 0 or len(merges) == num_merges):
                 progress("merging", len(merges), num_merges)
     finally:
         if gc_was_enabled:
             gc.enable()
+        index.close()
     return merges
+
+
+class _Words:
+    """The words in this process: their texts, the pair counts and the index pair -> words."""
+
+    def __init__(self, words, counts: list[int], shift: int):
+        self.texts = [bytes(word).decode("latin-1") for word in words]  # byte b -> chr(b)
+        self.counts, self.shift = counts, shift
+        self.pair_counts, self.where = _count_pairs(words, counts, shift)
+        words.clear()  # the words are held as texts from here on: let the caller's copies go
+
+    def merge(self, a: int, b: int, new_id: int) -> Iterable[int]:
+        """Merge (a, b) into new_id everywhere -> the pairs gained (their counts are in pair_counts)."""
+        indices = self.where.pop(a << self.shift | b, ())
+        created = _merge_everywhere(
+            self.texts, indices, self.counts, a, b, new_id, self.shift, self.pair_counts
+        )
+        _freeze(self.where, created)
+        return created
+
+    def forget_dead(self) -> None:
+        """Forget the pairs that no word holds any more (their heap entries are skipped when popped)."""
+        for pair in [p for p, n in self.pair_counts.items() if n == 0]:
+            del self.pair_counts[pair]
+            self.where.pop(pair, None)
+
+    def close(self) -> None:
+        pass
+
+
+def _count_pairs(words, counts: list[int], shift: int) -> tuple[dict[int, int], dict]:
+    """{pair: count over all words} and {pair: the words that hold it, as a tuple}."""
+    pair_counts: dict[int, int] = {}
+    where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> words that (may) hold it, each once
+    for idx, word in enumerate(words):
+        n = counts[idx]
+        # the word's pairs a << shift | b, made and counted in C (map, Counter), not one by one
+        for pair, k in Counter(map(or_, map(lshift, word[:-1], repeat(shift)), word[1:])).items():
+            if pair in pair_counts:
+                pair_counts[pair] += n * k
+                where[pair].append(idx)
+            else:
+                pair_counts[pair], where[pair] = n * k, [idx]
+    _freeze(where, where)
+    return pair_counts, where
+
+
+class _WorkerWords:
+    """The words dealt out (round robin) to worker processes, `python -P -m gptcli.tokenizers.bpe_train`.
+
+    Each worker holds its share as a `_Words` and answers each merge with the changes to the pair
+    counts of its words (8-byte ints: a count of entries, the pairs, the changes); this process adds
+    them up into `pair_counts`, the whole corpus's. The messages are plain arrays, no pickle.
+    """
+
+    def __init__(self, words, counts: list[int], shift: int, workers: int):
+        self.shift, self.low = shift, (1 << shift) - 1
+        argv, env = worker_command(__name__)
+        self.procs = [
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            for _ in range(workers)
+        ]
+        for w, proc in enumerate(self.procs):
+            mine = [bytes(word) for word in words[w::workers]]
+            header = struct.pack("<qq", shift, len(mine))
+            lengths, my_counts = array("q", map(len, mine)), array("q", counts[w::workers])
+            proc.stdin.write(header + lengths.tobytes() + my_counts.tobytes() + b"".join(mine))
+            proc.stdin.flush()
+        words.clear()
+        self.pair_counts: dict[int, int] = {}
+        for proc in self.procs:
+            self._add(proc)
+
+    def merge(self, a: int, b: int, new_id: int) -> Iterable[int]:
+        message = _STEP.pack(a, b, new_id)
+        for proc in self.procs:  # all workers merge at once
+            proc.stdin.write(message)
+            proc.stdin.flush()
+        gained = [self._add(proc) for proc in self.procs]
+        return {p for pairs in gained for p in pairs if p >> self.shift == new_id or p & self.low == new_id}
+
+    def _add(self, proc) -> array:
+        """Add one worker's message of count changes to pair_counts -> its pairs."""
+        pairs, changes = _read_counts(proc.stdout)
+        get = self.pair_counts.get
+        for p, change in zip(pairs, changes):
+            self.pair_counts[p] = get(p, 0) + change
+        return pairs
+
+    def forget_dead(self) -> None:  # (the workers keep their index entries of dead pairs: never used)
+        for pair in [p for p, n in self.pair_counts.items() if n == 0]:
+            del self.pair_counts[pair]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            try:
+                proc.stdin.write(_STEP.pack(-1, -1, -1))
+                proc.stdin.close()
+            except OSError:
+                pass
+            if proc.wait() != 0:
+                raise GptError(f"a merging worker process failed (exit code {proc.returncode})")
+
+
+_STEP = struct.Struct("<qqq")  # a, b, new_id; a = -1 ends the worker
+
+
+def _write_counts(out, counts: dict) -> None:
+    pairs, changes = array("q", counts.keys()), array("q", counts.values())
+    out.write(struct.pack("<q", len(pairs)) + pairs.tobytes() + changes.tobytes())
+    out.flush()
+
+
+def _read_counts(stream) -> tuple[array, array]:
+    (n,) = struct.unpack("<q", _read_exactly(stream, 8))
+    pairs, changes = array("q"), array("q")
+    pairs.frombytes(_read_exactly(stream, 8 * n))
+    changes.frombytes(_read_exactly(stream, 8 * n))
+    return pairs, changes
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise GptError("a merging worker process stopped early")
+    return data
+
+
+def _merge_worker_main() -> None:
+    """A worker of `_WorkerWords`: read its words, send their pair counts, then answer each merge."""
+    gc.disable()  # as in learn_merges
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    shift, n_words = struct.unpack("<qq", _read_exactly(stdin, 16))
+    lengths, counts = array("q"), array("q")
+    lengths.frombytes(_read_exactly(stdin, 8 * n_words))
+    counts.frombytes(_read_exactly(stdin, 8 * n_words))
+    blob, words, start = _read_exactly(stdin, sum(lengths)), [], 0
+    for length in lengths:
+        words.append(blob[start : start + length])
+        start += length
+    del blob
+    mine = _Words(words, list(counts), shift)
+    _write_counts(stdout, mine.pair_counts)
+    while (step := _STEP.unpack(_read_exactly(stdin, 24)))[0] >= 0:
+        mine.pair_counts = defaultdict(int)  # this merge's changes only (missing keys made in C)
+        mine.merge(*step)
+        _write_counts(stdout, mine.pair_counts)
 
 
 def _merge_everywhere(texts, indices, counts, a, b, new_id, shift, pair_counts) -> dict[int, list[int]]:
@@ -245,15 +396,10 @@ def _freeze(where: dict, lists: dict) -> None:
         where[pair] = tuple(words)
 
 
-def _sweep(pair_counts: dict, where: dict) -> None:
-    """Forget the pairs that no word holds any more (their heap entries are skipped when popped)."""
-    for pair in [p for p, n in pair_counts.items() if n == 0]:
-        del pair_counts[pair]
-        where.pop(pair, None)
-
-
 def learn_merges_naive(words: list[list[int]], counts: list[int], num_merges: int) -> list[tuple[int, int]]:
     """Reference trainer for tests: recount every pair before every merge. Same tie rule."""
+    from gptcli.tokenizers.bpe import merge_pair  # here: merging workers import this module, not bpe's
+
     words = [list(w) for w in words]
     vocab = [bytes([i]) for i in range(256)]
     merges: list[tuple[int, int]] = []
@@ -274,3 +420,7 @@ def learn_merges_naive(words: list[list[int]], counts: list[int], num_merges: in
         merges.append(pair)
         words = [merge_pair(w, pair, new_id) for w in words]
     return merges
+
+
+if __name__ == "__main__":
+    _merge_worker_main()

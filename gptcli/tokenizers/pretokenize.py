@@ -99,16 +99,9 @@ def count_in_workers(
 ) -> Counter:
     """Count the chunks of every text of every task in `workers` processes; `task_done(task)` is
     called as each task is handed over (for progress)."""
-    path = [_PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # with -P: never the cwd on the path
+    argv, env = worker_command(__name__, pattern)
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-P", "-m", __name__, pattern],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        for _ in range(workers)
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(workers)
     ]
     handoff: queue.Queue = queue.Queue(maxsize=workers)  # bounded: reading never runs far ahead
     feeders = [threading.Thread(target=_feed, args=(handoff, proc.stdin), daemon=True) for proc in procs]
@@ -135,6 +128,14 @@ def count_in_workers(
             raise GptError(f"a pre-tokenizing worker process failed (exit code {proc.returncode})")
         counts.update(json.loads(out))
     return counts
+
+
+def worker_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) to run `module` of this package as a worker process: this interpreter, -P (the
+    cwd is not on its path: a regex.py beside the corpus cannot shadow the module), and this
+    package's folder first on PYTHONPATH."""
+    path = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return [sys.executable, "-P", "-m", module, *args], dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
 
 def _feed(handoff: queue.Queue, stdin) -> None:
@@ -164,7 +165,7 @@ def _worker_main(pattern: str) -> None:
     sys.stdout.write(json.dumps(counts))
 
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds gptcli/
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds gptcli/
 
 if __name__ == "__main__":
     _worker_main(sys.argv[1])

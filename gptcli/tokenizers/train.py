@@ -5,6 +5,7 @@
 >>> result.tokenizer.save("tokenizer.json")
 """
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -53,7 +54,7 @@ def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = No
         words, word_counts = chunks_to_words(chunk_counts)
         del chunk_counts
         num_merges = config.vocab_size - 256 - len(config.special_tokens)
-        merges = learn_merges(words, word_counts, num_merges, progress)
+        merges = learn_merges(words, word_counts, num_merges, progress, config.workers or os.cpu_count() or 1)
         if len(merges) < num_merges:
             got = 256 + len(merges) + len(config.special_tokens)
             warnings.append(

@@ -1,3 +1,4 @@
+import random
 from collections import Counter
 
 import regex
@@ -89,3 +90,17 @@ def test_trained_tokenizer_compresses_and_records_its_corpus(corpus):
     ids = tok.encode("To be, or not to be")
     assert len(ids) == 7  # one token per pre-token chunk: "To", " be", ",", " or", " not", " to", " be"
     assert tok.trained_on[0].path == str(path.resolve()) and tok.trained_on[0].bytes == path.stat().st_size
+
+
+def test_merging_in_worker_processes_gives_the_same_merges(monkeypatch):
+    import gptcli.tokenizers.bpe_train as bpe_train
+
+    # long words, as text without spaces makes them: a sentence of CJK ideographs is one chunk
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(40)]
+    text = "。".join("".join(rng.choices(chars, k=rng.randint(5, 80))) for _ in range(300))
+    words, counts = words_of(text)
+    expected = learn_merges([bytes(w) for w in words], counts, 300)
+    monkeypatch.setattr(bpe_train, "PARALLEL_MERGE_MIN_BYTES", 0)
+    assert learn_merges([bytes(w) for w in words], counts, 300, workers=2) == expected
+    assert learn_merges_naive(words, counts, 60) == expected[:60]
