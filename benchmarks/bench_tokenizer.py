@@ -323,8 +323,11 @@ def synthesize_corpus(source: str, path: Path, target_bytes: int) -> None:
             written += len(data.encode("utf-8"))
 
 
-def sample_tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
-    """Keep peak[0] = the largest sum of RSS seen over process `pid` and its descendants."""
+def sample_tree_memory(pid: int, stop: threading.Event, peak: dict) -> None:
+    """Keep peak["rss"] / peak["pss"] = the largest sums seen over process `pid` and its descendants.
+
+    RSS counts a page shared by several processes (forked workers) in each of them; PSS divides it
+    among them, so the PSS sum is the tree's real footprint. Both are reported."""
     try:
         root = psutil.Process(pid)
     except psutil.Error:
@@ -334,13 +337,30 @@ def sample_tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
-        total = 0
+        rss = pss = 0
         for p in procs:
             try:
-                total += p.memory_info().rss
+                info = p.memory_full_info()
+                rss, pss = rss + info.rss, pss + info.pss
             except psutil.Error:
                 pass
-        peak[0] = max(peak[0], total)
+        peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+
+
+def run_measured(argv: list[str], capture: bool = False) -> tuple[bytes, float, dict]:
+    """Run argv to its end -> (its stdout if captured, wall seconds, peak {"rss", "pss"} in bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE if capture else subprocess.DEVNULL)
+    stop, peak = threading.Event(), {"rss": 0, "pss": 0}
+    sampler = threading.Thread(target=sample_tree_memory, args=(proc.pid, stop, peak), daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed with exit code {proc.returncode}: {' '.join(argv[:6])}")
+    return out or b"", wall, peak
 
 
 CHILD_CODE = (
@@ -373,22 +393,11 @@ def child_main(argv: list[str]) -> None:
 
 def run_child(which: str, path: Path, vocab_size: int) -> dict:
     code = CHILD_CODE.format(dir=str(Path(__file__).resolve().parent))
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, which, str(path), str(vocab_size)], stdout=subprocess.PIPE
-    )
-    stop, peak = threading.Event(), [0]
-    sampler = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{which} training subprocess failed with exit code {proc.returncode}")
+    argv = [sys.executable, "-c", code, which, str(path), str(vocab_size)]
+    out, wall, peak = run_measured(argv, capture=True)
     return json.loads(out.decode().strip().splitlines()[-1]) | {
         "wall_s": wall,
-        "peak_tree_rss_mb": peak[0] / MB,
+        "peak_tree_rss_mb": peak["rss"] / MB,
     }
 
 
@@ -536,30 +545,6 @@ def write_nospace_corpus(source: str, path: Path, target_bytes: int) -> None:
             rotation += 1
 
 
-def sample_tree_memory(pid: int, stop: threading.Event, peak: dict) -> None:
-    """Keep peak["rss"] / peak["pss"] = the largest sums seen over process `pid` and its descendants.
-
-    RSS counts a page shared by several processes (forked workers) in each of them; PSS divides it
-    among them, so the PSS sum is the tree's real footprint. Both are reported."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.Error:
-        return
-    while not stop.wait(0.05):
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        rss = pss = 0
-        for p in procs:
-            try:
-                info = p.memory_full_info()
-                rss, pss = rss + info.rss, pss + info.pss
-            except psutil.Error:
-                pass
-        peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-
-
 def run_trainer(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
     """One trainer in a fresh process: wall seconds (start-up included) and peak tree memory."""
     if which == "ours":
@@ -577,17 +562,7 @@ def run_trainer(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
         argv += ["--out", str(out), "--quiet"]
     else:
         argv = [sys.executable, "-c", HF_CODE if which == "hf" else RUSTBPE_CODE, str(path), str(vocab_size)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    stop, peak = threading.Event(), {"rss": 0, "pss": 0}
-    sampler = threading.Thread(target=sample_tree_memory, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    proc.wait()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{which} training failed with exit code {proc.returncode}: {' '.join(argv[:6])}")
+    _, wall, peak = run_measured(argv)
     return {"wall_s": wall, "peak_rss_mb": peak["rss"] / MB, "peak_pss_mb": peak["pss"] / MB}
 
 
