@@ -32,7 +32,7 @@ import torch
 from gptcli.config import SampleConfig
 from gptcli.errors import GptError
 from gptcli.generation.decoder import Decoder
-from gptcli.generation.sampling import pick_next
+from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
 from gptcli.generation.text import SampleText
 from gptcli.runtime import DTYPES, resolve_device, resolve_precision
 from gptcli.storage import checkpoint as ckpt
@@ -205,6 +205,8 @@ class GenerationRun:
         for i in range(config.max_new_tokens):
             next_tensor = pick_next(logits, config, generator)  # (B,)
             next_ids = next_tensor.tolist()  # the one host sync per step
+            if NO_TOKEN in next_ids:
+                raise GptError(f"sampling failed: {NOT_FINITE}")
             for b, token in enumerate(next_ids):
                 if reasons[b] is not None:
                     continue  # finished rows run along (the batch stays rectangular) but are ignored

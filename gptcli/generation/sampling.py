@@ -41,7 +41,7 @@ def candidates(
     likely first) and their ids (B, K); without a top-k, (B, V) over the whole vocabulary and None.
 
     The same sets and probabilities as softmax(filter_logits(...)), but a draw over k entries instead
-    of V: with GPT-2's 50,257 a multinomial per row costs milliseconds on a CPU, over 200 almost nothing.
+    of V: with GPT-2's 50,257 a draw per row costs milliseconds on a CPU, over 200 almost nothing.
     """
     if top_k is None or top_k >= logits.size(-1):
         return torch.softmax(filter_logits(logits, temperature, None, top_p), dim=-1), None
@@ -53,14 +53,34 @@ def candidates(
     return torch.softmax(values, dim=-1), ids
 
 
-def draw(probs: torch.Tensor, ids: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
-    """One seeded draw per row from candidates(...) -> (B,) token ids."""
-    picked = torch.multinomial(probs, 1, generator=generator)  # (B, 1) positions among the candidates
-    return (picked if ids is None else ids.gather(-1, picked)).squeeze(-1)
+def draw_noise(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The random numbers of one draw per row of probs: q ~ Exp(1), shaped like probs.
+
+    Exactly what torch.multinomial(probs, 1, generator=generator) draws (it picks argmax(p / q), the
+    exponential race), so a seed gives the same tokens as it did with torch.multinomial. Drawn per
+    generator, the noise of many jobs is then used in one batched draw."""
+    return torch.empty_like(probs).exponential_(1, generator=generator)
+
+
+NO_TOKEN = -1  # draw()'s id for a row whose probabilities are not finite: the caller fails it
+NOT_FINITE = "the next token's probabilities are not finite (a temperature too small, or NaN/inf logits)"
+
+
+def draw(probs: torch.Tensor, ids: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+    """One draw per row from candidates(...) and draw_noise(...) -> (B,) token ids, NO_TOKEN for a
+    row whose probabilities are not finite.
+
+    = torch.multinomial(probs, 1) with that noise, but its check of the probabilities is a host sync
+    per call (~70 us on a CPU, a stall on a GPU); here a bad row comes back as NO_TOKEN, which the
+    caller sees when it reads the ids (its one sync per step anyway)."""
+    picked = (probs / noise).argmax(dim=-1, keepdim=True)  # (B, 1) positions among the candidates
+    chosen = (picked if ids is None else ids.gather(-1, picked)).squeeze(-1)
+    return torch.where(torch.isfinite(probs).all(dim=-1), chosen, NO_TOKEN)
 
 
 def pick_next(logits: torch.Tensor, config: SampleConfig, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits -> (B,) next ids: argmax at temperature 0, else a filtered, seeded draw."""
     if config.temperature == 0:
         return logits.argmax(dim=-1)
-    return draw(*candidates(logits, config.temperature, config.top_k, config.top_p), generator)
+    probs, ids = candidates(logits, config.temperature, config.top_k, config.top_p)
+    return draw(probs, ids, draw_noise(probs, generator))

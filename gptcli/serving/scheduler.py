@@ -44,7 +44,7 @@ from gptcli.config import SampleConfig
 from gptcli.errors import GptError
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine
-from gptcli.generation.sampling import candidates, draw
+from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
 from gptcli.generation.text import SampleText
 
 PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
@@ -108,7 +108,6 @@ class _Choice:
 class _Running:
     job: Job
     choices: list[_Choice]
-    slots: torch.Tensor  # (n,) its rows, on the device
     generator: torch.Generator | None
     steps: int = 0
 
@@ -260,8 +259,7 @@ class Scheduler:
             _Choice(slot, job.first_index + i, self._visible(job), SampleText(config.stop))
             for i, slot in enumerate(slots)
         ]
-        rows = torch.tensor(slots, dtype=torch.long, device=self.device)
-        return _Running(job, choices, rows, generator)
+        return _Running(job, choices, generator)
 
     def _load(self, slots: list[list[int]], rows: list[list[int]]) -> None:
         """Prefill rows of one length together; row i's cache and logits go to each slot of slots[i]."""
@@ -275,13 +273,17 @@ class Scheduler:
                 self.logits[slot] = logits[i]
 
     def _choose(self) -> torch.Tensor:
-        """Every used row's next token: one argmax for all, then each sampling job's own draws.
+        """Every used row's next token: one argmax for the greedy rows, one draw for the sampling ones.
 
-        This is pick_next, per job, split in two: the candidates (temperature, top-k, top-p: row by
-        row) are found once for all the jobs that share those settings; the draw runs per job, from
-        the job's own generator, over its own rows."""
-        rows = self._rows_in_use()
-        ids = self.logits[:rows].argmax(dim=-1)  # (rows,)
+        This is pick_next, per job, split up: the candidates (temperature, top-k, top-p: row by row)
+        are found once for all the jobs that share those settings, each job draws its noise from its
+        own generator, and one draw uses it for them all. A row that gets NO_TOKEN (its
+        probabilities are not finite) fails its job when the tokens are handed out."""
+        ids = torch.zeros(self._rows_in_use(), dtype=torch.long, device=self.device)
+        greedy = [run for run in self.running if run.generator is None]
+        if greedy:
+            rows = self._rows_of(greedy)
+            ids[rows] = self.logits[rows].argmax(dim=-1)
         alike: dict[tuple, list[_Running]] = {}
         for run in self.running:
             if run.generator is not None:
@@ -289,27 +291,32 @@ class Scheduler:
                 alike.setdefault((config.temperature, config.top_k, config.top_p), []).append(run)
         for (temperature, top_k, top_p), runs in alike.items():
             try:
-                slots = torch.cat([run.slots for run in runs])
-                probs, choices = candidates(self.logits[slots], temperature, top_k, top_p)
+                rows = self._rows_of(runs)
+                probs, choices = candidates(self.logits[rows], temperature, top_k, top_p)
+                noise, first = [], 0
+                for run in runs:  # (n, K) of probs each, in the order of rows
+                    noise.append(draw_noise(probs[first : first + len(run.choices)], run.generator))
+                    first += len(run.choices)
+                ids[rows] = draw(probs, choices, torch.cat(noise))
             except Exception as e:  # these settings fail: the jobs that share them fail, the others go on
                 for run in runs:
                     self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
-                continue
-            first = 0
-            for run in runs:
-                rows_of_run = slice(first, first + len(run.choices))  # (n, K) of probs and choices
-                first += len(run.choices)
-                try:
-                    mine = None if choices is None else choices[rows_of_run]
-                    ids[run.slots] = draw(probs[rows_of_run], mine, run.generator)
-                except Exception as e:
-                    self._retire(run, f"sampling failed: {type(e).__name__}: {e}")
         return ids
+
+    def _rows_of(self, runs: list[_Running]) -> slice | torch.Tensor:
+        """These jobs' rows of the batch, in order: a slice when they are consecutive (a view of the
+        logits, not a copy of 16 x 50,257 of them), else an index tensor."""
+        slots = [choice.slot for run in runs for choice in run.choices]
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
+        return torch.tensor(slots, dtype=torch.long, device=self.device)
 
     def _hand_out(self, run: _Running, tokens: list[int]) -> None:
         """The job's new tokens -> text deltas; retire it when it has ended, went away or failed."""
         if run.job.cancelled:
             return self._retire(run, "cancelled")
+        if any(tokens[c.slot] == NO_TOKEN for c in run.choices if c.finish_reason is None):
+            return self._retire(run, f"sampling failed: {NOT_FINITE}")
         try:
             run.steps += 1
             for choice in run.choices:
@@ -359,7 +366,8 @@ class Scheduler:
         positions = self.batch.positions[:rows]
         before = positions.clone()
         decoder = self._view(rows, self.batch, self.views, self._length_in_use())
-        logits = decoder.step(ids[:rows])  # (rows, V); held rows wrote at their position, harmlessly
+        # (rows, V); held rows wrote at their position, harmlessly; a failed row's NO_TOKEN (now free) -> 0
+        logits = decoder.step(ids[:rows].clamp(min=0))
         positions.copy_(torch.where(held, before, positions))
         self.logits[:rows] = logits
         for slot, row in refilled.items():

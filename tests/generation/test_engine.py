@@ -190,15 +190,3 @@ def test_generate_from_a_checkpoint_directory(tmp_path):
     assert same.samples[0].ids == result.samples[0].ids
     with pytest.raises(GptError, match="needs the model's tokenizer"):
         generate(model, "abc")
-
-
-@pytest.mark.parametrize("top_k,top_p", [(5, None), (5, 0.6), (None, 0.6), (None, None)])
-def test_the_draw_is_over_the_same_set_with_the_same_probabilities(top_k, top_p):
-    """candidates() (a draw over the top-k only) == softmax(filter_logits()) over the vocabulary."""
-    from gptcli.generation.sampling import candidates
-
-    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
-    reference = torch.softmax(filter_logits(logits, 0.7, top_k, top_p), dim=-1)  # (3, 50)
-    probs, ids = candidates(logits, 0.7, top_k, top_p)
-    full = probs if ids is None else torch.zeros_like(reference).scatter(-1, ids, probs)
-    torch.testing.assert_close(full, reference)
