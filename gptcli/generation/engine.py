@@ -31,6 +31,7 @@ import torch
 
 from gptcli.config import SampleConfig
 from gptcli.errors import GptError
+from gptcli.generation.cpu_matmul import prepare_for_cpu, torch_threads, uses_openblas
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
 from gptcli.generation.text import SampleText
@@ -85,8 +86,8 @@ class Engine:
 
     precision bf16/fp16 casts the model's weights to it, in place (the engine takes the model
     over); compile=True compiles the decode step (see gptcli.generation.decoder). relayout (fp32
-    on a CPU): store the Linear weights input-major, in place too (see input_major); the trainer's
-    validator, whose model goes on training, turns it off.
+    on a CPU): the Linear weights' layout and BLAS for few-row products, in place too (see
+    gptcli.generation.cpu_matmul); the trainer's validator, whose model goes on training, turns it off.
     """
 
     def __init__(
@@ -103,7 +104,9 @@ class Engine:
             self.model.to(DTYPES[precision])  # once, here: the decode path never autocasts
         self.device = next(model.parameters()).device
         if relayout and precision == "fp32" and self.device.type == "cpu":
-            input_major(self.model)
+            prepare_for_cpu(self.model, openblas=not compile)
+        # torch's threads while it generates: 1 where the products run in OpenBLAS's own (cpu_matmul)
+        self.threads = 1 if uses_openblas(self.model) else None
         self.tokenizer = tokenizer
         self.precision = precision
         self.compile = compile
@@ -163,17 +166,6 @@ class Engine:
         return self.decoders[key]
 
 
-def input_major(model: torch.nn.Module) -> None:
-    """Store every Linear weight (out, in) as the transpose of a contiguous (in, out) matrix: same
-    shape, same values, other strides. For the few rows of a decode step, MKL's fp32 matrix
-    products read that layout (HF's Conv1D one) 15-25% faster on the CPUs measured here
-    (benchmarks/README.md); its bf16 ones are far slower with it, so fp32 only. A tied embedding
-    shares the lm_head's weight and reads its rows strided: a few hundred values per token."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
-            module.weight.data = module.weight.data.t().contiguous().t()
-
-
 class GenerationRun:
     """One generate call, as an iterator of TokenEvents; `result` is set when it is exhausted."""
 
@@ -185,6 +177,11 @@ class GenerationRun:
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TokenEvent]:
+        """The tokens as they come; while it runs, torch has engine.threads threads (see Engine)."""
+        with torch_threads(self.engine.threads):
+            yield from self._events()
+
+    def _events(self) -> Iterator[TokenEvent]:
         engine, config = self.engine, self.config
         tokenizer, device, block_size = engine.tokenizer, engine.device, engine.block_size
         B = config.num_samples

@@ -42,6 +42,7 @@ import torch
 
 from gptcli.config import SampleConfig
 from gptcli.errors import GptError
+from gptcli.generation.cpu_matmul import torch_threads
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
@@ -165,6 +166,10 @@ class Scheduler:
             self._thread.join()
 
     def _loop(self) -> None:
+        with torch_threads(self.engine.threads):  # 1 where the products run in OpenBLAS's threads
+            self._rounds()
+
+    def _rounds(self) -> None:
         while not self._abort.is_set():
             idle = not self.running and not self.waiting and self.inbox.empty()
             if idle and self._stopping.is_set():

@@ -112,17 +112,3 @@ def test_a_decode_step_takes_one_token_per_row_and_a_cache():
     model = tiny_model()
     with pytest.raises(GptError, match="one token per row"):
         model(torch.tensor([[1, 2]]), cache=model.new_cache(1), positions=torch.tensor([0]))
-
-
-def test_fp32_on_a_cpu_stores_the_weights_input_major_and_decodes_the_same():
-    model, reference = tiny_model(), tiny_model()
-    engine = Engine(model, char_tokenizer())
-    weight = model.transformer.h[0].attn.c_attn.weight
-    assert weight.shape == reference.transformer.h[0].attn.c_attn.weight.shape and weight.stride() == (1, 96)
-    assert torch.equal(weight, reference.transformer.h[0].attn.c_attn.weight)
-    config = SampleConfig(max_new_tokens=20, **GREEDY)
-    plain = Engine(reference, char_tokenizer(), relayout=False)
-    assert reference.transformer.h[0].attn.c_attn.weight.is_contiguous()
-    assert (
-        engine.generate([1, 2, 3], config).samples[0].ids == plain.generate([1, 2, 3], config).samples[0].ids
-    )

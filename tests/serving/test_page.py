@@ -58,7 +58,8 @@ def completion(page) -> str:
 
 def test_generate_streams_the_text_in_and_stop_stops_it(page, server):
     sync_api.expect(page.locator("#model")).to_have_text("model: playground")
-    assert page.input_value("#max-tokens") == "64"  # clamped to the server's limit (the context)
+    # clamped to the server's limit (the context), once /health has answered (after the model's name)
+    sync_api.expect(page.locator("#max-tokens")).to_have_value("64")
     page.fill("#prompt", "Hello there")
     page.click("#generate")
     page.wait_for_function("(document.getElementById('completion')?.textContent ?? '').length >= 3")

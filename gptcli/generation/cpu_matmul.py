@@ -1,0 +1,114 @@
+"""fp32 decoding on a CPU: the weight layout and the BLAS that multiply by the weights fastest.
+
+    prepare_for_cpu(model)   # Engine does this for an fp32 model on a CPU (relayout=True)
+
+A decode step multiplies a few rows (one per sequence) by every weight matrix, so its speed is that
+of the BLAS's few-row products. Two things measured on the CPUs here (benchmarks/README.md) decide
+how those run:
+
+- input_major: every Linear weight is stored as the transpose of a contiguous (in, out) matrix
+  (HF's Conv1D layout): same shape and values, other strides. MKL's fp32 few-row products read it
+  15-25% faster; its bf16 ones are far slower with it, so fp32 only.
+- On an AMD CPU, torch's MKL takes a generic code path: at 8 rows its products run at half the speed
+  of the OpenBLAS that numpy ships (the same at 1 row, where both wait on memory). So there the
+  Linear layers become OpenBlasLinear: no-grad fp32 CPU products go through numpy.matmul, the
+  input-major weight being a contiguous (in, out) array for it, shared, not copied. Elsewhere
+  nothing changes (Intel CPUs are MKL's own target; no Intel CPU was measured here).
+
+While such an engine generates, torch's own intra-op threads are set to 1 (torch_threads): the
+two thread pools spinning on the same cores made a decode step 3x slower than either alone.
+With compile=True nothing but the layout changes (torch.compile does not trace numpy's BLAS).
+
+The products give the same values up to float rounding (another summation order): a greedy
+text can differ from a plain model's where two tokens' logits tie to ~1e-6.
+"""
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def prepare_for_cpu(model: torch.nn.Module, openblas: bool = True) -> None:
+    """In place: input-major Linear weights, and (openblas) OpenBLAS products where that BLAS is the
+    faster one (Engine passes openblas=False with compile=True)."""
+    input_major(model)
+    if openblas and openblas_is_faster():
+        for module in model.modules():
+            if type(module) is torch.nn.Linear:
+                module.__class__ = OpenBlasLinear  # same module, same parameters: only forward differs
+
+
+def input_major(model: torch.nn.Module) -> None:
+    """Store every Linear weight (out, in) as the transpose of a contiguous (in, out) matrix. A tied
+    embedding shares the lm_head's weight and reads its rows strided: a few hundred values a token."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
+
+
+class OpenBlasLinear(torch.nn.Linear):
+    """nn.Linear whose no-grad fp32 CPU forward is numpy.matmul (OpenBLAS); anything else, and
+    anything torch.compile traces, is nn.Linear's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or not weight.t().is_contiguous()
+        ):
+            return super().forward(x)
+        rows = x.reshape(-1, x.size(-1)).numpy()  # (B*T, in): one product, not one per row
+        out = torch.from_numpy(np.matmul(rows, weight.t().numpy()))  # (B*T, out)
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], out.size(-1))
+
+
+def uses_openblas(model: torch.nn.Module) -> bool:
+    return any(isinstance(module, OpenBlasLinear) for module in model.modules())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to n inside (None: left alone), as they were after."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)  # ~0.2 us
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@functools.cache
+def openblas_is_faster() -> bool:
+    """True on an AMD x86 CPU with a numpy built on OpenBLAS (pip's numpy wheels are)."""
+    return cpu_vendor() == "AuthenticAMD" and numpy_blas().startswith("scipy-openblas")
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def numpy_blas() -> str:
+    """The name of the BLAS numpy was built with ("scipy-openblas", "accelerate", ...), or ""."""
+    try:
+        return str(np.__config__.CONFIG["Build Dependencies"]["blas"]["name"])
+    except (AttributeError, KeyError, TypeError):
+        return ""

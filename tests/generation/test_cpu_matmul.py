@@ -1,0 +1,103 @@
+"""fp32 decoding on a CPU: input-major weights, OpenBLAS products, torch's threads meanwhile."""
+
+import pytest
+import torch
+
+from gptcli.config import SampleConfig
+from gptcli.generation import Engine, cpu_matmul
+from gptcli.generation.cpu_matmul import OpenBlasLinear, prepare_for_cpu, torch_threads, uses_openblas
+from tests.generation.test_engine import GREEDY, char_tokenizer, tiny_model
+
+
+@pytest.fixture
+def openblas(monkeypatch):
+    """As on an AMD CPU, whatever this one is."""
+    monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)
+
+
+def test_fp32_on_a_cpu_stores_the_weights_input_major_and_decodes_the_same():
+    model, reference = tiny_model(), tiny_model()
+    engine = Engine(model, char_tokenizer())
+    weight = model.transformer.h[0].attn.c_attn.weight
+    assert weight.shape == reference.transformer.h[0].attn.c_attn.weight.shape and weight.stride() == (1, 96)
+    assert torch.equal(weight, reference.transformer.h[0].attn.c_attn.weight)
+    config = SampleConfig(max_new_tokens=20, **GREEDY)
+    plain = Engine(reference, char_tokenizer(), relayout=False)
+    assert reference.transformer.h[0].attn.c_attn.weight.is_contiguous()
+    assert (
+        engine.generate([1, 2, 3], config).samples[0].ids == plain.generate([1, 2, 3], config).samples[0].ids
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 24), (5, 3, 24), (7, 24)])
+def test_openblas_linear_is_nn_linear(bias, shape):
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(24, 40, bias=bias)
+    ours = torch.nn.Linear(24, 40, bias=bias)
+    ours.load_state_dict(plain.state_dict())
+    model = torch.nn.Sequential(ours)
+    prepare_for_cpu(model)
+    ours.__class__ = OpenBlasLinear  # whatever the CPU
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        out = ours(x)
+        torch.testing.assert_close(out, plain(x))
+    assert out.shape == (*shape[:-1], 40)
+    ours(x).sum().backward()  # with grad: nn.Linear's own forward, gradients as usual
+    plain(x).sum().backward()
+    torch.testing.assert_close(ours.weight.grad, plain.weight.grad)
+    assert set(ours.state_dict()) == set(plain.state_dict())
+
+
+def test_an_engine_on_an_amd_cpu_multiplies_with_openblas_and_decodes_the_same(openblas):
+    model, reference = tiny_model(), tiny_model()
+    engine = Engine(model, char_tokenizer())
+    assert uses_openblas(model) and engine.threads == 1
+    assert type(model.lm_head) is OpenBlasLinear and type(model.transformer.h[0].mlp.c_fc) is OpenBlasLinear
+    plain = Engine(reference, char_tokenizer(), relayout=False)
+    assert not uses_openblas(reference) and plain.threads is None
+    for config in (
+        SampleConfig(max_new_tokens=20, **GREEDY),
+        SampleConfig(max_new_tokens=20, seed=3, num_samples=3),
+    ):
+        ours, theirs = engine.generate([1, 2, 3], config), plain.generate([1, 2, 3], config)
+        assert [s.ids for s in ours.samples] == [s.ids for s in theirs.samples]
+
+
+def test_generating_sets_torch_threads_to_one_and_back(openblas):
+    engine = Engine(tiny_model(), char_tokenizer())
+    before, seen = torch.get_num_threads(), []
+    for _ in engine.start([1, 2], SampleConfig(max_new_tokens=3, **GREEDY)):
+        seen.append(torch.get_num_threads())
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+
+
+def test_a_compiled_engine_keeps_torch_products(openblas):
+    model = tiny_model()
+    engine = Engine(model, char_tokenizer(), compile=True)
+    assert not uses_openblas(model) and engine.threads is None
+    assert model.lm_head.weight.t().is_contiguous()  # the layout still changes
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError), torch_threads(1):
+        raise ValueError
+    assert torch.get_num_threads() == before
+
+
+def test_the_vendor_decides(monkeypatch):
+    cpu_matmul.openblas_is_faster.cache_clear()
+    monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "GenuineIntel")
+    assert not cpu_matmul.openblas_is_faster()
+    cpu_matmul.openblas_is_faster.cache_clear()
+    monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(cpu_matmul, "numpy_blas", lambda: "scipy-openblas")
+    assert cpu_matmul.openblas_is_faster()
+    cpu_matmul.openblas_is_faster.cache_clear()
+    assert cpu_matmul.cpu_vendor() in ("GenuineIntel", "AuthenticAMD", "")  # this machine's, read for real
