@@ -139,6 +139,7 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
         positions: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         B, T, C = x.size()
         kv_dim = self.n_kv_head * self.head_dim
@@ -150,10 +151,10 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
         start = 0  # position of the first new token
-        mask = None  # a decode step's (B, 1, 1, max_len) mask, when positions are given
         if positions is not None:  # a decode step: one token per row, each at its own position
             k, v = kv_cache.write_at(self.layer_idx, k, v, positions)  # (B, nkv, max_len, hs)
-            mask = decode_mask(positions, k.size(2), self.window)
+            if mask is None:  # its (B, 1, 1, max_len) mask: GPT.forward makes it once for all layers
+                mask = decode_mask(positions, k.size(2), self.window)
         elif kv_cache is not None:
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
@@ -228,8 +229,9 @@ class Block(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
         positions: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache, positions)
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, positions, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -365,12 +367,15 @@ class GPT(LanguageModel):
         T = idx.size(1)
         start = 0 if cache is None else cache.pos
         x, rope = self._embed(idx, start, positions)  # (B, T, C)
+        mask = None  # a decode step: which cached keys each row sees, the same in every layer
+        if positions is not None:
+            mask = decode_mask(positions, cache.max_len, self.config.window)  # (B, 1, 1, max_len)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, cache, positions)  # (B, T, C)
+                x = block(x, rope, cache, positions, mask)  # (B, T, C)
         x = self.transformer.ln_f(x)
         if cache is not None and positions is None:
             cache.pos += T  # every layer has stored its keys/values for these T tokens
