@@ -11,9 +11,10 @@ how those run:
   15-25% faster; its bf16 ones are far slower with it, so fp32 only.
 - On an AMD CPU, torch's MKL takes a generic code path: at 8 rows its products run at half the speed
   of the OpenBLAS that numpy ships (the same at 1 row, where both wait on memory). So there the
-  Linear layers become OpenBlasLinear: no-grad fp32 CPU products go through numpy.matmul, the
-  input-major weight being a contiguous (in, out) array for it, shared, not copied. Elsewhere
-  nothing changes (Intel CPUs are MKL's own target; no Intel CPU was measured here).
+  Linear layers with at least OPENBLAS_MIN_WEIGHTS weights become OpenBlasLinear: no-grad fp32 CPU
+  products go through numpy.matmul, the input-major weight being a contiguous (in, out) array for
+  it, shared, not copied. Elsewhere nothing changes (Intel CPUs are MKL's own target; no Intel CPU
+  was measured here).
 
 While such an engine generates, torch's own intra-op threads are set to 1 (torch_threads): the
 two thread pools spinning on the same cores made a decode step 3x slower than either alone.
@@ -38,8 +39,14 @@ def prepare_for_cpu(model: torch.nn.Module, openblas: bool = True) -> None:
     input_major(model)
     if openblas and openblas_is_faster():
         for module in model.modules():
-            if type(module) is torch.nn.Linear:
+            if type(module) is torch.nn.Linear and module.weight.numel() >= OPENBLAS_MIN_WEIGHTS:
                 module.__class__ = OpenBlasLinear  # same module, same parameters: only forward differs
+
+
+# a numpy product costs ~30 us more per call than torch's (measured, 1 row, 1 torch thread): only
+# large weights gain (768 x 2304: 152 vs 231 us; 768 x 768: 82 vs 88; 256 x 768: 72 vs 44; 128 x 384:
+# 55 vs 22), so GPT-2's layers go through OpenBLAS and a small model keeps torch's products and threads
+OPENBLAS_MIN_WEIGHTS = 1 << 19
 
 
 def input_major(model: torch.nn.Module) -> None:

@@ -11,8 +11,9 @@ from tests.generation.test_engine import GREEDY, char_tokenizer, tiny_model
 
 @pytest.fixture
 def openblas(monkeypatch):
-    """As on an AMD CPU, whatever this one is."""
+    """As on an AMD CPU, whatever this one is, and for weights of any size."""
     monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)
+    monkeypatch.setattr(cpu_matmul, "OPENBLAS_MIN_WEIGHTS", 0)
 
 
 def test_fp32_on_a_cpu_stores_the_weights_input_major_and_decodes_the_same():
@@ -63,6 +64,17 @@ def test_an_engine_on_an_amd_cpu_multiplies_with_openblas_and_decodes_the_same(o
     ):
         ours, theirs = engine.generate([1, 2, 3], config), plain.generate([1, 2, 3], config)
         assert [s.ids for s in ours.samples] == [s.ids for s in theirs.samples]
+
+
+def test_small_weights_keep_torch_products_and_threads(monkeypatch):
+    """Below OPENBLAS_MIN_WEIGHTS a numpy product's overhead outweighs it: a small model is left as it was."""
+    monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)
+    model = tiny_model()  # its largest weight: 64 x 32
+    engine = Engine(model, char_tokenizer())
+    assert not uses_openblas(model) and engine.threads is None
+    big = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.Linear(768, 256))
+    prepare_for_cpu(big)
+    assert [type(m) for m in big] == [OpenBlasLinear, torch.nn.Linear]  # 589,824 and 196,608 weights
 
 
 def test_generating_sets_torch_threads_to_one_and_back(openblas):
