@@ -85,14 +85,17 @@ def uses_openblas(model: torch.nn.Module) -> bool:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to n inside (None: left alone), as they were after."""
+    """torch's intra-op threads set to n inside (None: left alone), as they were after. Put back only
+    if still n: two generations interleaved and ended out of order leave the count as it first was."""
     before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)  # ~0.2 us
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)  # ~0.2 us
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
+        if torch.get_num_threads() == n:
             torch.set_num_threads(before)
 
 

@@ -101,6 +101,11 @@ def test_torch_threads_restores_the_count():
     with pytest.raises(ValueError), torch_threads(1):
         raise ValueError
     assert torch.get_num_threads() == before
+    first, second = torch_threads(1), torch_threads(1)
+    first.__enter__(), second.__enter__()  # two generations interleaved, the first one ends first
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == before
 
 
 def test_the_vendor_decides(monkeypatch):
