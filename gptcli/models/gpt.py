@@ -152,9 +152,8 @@ class CausalSelfAttention(nn.Module):
 
         start = 0  # position of the first new token
         if positions is not None:  # a decode step: one token per row, each at its own position
+            # (its (B, 1, 1, max_len) mask comes from GPT.forward, made once for all layers)
             k, v = kv_cache.write_at(self.layer_idx, k, v, positions)  # (B, nkv, max_len, hs)
-            if mask is None:  # its (B, 1, 1, max_len) mask: GPT.forward makes it once for all layers
-                mask = decode_mask(positions, k.size(2), self.window)
         elif kv_cache is not None:
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
