@@ -32,16 +32,13 @@ ours / tiktoken is printed with the target (at least TARGET_RATIO).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+from measure import run_measured  # same folder
 
 MB = 1_000_000
 TARGET_RATIO = 0.9  # ours / tiktoken MB/s, at least
@@ -167,46 +164,6 @@ def tokenizer_for(args, corpus: Path) -> tuple[Path, str]:
     return path, what
 
 
-# ---- measuring
-
-
-def cpu_seconds_of_children() -> float:
-    """User + system CPU of every finished descendant (each process's waited-for children included)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_measured(command: list[str]) -> tuple[dict, float, float, float]:
-    """Run a subprocess -> (its JSON stdout or {}, wall seconds, peak RSS of its process tree in MB,
-    CPU seconds of the tree)."""
-    cpu = cpu_seconds_of_children()
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        root = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{command[:3]} failed:\n{err}")
-    reported = json.loads(out) if out.strip().startswith("{") else {}
-    return reported, wall, peak[0] / 1e6, cpu_seconds_of_children() - cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=1000, help="corpus size to generate (MB of text)")
@@ -243,15 +200,16 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, command in runs.items():
                 log(f"run {repeat + 1}/{args.repeats}: {name}")
-                reported, wall, peak_mb, cpu = run_measured(command)
-                seconds = reported.get("seconds", wall)
+                run = run_measured(command, capture=True, quiet=True)
+                reported = json.loads(run.out) if run.out.strip().startswith("{") else {}
+                seconds = reported.get("seconds", run.seconds)
                 best = results.get(name)
                 if best is None or seconds < best["seconds"]:
                     results[name] = {
                         "seconds": seconds,
-                        "wall": wall,
-                        "cpu": cpu,
-                        "peak_rss_mb": peak_mb,
+                        "wall": run.seconds,
+                        "cpu": run.cpu_seconds,
+                        "peak_rss_mb": run.peak_rss / 1e6,
                         **reported,
                     }
                     results[name]["mb_per_s"] = mb / seconds

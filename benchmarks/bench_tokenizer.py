@@ -50,19 +50,17 @@ import random
 import re
 import resource
 import string
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import tiktoken
 import tokenizers
+from measure import run_measured  # same folder
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptcli.config import TokenizerTrainConfig
@@ -323,46 +321,6 @@ def synthesize_corpus(source: str, path: Path, target_bytes: int) -> None:
             written += len(data.encode("utf-8"))
 
 
-def sample_tree_memory(pid: int, stop: threading.Event, peak: dict) -> None:
-    """Keep peak["rss"] / peak["pss"] = the largest sums seen over process `pid` and its descendants.
-
-    RSS counts a page shared by several processes (forked workers) in each of them; PSS divides it
-    among them, so the PSS sum is the tree's real footprint. Both are reported."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.Error:
-        return
-    while not stop.wait(0.05):
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        rss = pss = 0
-        for p in procs:
-            try:
-                info = p.memory_full_info()
-                rss, pss = rss + info.rss, pss + info.pss
-            except psutil.Error:
-                pass
-        peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-
-
-def run_measured(argv: list[str], capture: bool = False) -> tuple[bytes, float, dict]:
-    """Run argv to its end -> (its stdout if captured, wall seconds, peak {"rss", "pss"} in bytes)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE if capture else subprocess.DEVNULL)
-    stop, peak = threading.Event(), {"rss": 0, "pss": 0}
-    sampler = threading.Thread(target=sample_tree_memory, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"training failed with exit code {proc.returncode}: {' '.join(argv[:6])}")
-    return out or b"", wall, peak
-
-
 CHILD_CODE = (
     "import sys; sys.path.insert(0, {dir!r}); import bench_tokenizer as b; b.child_main(sys.argv[1:])"
 )
@@ -394,10 +352,10 @@ def child_main(argv: list[str]) -> None:
 def run_child(which: str, path: Path, vocab_size: int) -> dict:
     code = CHILD_CODE.format(dir=str(Path(__file__).resolve().parent))
     argv = [sys.executable, "-c", code, which, str(path), str(vocab_size)]
-    out, wall, peak = run_measured(argv, capture=True)
-    return json.loads(out.decode().strip().splitlines()[-1]) | {
-        "wall_s": wall,
-        "peak_tree_rss_mb": peak["rss"] / MB,
+    run = run_measured(argv, capture=True)
+    return json.loads(run.out.strip().splitlines()[-1]) | {
+        "wall_s": run.seconds,
+        "peak_tree_rss_mb": run.peak_rss / MB,
     }
 
 
@@ -562,8 +520,8 @@ def run_trainer(which: str, path: Path, vocab_size: int, workdir: Path) -> dict:
         argv += ["--out", str(out), "--quiet"]
     else:
         argv = [sys.executable, "-c", HF_CODE if which == "hf" else RUSTBPE_CODE, str(path), str(vocab_size)]
-    _, wall, peak = run_measured(argv)
-    return {"wall_s": wall, "peak_rss_mb": peak["rss"] / MB, "peak_pss_mb": peak["pss"] / MB}
+    run = run_measured(argv)
+    return {"wall_s": run.seconds, "peak_rss_mb": run.peak_rss / MB, "peak_pss_mb": run.peak_pss / MB}
 
 
 def bench_scale(
