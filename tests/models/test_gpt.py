@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptcli.config import ModelConfig, validate
 from gptcli.errors import GptError
@@ -239,6 +240,22 @@ def test_vocab_is_padded_but_logits_are_not():
     assert model.lm_head.weight.shape == (128, 32)
     logits, _ = model(tokens(vocab_size=100))
     assert logits.shape == (2, 10, 100)
+
+
+def test_training_logits_skip_the_padding_rows_and_match_the_full_head():
+    # with targets on a CPU the head multiplies by the vocabulary's 100 rows only, not all 128
+    model = make_model(vocab_size=100)
+    idx, targets = tokens(vocab_size=100), tokens(vocab_size=100, seed=2)
+    logits, loss = model(idx, targets)
+    full = logits_of(model, idx)  # no targets: the whole padded head, then cut to 100
+    assert torch.allclose(logits, full, atol=1e-6)
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(full.reshape(-1, 100), targets.reshape(-1)).item(), abs=1e-6
+    )
+    assert logits.is_contiguous()  # not a slice of a wider tensor
+    loss.backward()
+    assert torch.all(model.lm_head.weight.grad[100:] == 0)  # padding rows stay untrained
+    assert model.lm_head.weight.grad[:100].abs().sum() > 0
 
 
 def test_init_follows_gpt2():
