@@ -61,22 +61,39 @@ class OpenBlasLinear(torch.nn.Linear):
     """nn.Linear whose no-grad fp32 CPU forward is numpy.matmul (OpenBLAS); anything else, and
     anything torch.compile traces, is nn.Linear's own."""
 
+    _arrays = None  # ((weight, bias) data pointers, weight as (in, out) ndarray, bias ndarray or None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
         if (
             torch.is_grad_enabled()
             or torch.compiler.is_compiling()
             or x.device.type != "cpu"
             or x.dtype != torch.float32
-            or weight.dtype != torch.float32
-            or not weight.t().is_contiguous()
+            or (arrays := self._numpy_arrays()) is None
         ):
             return super().forward(x)
-        rows = x.reshape(-1, x.size(-1)).numpy()  # (B*T, in): one product, not one per row
-        out = torch.from_numpy(np.matmul(rows, weight.t().numpy()))  # (B*T, out)
-        if self.bias is not None:
-            out += self.bias
-        return out.view(*x.shape[:-1], out.size(-1))
+        _, weight, bias = arrays
+        out = np.matmul(x.reshape(-1, x.size(-1)).numpy(), weight)  # (B*T, out): one product, not one per row
+        if bias is not None:
+            out += bias  # in place, in numpy: no torch dispatch
+        return torch.from_numpy(out).view(*x.shape[:-1], out.shape[-1])
+
+    def _numpy_arrays(self):
+        """The weight (as its (in, out) transpose) and bias as ndarrays sharing their memory, made
+        once (not on every call: a decode step makes ~50 calls) and again only if either tensor's
+        memory changed (`.to()`, `.data =`); None when the weight is not input-major fp32."""
+        weight, bias = self.weight, self.bias
+        key = (weight.data_ptr(), 0 if bias is None else bias.data_ptr())
+        if self._arrays is None or self._arrays[0] != key:
+            w = weight.detach().t()
+            if (
+                weight.dtype != torch.float32
+                or not w.is_contiguous()
+                or (bias is not None and bias.dtype != torch.float32)
+            ):
+                return None
+            self._arrays = (key, w.numpy(), None if bias is None else bias.detach().numpy())
+        return self._arrays
 
 
 def uses_openblas(model: torch.nn.Module) -> bool:

@@ -6,7 +6,8 @@
 
 The KV cache is allocated once for the decoder's life and reused: a prefill resets it. A decode
 step hands the model each row's position as a tensor (GPT.forward(..., positions=)), so its
-shapes never change: one token per row, the whole preallocated cache read under a mask. That is
+shapes never change: one token per row, the whole preallocated cache read under a mask (eager on a
+CPU, where it costs no sync, only as far as the furthest row's position). That is
 what lets `compile=True` compile the step whole with torch.compile (fullgraph, static shapes:
 no recompilation from one position to the next) and, on CUDA, replay it as a CUDA graph: one
 launch per token instead of one per kernel. The step never synchronizes with the host; reading

@@ -152,8 +152,9 @@ class CausalSelfAttention(nn.Module):
 
         start = 0  # position of the first new token
         if positions is not None:  # a decode step: one token per row, each at its own position
-            # (its (B, 1, 1, max_len) mask comes from GPT.forward, made once for all layers)
+            # (its (B, 1, 1, length) mask comes from GPT.forward, made once for all layers)
             k, v = kv_cache.write_at(self.layer_idx, k, v, positions)  # (B, nkv, max_len, hs)
+            k, v = k[:, :, : mask.size(-1)], v[:, :, : mask.size(-1)]  # (B, nkv, length, hs)
         elif kv_cache is not None:
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
@@ -191,7 +192,7 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def _masked_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """A decode step's attention over the whole cache: q (B, nh, 1, hs), k/v (B, nh, L, hs), mask
+        """A decode step's attention over the cache: q (B, nh, 1, hs), k/v (B, nh, L, hs), mask
         (B, 1, 1, L) -> (B, nh, 1, hs). Row b sees keys 0 .. positions[b] (a window: the last of them)."""
         if self.flash:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -368,7 +369,12 @@ class GPT(LanguageModel):
         x, rope = self._embed(idx, start, positions)  # (B, T, C)
         mask = None  # a decode step: which cached keys each row sees, the same in every layer
         if positions is not None:
-            mask = decode_mask(positions, cache.max_len, self.config.window)  # (B, 1, 1, max_len)
+            length = cache.max_len  # fixed: what compiling and CUDA graphs need
+            if positions.device.type == "cpu" and not torch.compiler.is_compiling():
+                # eager on a CPU, reading the positions costs no sync: read the cache only as far as
+                # the furthest row (keys past it are nobody's yet)
+                length = int(positions.max()) + 1
+            mask = decode_mask(positions, length, self.config.window)  # (B, 1, 1, length)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)

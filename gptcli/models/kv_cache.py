@@ -51,7 +51,7 @@ class KVCache:
 
     def write_at(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Store row b's new (nkv, 1, hs) key/value at positions[b]; return the whole (B, nkv, max_len, hs)
-        buffers (the caller masks what each row may see: decode_mask)."""
+        buffers (the caller masks what each row may see, decode_mask, and may read only a prefix)."""
         index = positions.view(-1, 1, 1, 1).expand(-1, k.size(1), 1, k.size(3))  # (B, nkv, 1, hs)
         self.k[layer].scatter_(2, index, k.to(self.k[layer].dtype))
         self.v[layer].scatter_(2, index, v.to(self.v[layer].dtype))

@@ -51,6 +51,24 @@ def test_openblas_linear_is_nn_linear(bias, shape):
     assert set(ours.state_dict()) == set(plain.state_dict())
 
 
+def test_openblas_linear_follows_new_weights():
+    # its numpy views of the weights are made once: weights loaded in place, or replaced, still count
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40)
+    prepare_for_cpu(torch.nn.Sequential(layer))
+    layer.__class__ = OpenBlasLinear
+    x = torch.randn(3, 24)
+    with torch.no_grad():
+        layer(x)
+        layer.load_state_dict({"weight": torch.randn(40, 24), "bias": torch.randn(40)})  # in place
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        layer.weight.data = torch.randn(24, 40).t()  # new memory, still input-major
+        layer.bias.data = torch.randn(40)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        layer.weight.data = torch.randn(40, 24)  # not input-major: torch's own product
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
 def test_an_engine_on_an_amd_cpu_multiplies_with_openblas_and_decodes_the_same(openblas):
     model, reference = tiny_model(), tiny_model()
     engine = Engine(model, char_tokenizer())

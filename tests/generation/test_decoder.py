@@ -59,6 +59,25 @@ def test_rows_at_different_positions_each_get_what_they_get_alone():
     assert batch.positions.tolist() == [4, 8]
 
 
+def test_an_eager_cpu_step_reads_the_cache_only_up_to_the_furthest_row(monkeypatch):
+    """Keys past every row's position are nobody's yet: the step's mask (and the keys it reads)
+    end at the furthest row; what the cache holds beyond changes nothing."""
+    import gptcli.models.gpt as gpt
+
+    lengths = []
+    real_mask = gpt.decode_mask
+    monkeypatch.setattr(gpt, "decode_mask", lambda p, n, w: lengths.append(n) or real_mask(p, n, w))
+    model = tiny_model(pos_emb="rope", n_kv_head=2)
+    decoder = Decoder(model, batch_size=2, max_len=16)
+    first = decoder.prefill([[1, 2, 3], [4, 5, 6]])
+    decoder.positions[1] = 5  # row 1 two positions further on (its keys 3, 4: whatever is there)
+    for layer in range(model.config.n_layer):
+        decoder.cache.k[layer][:, :, 6:] = float("nan")  # beyond every row: must never be read
+        decoder.cache.v[layer][:, :, 6:] = float("nan")
+    logits = decoder.step(first.argmax(-1))
+    assert lengths == [6] and torch.isfinite(logits).all()
+
+
 def test_compiled_decoding_equals_eager_decoding():
     """torch.compile of the whole step (fullgraph, static shapes): the same logits at every step and the
     same greedy text, through the context being full and prefilled again."""
