@@ -31,6 +31,35 @@ def test_fast_trainer_gives_exactly_the_naive_trainers_merges(text, num_merges, 
     assert learn_merges([list(w) for w in words], counts, num_merges) == expected
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    words=st.lists(st.binary(max_size=12), min_size=1, max_size=30),
+    batch_bytes=st.sampled_from([1, 5, 64, 1 << 20]),
+    data=st.data(),
+)
+def test_initial_pair_counts_and_index_count_every_word_once(words, batch_bytes, data):
+    # empty and one-byte words, repeats, and batches that cut anywhere: each pair's count is the
+    # sum over words of (its occurrences x the word's count); its index lists each word once, in order
+    import gptcli.tokenizers.bpe_train as bpe_train
+
+    counts = data.draw(st.lists(st.integers(1, 10**6), min_size=len(words), max_size=len(words)))
+    bpe_train.COUNT_BATCH_BYTES, before = batch_bytes, bpe_train.COUNT_BATCH_BYTES
+    try:
+        pair_counts, where = bpe_train._count_pairs_numpy(words, counts, 9)
+    finally:
+        bpe_train.COUNT_BATCH_BYTES = before
+    assert (pair_counts, where) == bpe_train._count_pairs(words, counts, 9)  # (a word at a time)
+    expected, holders = Counter(), {}
+    for i, (word, n) in enumerate(zip(words, counts)):
+        for a, b in zip(word, word[1:]):
+            expected[a << 9 | b] += n
+            ids = holders.setdefault(a << 9 | b, [])
+            if not ids or ids[-1] != i:
+                ids.append(i)
+    assert pair_counts == dict(expected)
+    assert where == {pair: tuple(ids) for pair, ids in holders.items()}
+
+
 def test_tie_rule_highest_count_then_smallest_ids():
     # 'ab' and 'cd' both occur twice: the smaller left id ('a' = 97) wins the tie
     words, counts = [list(b"cd"), list(b"ab")], [2, 2]
