@@ -40,7 +40,8 @@ LONG_WORD_BYTES = 32  # words this long on average (text without spaces) are mer
 PARALLEL_MERGE_MIN_BYTES = 1 << 20  # and only when there are this many bytes of them
 # small tasks: the few in flight stay a few MB (a str can take 4 bytes a character)
 PRETOKENIZE_BLOCK_BYTES = 1 << 18
-COUNT_BATCH_BYTES = 1 << 20  # bytes of words per batch of the initial pair count (numpy's arrays)
+NUMPY_COUNT_MIN_BYTES = 1 << 20
+COUNT_BATCH_BYTES = 1 << 18  # bytes of words per batch of the initial pair count: bounds its arrays
 
 
 def count_chunks(
@@ -227,9 +228,9 @@ class _Words:
 def _count_pairs(words, counts: list[int], shift: int) -> tuple[dict[int, int], dict]:
     """{pair: count over all words} and {pair: the words that hold it, as a tuple}.
 
-    From a batch of words on, with numpy (_count_pairs_numpy); below that a word at a time here, so
-    training on a small corpus does not pay numpy's import (~0.1 s)."""
-    if sum(map(len, words)) >= COUNT_BATCH_BYTES:
+    From NUMPY_COUNT_MIN_BYTES of words on, with numpy (_count_pairs_numpy); below that a word at
+    a time here, so training on a small corpus does not pay numpy's import (~0.1 s)."""
+    if sum(map(len, words)) >= NUMPY_COUNT_MIN_BYTES:
         return _count_pairs_numpy(words, counts, shift)
     pair_counts: dict[int, int] = {}
     where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> words that hold it, each once
@@ -254,26 +255,31 @@ def _count_pairs_numpy(words, counts: list[int], shift: int) -> tuple[dict[int, 
 
     pair_counts: dict[int, int] = {}
     where: dict[int, list[int] | tuple[int, ...]] = {}  # pair -> the words that hold it, each once
+    # one int object per word, shared by every list that holds it (as the loop's enumerate does):
+    # ints fresh from tolist() would take 28 bytes more an entry, ~100 MB more on 100 MB of code
+    word_ids = list(range(len(words)))
     for first, batch in _batches(words, COUNT_BATCH_BYTES):
         flat = np.frombuffer(b"".join(map(bytes, batch)), dtype=np.uint8)  # the words end to end
-        word_of = np.repeat(np.arange(len(batch)), [len(word) for word in batch])  # each byte's word
+        # each byte's word (int32: a batch holds far fewer than 2^31 words)
+        word_of = np.repeat(np.arange(len(batch), dtype=np.int32), [len(word) for word in batch])
         inside = word_of[:-1] == word_of[1:]  # a pair of bytes within one word, not across two
-        codes = (flat[:-1].astype(np.int64) << 8 | flat[1:])[inside]  # (pairs,) a * 256 + b
+        codes = (flat[:-1].astype(np.int32) << 8 | flat[1:])[inside]  # (pairs,) a * 256 + b
         held = word_of[:-1][inside]  # (pairs,) the word of each
         weights = np.asarray(counts[first : first + len(batch)], dtype=np.int64)[held]
         totals = np.bincount(codes, weights=weights, minlength=1 << 16)  # exact: counts < 2^53
         # each (pair, word) once, by pair then word (sorted: np.unique's hashing is far slower here)
-        keys = np.sort(codes * len(batch) + held)
+        keys = np.sort(codes.astype(np.int64) * len(batch) + held)
         keys = keys[np.r_[True, keys[1:] != keys[:-1]][: len(keys)]]
         pair_codes, held = np.divmod(keys, len(batch))
         starts = np.flatnonzero(np.r_[True, pair_codes[1:] != pair_codes[:-1]][: len(keys)])
         for code, ids in zip(pair_codes[starts].tolist(), np.split(held + first, starts[1:])):
             pair, n = (code >> 8) << shift | (code & 255), int(totals[code])
+            shared = map(word_ids.__getitem__, ids.tolist())
             if pair in pair_counts:
                 pair_counts[pair] += n
-                where[pair].extend(ids.tolist())
+                where[pair].extend(shared)
             else:
-                pair_counts[pair], where[pair] = n, ids.tolist()
+                pair_counts[pair], where[pair] = n, list(shared)
     _freeze(where, where)
     return pair_counts, where
 
