@@ -9,7 +9,7 @@ Step time: forward + backward + grad clip + fused AdamW step, fp32 on CPU (bf16 
 for both models with the same shape (learned positions, LayerNorm, tanh GELU, tied embeddings, no
 dropout) on the same random batches, alternating step by step; the median over `--steps` steps
 after `--warmup` steps.
-Target (CPU): ours <= 0.8x HF's step time.
+Target (CPU): ours <= 0.75x HF's step time (issue 13; 0.8x before).
 
 --sweep B1,B2,... (default with --gpt2: 16,24,32) then times ours alone at each larger batch, same
 block, a fresh model each (compiled for that shape when the main run is), stopping at the first
@@ -314,7 +314,7 @@ def main() -> None:
     print(f"step time, {result['shape']}, batch {batch}, {precision}, {device}:")
     print(f"  ours {s['ours_ms']:.1f} ms ({s['ours_tokens_per_s']:,.0f} tok/s)")
     print(f"  HF   {s['hf_ms']:.1f} ms ({s['hf_tokens_per_s']:,.0f} tok/s)")
-    print(f"  ratio ours/HF = {s['ratio']:.2f} (target <= 0.8)")
+    print(f"  ratio ours/HF = {s['ratio']:.2f} (target <= 0.75)")
     if s["mfu"] is not None:
         print(f"  ours: MFU {s['mfu'] * 100:.1f}% of the detected GPU's bf16 peak")
     if s["peak_memory_bytes"] is not None:
