@@ -183,17 +183,12 @@ class GenerationRun:
 
     def _events(self) -> Iterator[TokenEvent]:
         engine, config = self.engine, self.config
-        tokenizer, device, block_size = engine.tokenizer, engine.device, engine.block_size
-        B = config.num_samples
-        eos = None if config.ignore_eos else tokenizer.eot_id
+        block_size, B = engine.block_size, config.num_samples
         generator = None
         if config.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(config.seed)
-
+            generator = torch.Generator(device=engine.device).manual_seed(config.seed)
         rows = [list(self.prompt_ids[-block_size:]) for _ in range(B)]  # every row: the visible tokens
-        texts = [SampleText(config.stop) for _ in range(B)]
-        new_ids: list[list[int]] = [[] for _ in range(B)]
-        reasons: list[str | None] = [None] * B
+        samples = [_SampleState(config.stop) for _ in range(B)]
         keep = max(1, block_size - block_size // 4)  # tokens kept when the context is full
 
         t0 = time.perf_counter()
@@ -204,19 +199,10 @@ class GenerationRun:
             next_ids = next_tensor.tolist()  # the one host sync per step
             if NO_TOKEN in next_ids:
                 raise GptError(f"sampling failed: {NOT_FINITE}")
-            for b, token in enumerate(next_ids):
-                if reasons[b] is not None:
-                    continue  # finished rows run along (the batch stays rectangular) but are ignored
-                if token == eos:
-                    reasons[b] = "eos"
-                    yield TokenEvent(b, token, texts[b].add(b"", final=True))
-                    continue
-                new_ids[b].append(token)
-                text = texts[b].add(tokenizer.token_bytes(token))
-                if texts[b].stopped:
-                    reasons[b] = "stop"
-                yield TokenEvent(b, token, text)
-            if all(r is not None for r in reasons) or i == config.max_new_tokens - 1:
+            for b, (sample, token) in enumerate(zip(samples, next_ids)):
+                if sample.reason is None:  # finished rows run along (the batch stays rectangular)
+                    yield TokenEvent(b, token, self._take(sample, token))
+            if all(s.reason is not None for s in samples) or i == config.max_new_tokens - 1:
                 break  # (no forward pass for a token nothing will follow)
             held = len(rows[0])  # tokens in the cache
             for row, token in zip(rows, next_ids):
@@ -226,22 +212,44 @@ class GenerationRun:
                 logits = decoder.prefill(rows)
             else:
                 logits = decoder.step(next_tensor)
-        for b in range(B):
-            if reasons[b] is None:
-                reasons[b] = "length"
-                tail = texts[b].add(b"", final=True)
-                if tail:
-                    yield TokenEvent(b, new_ids[b][-1] if new_ids[b] else -1, tail)
-        seconds = time.perf_counter() - t0
-        total = sum(len(ids) for ids in new_ids)
-        self.result = GenerationResult(
+        for b, sample in enumerate(samples):
+            if sample.reason is None:
+                sample.reason = "length"
+                if tail := sample.text.add(b"", final=True):  # bytes held back for a stop string
+                    yield TokenEvent(b, sample.ids[-1] if sample.ids else -1, tail)
+        self.result = self._result(samples, time.perf_counter() - t0)
+
+    def _take(self, sample: "_SampleState", token: int) -> str:
+        """A running sample's next token -> the text it makes printable; ends the sample at the
+        end-of-text token (unless ignore_eos) or a stop string."""
+        if token == self.engine.tokenizer.eot_id and not self.config.ignore_eos:
+            sample.reason = "eos"
+            return sample.text.add(b"", final=True)
+        sample.ids.append(token)
+        text = sample.text.add(self.engine.tokenizer.token_bytes(token))
+        if sample.text.stopped:
+            sample.reason = "stop"
+        return text
+
+    def _result(self, samples: list["_SampleState"], seconds: float) -> GenerationResult:
+        total = sum(len(s.ids) for s in samples)
+        return GenerationResult(
             prompt=self.prompt,
             prompt_ids=self.prompt_ids,
-            samples=[Sample(t.text, ids, r) for t, ids, r in zip(texts, new_ids, reasons)],
+            samples=[Sample(s.text.text, s.ids, s.reason) for s in samples],
             seconds=seconds,
             new_tokens=total,
             tokens_per_second=total / seconds if seconds > 0 else 0.0,
         )
+
+
+class _SampleState:
+    """One sample while it runs: its text so far, its new ids, why it ended (None until it does)."""
+
+    def __init__(self, stop: list[str]):
+        self.text = SampleText(stop)
+        self.ids: list[int] = []
+        self.reason: str | None = None
 
 
 def generate(
