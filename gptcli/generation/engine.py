@@ -34,7 +34,7 @@ from gptcli.errors import GptError
 from gptcli.generation.cpu_matmul import prepare_for_cpu, torch_threads, uses_openblas
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
-from gptcli.generation.text import SampleText
+from gptcli.generation.text import SampleState, SampleText
 from gptcli.runtime import DTYPES, resolve_device, resolve_precision
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
@@ -188,7 +188,8 @@ class GenerationRun:
         if config.seed is not None:
             generator = torch.Generator(device=engine.device).manual_seed(config.seed)
         rows = [list(self.prompt_ids[-block_size:]) for _ in range(B)]  # every row: the visible tokens
-        samples = [_SampleState(config.stop) for _ in range(B)]
+        samples = [SampleState(SampleText(config.stop)) for _ in range(B)]
+        eos = None if config.ignore_eos else engine.tokenizer.eot_id
         keep = max(1, block_size - block_size // 4)  # tokens kept when the context is full
 
         t0 = time.perf_counter()
@@ -200,9 +201,9 @@ class GenerationRun:
             if NO_TOKEN in next_ids:
                 raise GptError(f"sampling failed: {NOT_FINITE}")
             for b, (sample, token) in enumerate(zip(samples, next_ids)):
-                if sample.reason is None:  # finished rows run along (the batch stays rectangular)
-                    yield TokenEvent(b, token, self._take(sample, token))
-            if all(s.reason is not None for s in samples) or i == config.max_new_tokens - 1:
+                if sample.finish_reason is None:  # finished rows run along (the batch stays rectangular)
+                    yield TokenEvent(b, token, sample.take(token, engine.tokenizer, eos))
+            if all(s.finish_reason is not None for s in samples) or i == config.max_new_tokens - 1:
                 break  # (no forward pass for a token nothing will follow)
             held = len(rows[0])  # tokens in the cache
             for row, token in zip(rows, next_ids):
@@ -213,43 +214,22 @@ class GenerationRun:
             else:
                 logits = decoder.step(next_tensor)
         for b, sample in enumerate(samples):
-            if sample.reason is None:
-                sample.reason = "length"
+            if sample.finish_reason is None:
+                sample.finish_reason = "length"
                 if tail := sample.text.add(b"", final=True):  # bytes held back for a stop string
                     yield TokenEvent(b, sample.ids[-1] if sample.ids else -1, tail)
         self.result = self._result(samples, time.perf_counter() - t0)
 
-    def _take(self, sample: "_SampleState", token: int) -> str:
-        """A running sample's next token -> the text it makes printable; ends the sample at the
-        end-of-text token (unless ignore_eos) or a stop string."""
-        if token == self.engine.tokenizer.eot_id and not self.config.ignore_eos:
-            sample.reason = "eos"
-            return sample.text.add(b"", final=True)
-        sample.ids.append(token)
-        text = sample.text.add(self.engine.tokenizer.token_bytes(token))
-        if sample.text.stopped:
-            sample.reason = "stop"
-        return text
-
-    def _result(self, samples: list["_SampleState"], seconds: float) -> GenerationResult:
+    def _result(self, samples: list[SampleState], seconds: float) -> GenerationResult:
         total = sum(len(s.ids) for s in samples)
         return GenerationResult(
             prompt=self.prompt,
             prompt_ids=self.prompt_ids,
-            samples=[Sample(s.text.text, s.ids, s.reason) for s in samples],
+            samples=[Sample(s.text.text, s.ids, s.finish_reason) for s in samples],
             seconds=seconds,
             new_tokens=total,
             tokens_per_second=total / seconds if seconds > 0 else 0.0,
         )
-
-
-class _SampleState:
-    """One sample while it runs: its text so far, its new ids, why it ended (None until it does)."""
-
-    def __init__(self, stop: list[str]):
-        self.text = SampleText(stop)
-        self.ids: list[int] = []
-        self.reason: str | None = None
 
 
 def generate(

@@ -5,10 +5,15 @@
 
 Decoding is incremental, so a character whose bytes span two tokens is handed out whole, once both
 have arrived; text that might be the start of a stop string is held back until it is clear that it
-is not; a stop string that appears cuts the text just before it.
+is not; a stop string that appears cuts the text just before it. A SampleState is a sample in
+progress (its text, its ids, why it ended), shared by `gpt generate` and the server:
+
+    sample = SampleState(SampleText(["\n\n"]))
+    printable = sample.take(token, tokenizer, eos=tokenizer.eot_id)   # then sample.finish_reason
 """
 
 import codecs
+from dataclasses import dataclass, field
 
 
 class SampleText:
@@ -48,3 +53,24 @@ class SampleText:
                     longest = n
                     break
         return longest
+
+
+@dataclass
+class SampleState:
+    """One sample while it runs: its text so far, its new ids, why it ended (None until it does)."""
+
+    text: SampleText
+    ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def take(self, token: int, tokenizer, eos: int | None) -> str:
+        """The next token -> the text it makes printable. The sample ends at `eos` (the end-of-text
+        id, not kept; None: never), reason "eos", and at a stop string, reason "stop"."""
+        if token == eos:
+            self.finish_reason = "eos"
+            return self.text.add(b"", final=True)
+        self.ids.append(token)
+        text = self.text.add(tokenizer.token_bytes(token))
+        if self.text.stopped:
+            self.finish_reason = "stop"
+        return text

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -46,7 +46,7 @@ from gptcli.generation.cpu_matmul import torch_threads
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
-from gptcli.generation.text import SampleText
+from gptcli.generation.text import SampleState, SampleText
 
 PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
 
@@ -95,14 +95,13 @@ class SchedulerStats:
 # the scheduler's own bookkeeping
 
 
-@dataclass
-class _Choice:
+@dataclass(kw_only=True)
+class _Choice(SampleState):
+    """A SampleState (text, ids, finish_reason) in a slot of the batch."""
+
     slot: int
     index: int
     visible: list[int]  # the tokens its cache row holds (a full context is re-prefilled from these)
-    text: SampleText
-    ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -261,7 +260,7 @@ class Scheduler:
             seed = config.seed if config.seed is not None else secrets.randbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
         choices = [
-            _Choice(slot, job.first_index + i, self._visible(job), SampleText(config.stop))
+            _Choice(SampleText(config.stop), slot=slot, index=job.first_index + i, visible=self._visible(job))
             for i, slot in enumerate(slots)
         ]
         return _Running(job, choices, generator)
@@ -334,13 +333,11 @@ class Scheduler:
 
     def _add_token(self, run: _Running, choice: _Choice, token: int) -> None:
         config, tokenizer = run.job.config, self.engine.tokenizer
-        eos = None if config.ignore_eos else tokenizer.eot_id
-        if token == eos:  # OpenAI says "stop" for the end of text too
-            return self._finish(run, choice, "stop", choice.text.add(b"", final=True))
-        choice.ids.append(token)
+        text = choice.take(token, tokenizer, None if config.ignore_eos else tokenizer.eot_id)
+        if choice.finish_reason == "eos":  # OpenAI says "stop" for the end of text too
+            return self._finish(run, choice, "stop", text)
         self.stats.tokens += 1
-        text = choice.text.add(tokenizer.token_bytes(token))
-        if choice.text.stopped:
+        if choice.finish_reason == "stop":
             self._finish(run, choice, "stop", text)
         elif run.steps == config.max_new_tokens:
             self._finish(run, choice, "length", text + choice.text.add(b"", final=True))
