@@ -18,6 +18,7 @@ exist as a token (two different splits of the same string) is never merged, so e
 string is unique, as tiktoken requires. The same corpus therefore always gives the same merges.
 """
 
+import contextlib
 import gc
 import heapq
 import os
@@ -144,13 +145,7 @@ def learn_merges(
     """
     shift = (256 + num_merges).bit_length()
     low, top = (1 << shift) - 1, 2 * shift
-    total = sum(map(len, words))
-    long_words = total >= PARALLEL_MERGE_MIN_BYTES and total >= LONG_WORD_BYTES * len(words)
-    index = (
-        _WorkerWords(words, counts, shift, workers)
-        if workers > 1 and long_words
-        else _Words(words, counts, shift)
-    )
+    index = _index(words, counts, shift, workers)
     pair_counts = index.pair_counts
     heap = [(-n << top) | pair for pair, n in pair_counts.items()]
     heapq.heapify(heap)
@@ -159,18 +154,8 @@ def learn_merges(
     known = set(vocab)
     merges: list[tuple[int, int]] = []
     live = len(pair_counts)  # pairs after the last sweep
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of containers, none in a cycle: the collector would only rescan them
-    try:
-        while len(merges) < num_merges and heap:
-            entry = heapq.heappop(heap)
-            pair = entry & ((1 << top) - 1)
-            n = pair_counts.get(pair, 0)
-            if n <= 0:
-                continue
-            if -(entry >> top) != n:  # stale entry: the count dropped since it was pushed
-                heapq.heappush(heap, (-n << top) | pair)
-                continue
+    with _collector_off(), contextlib.closing(index):
+        while len(merges) < num_merges and (pair := _pop_best(heap, pair_counts, top)) is not None:
             a, b = pair >> shift, pair & low
             merged = vocab[a] + vocab[b]
             if merged in known:  # would duplicate an existing token: never merged (see module docs)
@@ -190,11 +175,47 @@ def learn_merges(
                 live = len(pair_counts)
             if progress and (len(merges) % 256 == 0 or len(merges) == num_merges):
                 progress("merging", len(merges), num_merges)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        index.close()
     return merges
+
+
+def _index(words, counts: list[int], shift: int, workers: int) -> "_Words | _WorkerWords":
+    """The words, their pair counts and the pair -> words index: in this process, or dealt out to
+    `workers` processes when the words are long (text without spaces: a word per sentence)."""
+    total = sum(map(len, words))
+    long_words = total >= PARALLEL_MERGE_MIN_BYTES and total >= LONG_WORD_BYTES * len(words)
+    if workers > 1 and long_words:
+        return _WorkerWords(words, counts, shift, workers)
+    return _Words(words, counts, shift)
+
+
+def _pop_best(heap: list[int], pair_counts: dict[int, int], top: int) -> int | None:
+    """Pop the pair the tie rule picks among the current counts (None: no pair left). Entries are
+    checked as they come (lazy invalidation): a dead pair's is dropped, and a stale one (its count
+    dropped since it was pushed) goes back with the true count."""
+    while heap:
+        entry = heapq.heappop(heap)
+        pair = entry & ((1 << top) - 1)
+        n = pair_counts.get(pair, 0)
+        if n <= 0:
+            continue
+        if -(entry >> top) != n:
+            heapq.heappush(heap, (-n << top) | pair)
+            continue
+        return pair
+    return None
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    """The cyclic garbage collector off inside: the trainer holds millions of containers, none in a
+    cycle, which the collector would only rescan again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _Words:
