@@ -279,7 +279,8 @@ def _count_pairs_numpy(words, counts: list[int], shift: int) -> tuple[dict[int, 
     # one int object per word, shared by every list that holds it (as the loop's enumerate does):
     # ints fresh from tolist() would take 28 bytes more an entry, ~100 MB more on 100 MB of code
     word_ids = list(range(len(words)))
-    for first, batch in _batches(words, COUNT_BATCH_BYTES):
+    first = 0  # index of the batch's first word
+    for batch, _ in _tasks(words, COUNT_BATCH_BYTES):  # consecutive words, ~COUNT_BATCH_BYTES each
         flat = np.frombuffer(b"".join(map(bytes, batch)), dtype=np.uint8)  # the words end to end
         # each byte's word (int32: a batch holds far fewer than 2^31 words)
         word_of = np.repeat(np.arange(len(batch), dtype=np.int32), [len(word) for word in batch])
@@ -301,20 +302,9 @@ def _count_pairs_numpy(words, counts: list[int], shift: int) -> tuple[dict[int, 
                 where[pair].extend(shared)
             else:
                 pair_counts[pair], where[pair] = n, list(shared)
+        first += len(batch)
     _freeze(where, where)
     return pair_counts, where
-
-
-def _batches(words: list, size: int) -> Iterator[tuple[int, list]]:
-    """(index of the first, words) for consecutive batches of words of about `size` bytes."""
-    first = 0
-    while first < len(words):
-        last, total = first, 0
-        while last < len(words) and total < size:
-            total += len(words[last])
-            last += 1
-        yield first, words[first:last]
-        first = last
 
 
 class _WorkerWords:
