@@ -30,6 +30,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, repeat
 from operator import lshift, or_
+from typing import TypeVar
 
 from gptcli.errors import GptError
 from gptcli.tokenizers.pretokenize import Splitter, count_in_workers, worker_command
@@ -89,9 +90,13 @@ def count_chunks(
     return counts
 
 
-def _tasks(texts: Iterable[str], chars: int) -> Iterator[tuple[list[str], int]]:
-    """Consecutive texts grouped into (texts, characters) of about `chars` characters each."""
-    group: list[str] = []
+Sized = TypeVar("Sized", str, bytes)  # texts (sized in characters) or byte words (in bytes)
+
+
+def _tasks(texts: Iterable[Sized], chars: int) -> Iterator[tuple[list[Sized], int]]:
+    """Consecutive texts grouped into (texts, characters) of about `chars` characters each
+    (byte strings: of about `chars` bytes)."""
+    group: list[Sized] = []
     size = 0
     for text in texts:
         group.append(text)
