@@ -7,6 +7,7 @@ import pytest
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
 from gptcli.presets import PRESETS, config_base, preset_config
+from gptcli.training.schedule import learning_rate
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 
 SHAPES = {  # (n_layer, n_head, n_embd, block_size, batch_size, grad_accum, dropout)
@@ -28,7 +29,15 @@ def test_each_preset_is_a_valid_config_of_its_shape(name):
     m = config.model
     shape = (m.n_layer, m.n_head, m.n_embd, m.block_size, config.batch_size, config.grad_accum, m.dropout)
     assert shape == SHAPES[name]
-    assert config.lr_decay_iters == config.max_iters
+    assert config.lr_decay_iters is None  # the decay ends at max_iters, whatever --max-iters says
+
+
+def test_a_shorter_run_decays_in_its_own_steps():
+    config = preset_config("cpu-char", max_iters=200)  # wsd: the last 40% of the run decays
+    assert learning_rate(119, config) == config.lr  # still stable
+    assert learning_rate(160, config) < config.lr
+    assert learning_rate(199, config) < 1.5 * config.min_lr  # the last step, near the floor
+    assert learning_rate(200, config) == config.min_lr
 
 
 def test_presets_carry_nanogpts_settings():
@@ -79,7 +88,8 @@ def test_flags_override_the_preset(tmp_path):
     assert result.exit_code == 0, result.stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["max_iters"] == 3 and config["model"]["n_layer"] == 1  # the flags
-    assert config["model"]["n_embd"] == 128 and config["lr_decay_iters"] == 800  # the preset
+    assert config["model"]["n_embd"] == 128 and config["optimizer"] == "muon"  # the preset
+    assert config["lr_decay_iters"] is None  # the schedule follows --max-iters
     assert config["tokenizer"] == "char" and config["device"] == "cpu"
     assert [d.name for d in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_0000003"]
 
