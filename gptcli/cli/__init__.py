@@ -6,7 +6,7 @@ import typer
 
 from gptcli import __version__
 from gptcli.cli import data, tokenizer
-from gptcli.cli.common import GptGroup
+from gptcli.cli.common import GptGroup, command_clock
 from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
@@ -48,5 +48,7 @@ def root(
     """gpt: from a text file to a trained GPT and back to text."""
 
 
-def main() -> None:
-    app()
+def main(started: float | None = None) -> None:
+    """The `gpt` command; `started`: when its process began (time.time()), for --max-time."""
+    with command_clock(started):
+        app()

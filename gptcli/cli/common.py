@@ -6,6 +6,7 @@ start without it. Commands import the library modules that need torch inside the
 """
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,26 @@ VerboseOption = Annotated[
         "--verbose", "-v", callback=_set_verbose, help="Also the settings used, timings and other detail."
     ),
 ]
+
+
+_command_started: float | None = None  # when the `gpt` process began; None when called in-process
+
+
+@contextmanager
+def command_clock(started: float | None) -> Iterator[None]:
+    """While a command line runs: its process's start, what command_started() answers."""
+    global _command_started
+    _command_started = started
+    try:
+        yield
+    finally:
+        _command_started = None
+
+
+def command_started() -> float:
+    """When this command began (time.time()): its process's start under `gpt`, else now (a command
+    invoked in-process, as the tests do, starts when it is called)."""
+    return time.time() if _command_started is None else _command_started
 
 
 def detail(message: str) -> None:

@@ -7,7 +7,6 @@ values.
 """
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from gptcli.cli.common import (
     QuietOption,
     VerboseOption,
+    command_started,
     config_option,
     console,
     detail,
@@ -135,7 +135,7 @@ def train_command(
 ) -> None:
     """Train a GPT. With no flags: ./tokenizer.json (else characters), its corpus, a 6-layer model, into out/."""
     flags = {name: value for name, value in locals().items() if name not in RUN_CONTROLS}
-    started = time.time()  # --max-time counts from here: loading torch is part of the command
+    started = command_started()  # --max-time counts from the process's start: loading torch is part
     if resume is not None:
         if config is not None or overwrite or out is not None:
             raise GptError(
@@ -153,8 +153,9 @@ def train_command(
     if summary.val_loss is not None:
         final += f", val {summary.val_loss:.4f}"
     stopped = STOPPED_BY.get(summary.stop_reason, "")
+    steps = f"{summary.step} step" + ("" if summary.step == 1 else "s")
     console.print(
-        f"done{stopped}: {summary.step} steps in {summary.seconds:.0f}s; {final}{best}; checkpoint {summary.last_checkpoint}"
+        f"done{stopped}: {steps} in {summary.seconds:.0f}s; {final}{best}; checkpoint {summary.last_checkpoint}"
     )
 
 

@@ -12,7 +12,9 @@ The rule, checked after every step:
   eval batch, per sampled token, per checkpoint); before the first, estimated from the step time:
   an eval batch is a forward pass, ~1/3 of a micro-batch's forward + backward; a sampled token is
   1/3 of that per sequence of the batch (at least 3 ms); a checkpoint writes ~150 MB/s.
-  The reserve is at most half of max_time: a final eval that would take longer is shrunk instead.
+  The reserve is at most half of max_time: a final eval that would take longer is shrunk instead;
+- the process's exit is kept too: EXIT_SECONDS after the last checkpoint, for Python to unload its
+  modules (torch's take 0.25-0.4 s on a 2-core VM, after gc.freeze in gptcli/__main__.py).
 
 Each eval then takes as many of its eval_iters batches as fit in the time left (at least one), and
 drops its sample if even one batch does not fit beside it, so the command ends within max_time
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 MIN_TOKEN_SECONDS = 0.003  # a sampled token is one small forward pass: its overhead dominates
+EXIT_SECONDS = 0.5  # the process's exit after the summary (see the module)
 SAVE_BYTES_PER_SECOND = 150e6  # a checkpoint's weights + optimizer state: written, hashed, fsynced
 STEP_AVERAGE = 0.3  # weight of the newest step in the moving average of the step time
 
@@ -43,9 +46,15 @@ class TimeBudget:
     """When to stop for --max-time, and how large an eval fits in the time left (see the module)."""
 
     def __init__(
-        self, max_time: float | None, start: float, shape: EvalShape, clock: Callable[[], float] = time.time
+        self,
+        max_time: float | None,
+        start: float,
+        shape: EvalShape,
+        clock: Callable[[], float] = time.time,
+        exit_seconds: float = EXIT_SECONDS,
     ):
         self.max_time, self.start, self.shape, self.clock = max_time, start, shape, clock
+        self.exit_seconds = exit_seconds
         self.step_seconds: float | None = None
         self.batch_seconds: float | None = None  # measured per eval batch, once an eval ran
         self.token_seconds: float | None = None
@@ -65,7 +74,10 @@ class TimeBudget:
         self.save_seconds = seconds
 
     def left(self) -> float:
-        return math.inf if self.max_time is None else self.max_time - (self.clock() - self.start)
+        """Seconds until the work must end: max_time less what has passed and the exit."""
+        if self.max_time is None:
+            return math.inf
+        return self.max_time - (self.clock() - self.start) - self.exit_seconds
 
     def costs(self) -> tuple[float, float, float]:
         """(seconds per eval batch, per sampled token, per checkpoint): measured, else estimated."""

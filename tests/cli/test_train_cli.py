@@ -7,6 +7,9 @@ token cache), so nothing lands in the home directory and each test takes about a
 
 import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -315,9 +318,22 @@ def test_max_time_stops_early_with_a_checkpoint(tmp_path, text):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     done = last_line(result.stderr)
-    assert done.startswith("done (stopped by --max-time): 1 steps"), done
+    assert done.startswith("done (stopped by --max-time): 1 step in"), done
     assert steps_in(tmp_path / "out") == ["step_0000001"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["max_time"] == 0.001
+
+
+def test_max_time_bounds_the_whole_process(tmp_path, text):
+    """From the process's launch to its exit: start-up (torch's import) and Python's exit included.
+    Before, the clock started in the command and the exit took ~1.5 s more: 22.3 s for 20 s."""
+    gpt = Path(sys.executable).with_name("gpt")
+    args = ["train", "--data", str(text), "-t", "char", *tiny(max_iters="100000", eval_interval="50")]
+    started = time.monotonic()
+    done = subprocess.run([str(gpt), *args, "--max-time", "8s", "-q"], cwd=tmp_path, capture_output=True)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert steps_in(tmp_path / "out")[-1] != "step_0100000"  # stopped by the clock
+    assert seconds < 8 + 0.75, seconds  # a little for a loaded CI machine's noise
 
 
 @pytest.mark.parametrize(

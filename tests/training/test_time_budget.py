@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from gptcli.training.time_budget import EvalShape, TimeBudget
+from gptcli.training.time_budget import EXIT_SECONDS, EvalShape, TimeBudget
 from gptcli.training.trainer import train
 from tests.training.test_trainer import tiny
 
@@ -21,7 +21,7 @@ class FakeClock:
 
 def budget(max_time: float | None, clock: FakeClock, save_bytes: int = 0) -> TimeBudget:
     # two splits, one micro-batch of 4 per step, a checkpoint of save_bytes
-    return TimeBudget(max_time, start=0.0, shape=EvalShape(2, 1, 4, save_bytes), clock=clock)
+    return TimeBudget(max_time, start=0.0, shape=EvalShape(2, 1, 4, save_bytes), clock=clock, exit_seconds=0)
 
 
 def test_without_max_time_nothing_stops_or_shrinks():
@@ -44,6 +44,15 @@ def test_stops_when_the_next_step_and_the_estimated_final_eval_would_not_fit():
     clock.now = 97.8  # 2.2 s left < 0.3 + 2
     assert b.should_stop(10, 0)
     assert b.plan_eval(10, 0) == (10, 0)  # the full eval still fits
+
+
+def test_the_exit_is_kept_out_of_the_time_left():
+    clock = FakeClock()
+    b = TimeBudget(100, start=0.0, shape=EvalShape(2, 1, 4, 0), clock=clock)  # the default exit time
+    b.record_step(0.3)
+    clock.now = 97.6  # 2.4 s left, of which EXIT_SECONDS go to Python's exit: 1.9 < 0.3 + 2
+    assert b.left() == pytest.approx(2.4 - EXIT_SECONDS)
+    assert b.should_stop(10, 0)
 
 
 def test_a_final_eval_longer_than_half_the_budget_is_shrunk_to_fit():
