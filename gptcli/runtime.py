@@ -58,7 +58,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise GptError("fp16 training needs a CUDA GPU (use bf16 or fp32)")
+        raise GptError("fp16 needs a CUDA GPU (use bf16 or fp32)")
     return name
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.progress import (
@@ -26,14 +26,28 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
-from gptcli.config import TrainConfig
-from gptcli.errors import GptError
+from gptcli.config import TrainConfig, validate
+from gptcli.errors import GptError, OptionError, first_validation_problem
 
 try:  # recent Typer releases vendor their own copy of Click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older Typer on the real Click
     from click import exceptions as click_errors
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+
+def validate_options(schema: type[BaseModel], values: dict, flags: dict):
+    """schema(**values), where `flags` are the options as typed (None: not given). A bad value that
+    came from an option is a bad option: `--max-iters: Input should be ...`, exit 2; one from a
+    preset, a --config file or a saved run stays `invalid TrainConfig: max_iters: ...`, exit 1."""
+    try:
+        return schema(**values)
+    except ValidationError as e:
+        loc, message = first_validation_problem(e)
+        name = loc.rpartition(".")[2]  # a model field's flag: model.n_layer -> --n-layer
+        if flags.get(name) is not None:
+            raise OptionError(f"--{name.replace('_', '-')}: {message}") from None
+    return validate(schema, **values)  # fails again, as `invalid TrainConfig: field: message`
 
 
 def config_option(

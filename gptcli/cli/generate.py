@@ -20,9 +20,10 @@ from gptcli.cli.common import (
     device_option,
     precision_option,
     read_text_file,
+    validate_options,
     warn,
 )
-from gptcli.config import PRECISIONS, SampleConfig, validate
+from gptcli.config import PRECISIONS, SampleConfig
 from gptcli.errors import GptError
 
 SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py prints them
@@ -79,7 +80,7 @@ def generate_command(
         raise GptError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
     settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
-    config = validate(SampleConfig, **{k: v for k, v in settings.items() if v is not None})
+    config = validate_options(SampleConfig, {k: v for k, v in settings.items() if v is not None}, settings)
     text = read_prompt(prompt)
     engine = load_engine(checkpoint, device, precision, best, strict, compile)
     run = engine.start(text, config)

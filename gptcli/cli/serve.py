@@ -16,10 +16,11 @@ from gptcli.cli.common import (
     detail,
     device_option,
     precision_option,
+    validate_options,
     warn,
 )
 from gptcli.cli.generate import load_engine
-from gptcli.config import ServeConfig, validate
+from gptcli.config import ServeConfig
 from gptcli.errors import GptError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -64,8 +65,9 @@ def serve_command(
         raise GptError("gpt serve needs the serve extra: pip install 'gptcli[serve]'") from None
     settings = dict(host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                     max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
-    config = validate(ServeConfig, checkpoint=checkpoint, best=best, device=device, precision=precision,
-                      compile=compile, quiet=quiet, **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
+    given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile,
+                 quiet=quiet, **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
+    config = validate_options(ServeConfig, given, settings)
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 
     engine = load_engine(

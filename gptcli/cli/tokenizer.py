@@ -17,10 +17,11 @@ from gptcli.cli.common import (
     human_bytes,
     read_input,
     stage_progress,
+    validate_options,
     warn,
     write_text,
 )
-from gptcli.config import EXPORT_FORMATS, TokenizerTrainConfig, validate
+from gptcli.config import EXPORT_FORMATS, TokenizerTrainConfig
 from gptcli.errors import GptError
 
 app = typer.Typer(
@@ -75,7 +76,7 @@ def train(
                  text_field=text_field, split=split, skip_bad_records=skip_bad_records)  # fmt: skip
     if special_tokens is not None:
         given["special_tokens"] = special_tokens.split(",") if special_tokens != "" else []
-    config = validate(TokenizerTrainConfig, **{k: v for k, v in given.items() if v is not None})
+    config = validate_options(TokenizerTrainConfig, {k: v for k, v in given.items() if v is not None}, given)
     detail(f"settings: {config.model_dump_json()}")
     with stage_progress(enabled=not quiet) as progress:
         result = train_tokenizer(config, progress)

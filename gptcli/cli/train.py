@@ -22,9 +22,10 @@ from gptcli.cli.common import (
     detail,
     device_option,
     precision_option,
+    validate_options,
     warn,
 )
-from gptcli.config import ModelConfig, TrainConfig, validate
+from gptcli.config import ModelConfig, TrainConfig
 from gptcli.errors import GptError
 from gptcli.presets import config_base, merge_config, presets_help
 
@@ -146,7 +147,7 @@ def train_command(
         run_dir, base = resume, read_run_config(resume).model_dump(mode="json")
     else:
         run_dir, base = out or Path("out"), config_base(config) if config else {}
-    train_config = validate(TrainConfig, **merge_config(base, flags))
+    train_config = validate_options(TrainConfig, merge_config(base, flags), flags)
     summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet, started)
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"

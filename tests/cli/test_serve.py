@@ -33,7 +33,7 @@ def test_without_the_serve_extra_it_says_how_to_get_it(tmp_path, monkeypatch):
 def test_bad_settings_are_one_line_errors(tmp_path):
     model = save_tiny_checkpoint(tmp_path / "tiny")
     assert_one_line_error(run_cli("serve", "-c", str(model), "--port", "70000"), "port")
-    assert_one_line_error(run_cli("serve", "-c", str(model), "--max-batch", "0"), "max_batch")
+    assert_one_line_error(run_cli("serve", "-c", str(model), "--max-batch", "0"), "--max-batch")
     assert_one_line_error(run_cli("serve", "-c", str(tmp_path / "missing")), "missing")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -323,6 +323,18 @@ def test_max_time_stops_early_with_a_checkpoint(tmp_path, text):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["max_time"] == 0.001
 
 
+def test_a_bad_value_is_named_by_its_flag_or_by_where_it_came_from(tmp_path, text):
+    typed = run_cli("train", "--data", str(text), "-t", "char", *tiny(), "--max-iters", "-5")
+    assert_one_line_error(typed, "--max-iters: Input should be greater than or equal to 1")
+    assert typed.exit_code == 2  # a bad option, as one whose value does not parse
+    (tmp_path / "cfg.json").write_text(json.dumps({"max_iters": -5}))
+    from_file = run_cli("train", "--data", str(text), "-t", "char", "--config", str(tmp_path / "cfg.json"))
+    assert_one_line_error(
+        from_file, "invalid TrainConfig: max_iters: Input should be greater than or equal to 1"
+    )
+    assert from_file.exit_code == 1
+
+
 def test_max_time_bounds_the_whole_process(tmp_path, text):
     """From the process's launch to its exit: start-up (torch's import) and Python's exit included.
     Before, the clock started in the command and the exit took ~1.5 s more: 22.3 s for 20 s."""
@@ -414,24 +426,24 @@ def test_init_from_a_checkpoint_of_the_run_being_overwritten_loses_nothing(run, 
         (["--device", "cuda:x"], ["unknown device 'cuda:x'"]),
         (["--n-embd", "30", "--n-head", "4"], ["n_embd (30) must be divisible by n_head (4)"]),
         (["--n-head", "4", "--n-kv-head", "3"], ["n_head (4) must be a multiple of n_kv_head (3)"]),
-        (["--pos-emb", "bogus"], ["model.pos_emb", "'learned'"]),
+        (["--pos-emb", "bogus"], ["--pos-emb", "'learned'"]),
         (["--pos-emb", "rope", "--n-embd", "6"], ["rope needs an even head size"]),
-        (["--window", "0"], ["model.window"]),
-        (["--norm", "batchnorm"], ["model.norm"]),
-        (["--precision", "fp16"], ["fp16 training needs a CUDA GPU"]),
+        (["--window", "0"], ["--window"]),
+        (["--norm", "batchnorm"], ["--norm"]),
+        (["--precision", "fp16"], ["fp16 needs a CUDA GPU"]),
         (["--precision", "fp8"], ["precision"]),
         (["--min-lr", "0.1"], ["min_lr (0.1) is above lr (0.001)"]),
         (["--optimizer", "bogus"], ["optimizer", "'adamw' or 'muon'"]),
-        (["--optimizer", "muon", "--muon-lr", "0"], ["muon_lr", "greater than 0"]),
-        (["--optimizer", "muon", "--muon-momentum", "1"], ["muon_momentum", "less than 1"]),
+        (["--optimizer", "muon", "--muon-lr", "0"], ["--muon-lr", "greater than 0"]),
+        (["--optimizer", "muon", "--muon-momentum", "1"], ["--muon-momentum", "less than 1"]),
         (["--schedule", "linear"], ["schedule", "'cosine' or 'wsd'"]),
-        (["--schedule", "wsd", "--decay-fraction", "0"], ["decay_fraction", "greater than 0"]),
-        (["--schedule", "wsd", "--decay-fraction", "1.5"], ["decay_fraction", "less than or equal to 1"]),
-        (["--batch-size", "0"], ["batch_size"]),
-        (["--val-fraction", "1.5"], ["val_fraction"]),
-        (["--max-time", "abc"], ["max_time", "'abc' is not a duration", "15m"]),
-        (["--max-time", "0"], ["max_time", "greater than 0"]),
-        (["--max-time", "-5"], ["max_time", "'-5' is not a duration"]),
+        (["--schedule", "wsd", "--decay-fraction", "0"], ["--decay-fraction", "greater than 0"]),
+        (["--schedule", "wsd", "--decay-fraction", "1.5"], ["--decay-fraction", "less than or equal to 1"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--val-fraction", "1.5"], ["--val-fraction"]),
+        (["--max-time", "abc"], ["--max-time", "'abc' is not a duration", "15m"]),
+        (["--max-time", "0"], ["--max-time", "greater than 0"]),
+        (["--max-time", "-5"], ["--max-time", "'-5' is not a duration"]),
         (["--max-iters", "many"], ["--max-iters", "valid integer"]),
         (["--data", "{missing}"], ["not found", "missing.txt"]),
         (["--tokenizer", "{missing_tok}"], ["tokenizer not found", "nope.json"]),
