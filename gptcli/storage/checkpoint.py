@@ -295,7 +295,8 @@ def _damage_behind(directory: Path, error: GptError) -> DamagedCheckpoint | None
         if not (directory / CHECKSUMS).exists() or verify_checkpoint(directory):
             return None
     except GptError as damage:
-        return DamagedCheckpoint(f"{error} ({damage})")
+        path = str(damage).partition(": ")[0]  # both usually name the same file first: name it once
+        return DamagedCheckpoint(f"{damage}; {str(error).removeprefix(path + ': ')}")
     return None
 
 

@@ -3,7 +3,7 @@
     config, tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, notes)
 
 A fresh run fills in what was left out (a token store's own tokenizer.json when the data is a
-store, else ./tokenizer.json, else characters; the tokenizer's corpus else the shipped toy data),
+store, else ./tokenizer.json, else characters; the tokenizer's corpus else the toy data),
 makes every path absolute (so the run's config.json works from any directory), and takes the
 model's shape from the flags, or from --init-from's checkpoint. A resumed run takes all of it from
 the run directory and its newest checkpoint.
@@ -112,7 +112,8 @@ def resolve_inputs(config: TrainConfig, notes: list[str]) -> TrainConfig:
 
 
 def default_data(tokenizer: str, notes: list[str]) -> list[str]:
-    """The corpus the tokenizer was trained on, where its files still exist; else the shipped toy data."""
+    """The corpus the tokenizer was trained on, where its files still exist; else the toy data
+    (toy_data/shakespeare.txt, which `make data` writes, else the shipped sonnets.txt)."""
     recorded = []
     if tokenizer != "char":
         recorded = [f.path for f in load_tokenizer(tokenizer).trained_on or [] if Path(f.path).is_file()]
@@ -123,7 +124,7 @@ def default_data(tokenizer: str, notes: list[str]) -> list[str]:
     toy = toy if toy.is_file() else REPO_TOY_DATA / "sonnets.txt"
     if not toy.is_file():
         raise GptError("no --data given and no default corpus found: pass --data FILE")
-    notes.append(f"data: {toy} (the shipped toy data)")
+    notes.append(f"data: {toy} (the toy data: no --data given)")
     return [str(toy)]
 
 

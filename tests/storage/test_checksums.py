@@ -129,6 +129,18 @@ def damaged_run(tmp_path):
     return run
 
 
+def test_a_truncated_file_is_named_once_with_both_of_its_problems(tmp_path):
+    directory = tmp_path / "ckpt"
+    save(directory, seed=1, step=1, val_loss=1.0)
+    weights = directory / ckpt.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DamagedCheckpoint) as caught:
+        ckpt.load_checkpoint(directory)
+    message = str(caught.value)
+    assert message.count(str(weights)) == 1, message
+    assert "checksum mismatch" in message and "corrupt or truncated safetensors file" in message
+
+
 def test_a_run_directory_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     run = damaged_run(tmp_path)
     warnings = []
