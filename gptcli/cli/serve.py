@@ -67,7 +67,7 @@ def serve_command(
                     max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
     given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile,
                  quiet=quiet, **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
-    config = validate_options(ServeConfig, given, settings)
+    config = validate_options(ServeConfig, given, given)  # every value here is an option
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 
     engine = load_engine(
