@@ -36,10 +36,13 @@ except ImportError:  # pragma: no cover - older Typer on the real Click
 NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 
-def validate_options(schema: type[BaseModel], values: dict, flags: dict):
-    """schema(**values), where `flags` are the options as typed (None: not given). A bad value that
-    came from an option is a bad option: `--max-iters: Input should be ...`, exit 2; one from a
-    preset, a --config file or a saved run stays `invalid TrainConfig: max_iters: ...`, exit 1."""
+def validate_options(schema: type[BaseModel], flags: dict, values: dict | None = None):
+    """A config from the options as typed (`flags`; None: not given, the field's default stays), or
+    from `values` made of them (over a preset, say). A bad value that came from an option is a bad
+    option: `--max-iters: Input should be ...`, exit 2; one from a preset, a --config file or a
+    saved run stays `invalid TrainConfig: max_iters: ...`, exit 1."""
+    if values is None:
+        values = {name: value for name, value in flags.items() if value is not None}
     try:
         return schema(**values)
     except ValidationError as e:

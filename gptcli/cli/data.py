@@ -67,7 +67,7 @@ def prepare(
     given = dict(files=files, tokenizer=tokenizer, out=out, val_fraction=val_fraction, val_data=val_data,
                  text_field=text_field, split=split, skip_bad_records=skip_bad_records, workers=workers,
                  shard_tokens=shard_tokens, overwrite=overwrite)  # fmt: skip
-    config = validate_options(DataPrepareConfig, {k: v for k, v in given.items() if v is not None}, given)
+    config = validate_options(DataPrepareConfig, given)
     detail(f"settings: {config.model_dump_json()}")
     tok = load_tokenizer(config.tokenizer)
     sources = find_sources(config.files)

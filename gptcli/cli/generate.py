@@ -80,7 +80,7 @@ def generate_command(
         raise GptError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
     settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
-    config = validate_options(SampleConfig, {k: v for k, v in settings.items() if v is not None}, settings)
+    config = validate_options(SampleConfig, settings)
     text = read_prompt(prompt)
     engine = load_engine(checkpoint, device, precision, best, strict, compile)
     run = engine.start(text, config)

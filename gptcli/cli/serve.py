@@ -63,11 +63,10 @@ def serve_command(
         import uvicorn  # noqa: F401
     except ImportError:
         raise GptError("gpt serve needs the serve extra: pip install 'gptcli[serve]'") from None
-    settings = dict(host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
-                    max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
-    given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile,
-                 quiet=quiet, **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
-    config = validate_options(ServeConfig, given, given)  # every value here is an option
+    given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile, quiet=quiet,
+                 host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
+                 max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
+    config = validate_options(ServeConfig, given)
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 
     engine = load_engine(

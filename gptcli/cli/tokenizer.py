@@ -76,7 +76,7 @@ def train(
                  text_field=text_field, split=split, skip_bad_records=skip_bad_records)  # fmt: skip
     if special_tokens is not None:
         given["special_tokens"] = special_tokens.split(",") if special_tokens != "" else []
-    config = validate_options(TokenizerTrainConfig, {k: v for k, v in given.items() if v is not None}, given)
+    config = validate_options(TokenizerTrainConfig, given)
     detail(f"settings: {config.model_dump_json()}")
     with stage_progress(enabled=not quiet) as progress:
         result = train_tokenizer(config, progress)

@@ -147,7 +147,7 @@ def train_command(
         run_dir, base = resume, read_run_config(resume).model_dump(mode="json")
     else:
         run_dir, base = out or Path("out"), config_base(config) if config else {}
-    train_config = validate_options(TrainConfig, merge_config(base, flags), flags)
+    train_config = validate_options(TrainConfig, flags, merge_config(base, flags))
     summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet, started)
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
