@@ -165,7 +165,7 @@ def test_without_tokenizer_json_it_falls_back_to_characters(tmp_path, text):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tokenizer"] == "char"
 
 
-def test_with_no_flags_at_all_it_trains_characters_on_the_shipped_toy_data(tmp_path):
+def test_with_no_flags_at_all_it_trains_characters_on_the_toy_data(tmp_path):
     result = run_cli("train", *tiny())
     assert result.exit_code == 0, result.stderr
     assert "tokenizer: char (default)" in result.stderr and "(the toy data: no --data given)" in result.stderr
