@@ -11,8 +11,11 @@ The rule, checked after every step:
 - reserve: what the final eval + sample + checkpoint will take. Measured at each eval (seconds per
   eval batch, per sampled token, per checkpoint); before the first, estimated from the step time:
   an eval batch is a forward pass, ~1/3 of a micro-batch's forward + backward; a sampled token is
-  1/3 of that per sequence of the batch (at least 3 ms); a checkpoint writes ~150 MB/s.
-  The reserve is at most half of max_time: a final eval that would take longer is shrunk instead;
+  one position through the KV cache, which costs ~35 positions of a batch forward (a batch spreads
+  each layer's overhead and weight reads over batch x block positions: 25-35x measured for 6-12
+  layer models on a 2-core CPU), at least 5 ms; a checkpoint writes ~150 MB/s.
+  The reserve is at most half of the time that was left when training began (max_time less the
+  set-up): a final eval that would take longer is shrunk instead;
 - the process's exit is kept too: EXIT_SECONDS after the last checkpoint, for Python to unload its
   modules (torch's take 0.25-0.4 s on a 2-core VM, after gc.freeze in gptcli/__main__.py).
 
@@ -26,7 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MIN_TOKEN_SECONDS = 0.003  # a sampled token is one small forward pass: its overhead dominates
+MIN_TOKEN_SECONDS = 0.005  # a sampled token is one small forward pass: its overhead dominates
+TOKEN_POSITIONS = 35  # a sampled token costs about this many positions of a batch forward (see the module)
 EXIT_SECONDS = 0.5  # the process's exit after the summary (see the module)
 SAVE_BYTES_PER_SECOND = 150e6  # a checkpoint's weights + optimizer state: written, hashed, fsynced
 STEP_AVERAGE = 0.3  # weight of the newest step in the moving average of the step time
@@ -39,6 +43,7 @@ class EvalShape:
     splits: int  # 2 (train and val), or 1 where the val split is too small for a block
     micro_batches: int  # forward + backward passes per training step on this rank
     batch_size: int
+    block_size: int
     checkpoint_bytes: int  # weights + optimizer state
 
 
@@ -56,11 +61,14 @@ class TimeBudget:
         self.max_time, self.start, self.shape, self.clock = max_time, start, shape, clock
         self.exit_seconds = exit_seconds
         self.step_seconds: float | None = None
+        self.training_started: float | None = None  # when the first step began: the set-up is over
         self.batch_seconds: float | None = None  # measured per eval batch, once an eval ran
         self.token_seconds: float | None = None
         self.save_seconds: float | None = None
 
     def record_step(self, seconds: float) -> None:
+        if self.training_started is None:
+            self.training_started = self.clock() - seconds
         previous = self.step_seconds
         self.step_seconds = seconds if previous is None else previous + STEP_AVERAGE * (seconds - previous)
 
@@ -83,15 +91,20 @@ class TimeBudget:
         """(seconds per eval batch, per sampled token, per checkpoint): measured, else estimated."""
         step = self.step_seconds or 0.0
         batch = self.batch_seconds or step / self.shape.micro_batches / 3
-        token = self.token_seconds or max(batch / (3 * self.shape.batch_size), MIN_TOKEN_SECONDS)
+        positions = self.shape.batch_size * self.shape.block_size
+        token = self.token_seconds or max(TOKEN_POSITIONS * batch / positions, MIN_TOKEN_SECONDS)
         save = self.save_seconds or self.shape.checkpoint_bytes / SAVE_BYTES_PER_SECOND
         return batch, token, save
 
     def reserve(self, eval_iters: int, sample_tokens: int) -> float:
-        """The time kept for the final eval + sample + checkpoint: at most half of max_time."""
+        """The time kept for the final eval + sample + checkpoint: at most half of the time that was
+        left when training began."""
         batch, token, save = self.costs()
         full = save + sample_tokens * token + eval_iters * self.shape.splits * batch
-        return min(full, self.max_time / 2) if self.max_time is not None else full
+        if self.max_time is None:
+            return full
+        set_up = 0.0 if self.training_started is None else max(0.0, self.training_started - self.start)
+        return min(full, max(0.0, self.max_time - set_up - self.exit_seconds) / 2)
 
     def should_stop(self, eval_iters: int, sample_tokens: int, steps_ahead: int = 1) -> bool:
         """Would another `steps_ahead` steps leave too little time for the final work?"""

@@ -273,6 +273,7 @@ class Trainer:
             splits=splits,
             micro_batches=max(1, config.grad_accum // self.world.world_size),
             batch_size=config.batch_size,
+            block_size=block_size,
             checkpoint_bytes=12 * params,  # fp32 weights + AdamW's two moments
         )
         self.budget = TimeBudget(config.max_time, self.start_time, shape)

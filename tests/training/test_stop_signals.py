@@ -149,7 +149,7 @@ def stop_decision(interrupt: StopOnInterrupt, other: list[bool], step: int, log_
     config = SimpleNamespace(log_interval=log_interval, max_iters=1000, eval_interval=1000)
     config.eval_iters, config.sample_tokens = 1, 0
     trainer = SimpleNamespace(config=config, world=FakeWorld(other))
-    trainer.budget = TimeBudget(None, time.time(), EvalShape(2, 1, 1, 0))  # no --max-time
+    trainer.budget = TimeBudget(None, time.time(), EvalShape(2, 1, 1, 8, 0))  # no --max-time
     trainer.state = SimpleNamespace(step=step, saved_step=-1)
     trainer.is_log_step = lambda: Trainer.is_log_step(trainer)
     trainer.steps_to_next_check = lambda: Trainer.steps_to_next_check(trainer)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from gptcli.training.time_budget import EXIT_SECONDS, EvalShape, TimeBudget
+from gptcli.training.time_budget import EXIT_SECONDS, MIN_TOKEN_SECONDS, EvalShape, TimeBudget
 from gptcli.training.trainer import train
 from tests.training.test_trainer import tiny
 
@@ -20,8 +20,9 @@ class FakeClock:
 
 
 def budget(max_time: float | None, clock: FakeClock, save_bytes: int = 0) -> TimeBudget:
-    # two splits, one micro-batch of 4 per step, a checkpoint of save_bytes
-    return TimeBudget(max_time, start=0.0, shape=EvalShape(2, 1, 4, save_bytes), clock=clock, exit_seconds=0)
+    # two splits, one micro-batch of 4 rows of 8 tokens per step, a checkpoint of save_bytes
+    shape = EvalShape(2, 1, 4, 8, save_bytes)
+    return TimeBudget(max_time, start=0.0, shape=shape, clock=clock, exit_seconds=0)
 
 
 def test_without_max_time_nothing_stops_or_shrinks():
@@ -48,7 +49,7 @@ def test_stops_when_the_next_step_and_the_estimated_final_eval_would_not_fit():
 
 def test_the_exit_is_kept_out_of_the_time_left():
     clock = FakeClock()
-    b = TimeBudget(100, start=0.0, shape=EvalShape(2, 1, 4, 0), clock=clock)  # the default exit time
+    b = TimeBudget(100, start=0.0, shape=EvalShape(2, 1, 4, 8, 0), clock=clock)  # the default exit time
     b.record_step(0.3)
     clock.now = 97.6  # 2.4 s left, of which EXIT_SECONDS go to Python's exit: 1.9 < 0.3 + 2
     assert b.left() == pytest.approx(2.4 - EXIT_SECONDS)
@@ -67,11 +68,34 @@ def test_a_final_eval_longer_than_half_the_budget_is_shrunk_to_fit():
     assert b.plan_eval(1000, 0) == (26, 0)  # 5.2 s left / 0.2 s per batch of both splits
 
 
+def test_the_set_up_is_not_counted_in_the_half_kept_for_the_final_eval():
+    clock = FakeClock()
+    b = budget(60, clock)
+    clock.now = 20.0  # the first step (1 s) ends 20 s in: 19 s went to loading data and the model
+    b.record_step(1.0)
+    assert b.reserve(eval_iters=1000, sample_tokens=0) == pytest.approx((60 - 19) / 2)
+    clock.now = 38.0  # 22 s left: the next step and the 20.5 s reserve fit
+    assert not b.should_stop(1000, 0)
+    clock.now = 39.0
+    assert b.should_stop(1000, 0)
+
+
+def test_a_sampled_token_is_estimated_from_the_positions_of_a_batch():
+    clock = FakeClock()
+    big = TimeBudget(60, 0.0, EvalShape(2, 1, 12, 256, 0), clock=clock, exit_seconds=0)
+    big.record_step(3.6)  # the default 10.7M model on a 2-core CPU: 12 ms a token measured
+    assert big.costs()[1] == pytest.approx(35 * 1.2 / (12 * 256))
+    small = TimeBudget(60, 0.0, EvalShape(2, 1, 12, 64, 0), clock=clock, exit_seconds=0)
+    small.record_step(0.08)  # cpu-char: its per-layer overhead is the floor
+    assert small.costs()[1] == MIN_TOKEN_SECONDS
+
+
 def test_measured_costs_replace_the_estimates():
     clock = FakeClock()
     b = budget(60, clock, save_bytes=150_000_000)  # estimated: 1 s to save
     b.record_step(3.0)
-    assert b.costs() == pytest.approx((1.0, 1.0 / 12, 1.0))
+    # an eval batch: a third of the step; a sampled token: 35 of the batch's 4 x 8 positions
+    assert b.costs() == pytest.approx((1.0, 35 / 32, 1.0))
     b.record_eval(batches=40, eval_seconds=2.0, tokens=100, sample_seconds=0.5)
     b.record_save(0.25)
     assert b.costs() == pytest.approx((0.05, 0.005, 0.25))
