@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                       # CPU: baby-GPT shape, step time + ratio
     python benchmarks/bench_train.py --full-run            # + nanoGPT's CPU recipe end to end (2000 iters)
+    python benchmarks/bench_train.py --compile             # CPU: both models under torch.compile
     python benchmarks/bench_train.py --device cuda --gpt2  # GPU: GPT-2 124M shape, bf16, flash, compile
                                                            # (+ ours alone at batch 16, 24, 32 until OOM)
 
@@ -277,6 +278,9 @@ def main() -> None:
         default=None,
         help="no sweep batch size starts once main() has run this long (seconds)",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile both models (always on with --gpt2)"
+    )
     parser.add_argument("--full-run", action="store_true")
     parser.add_argument("--full-iters", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
@@ -288,7 +292,7 @@ def main() -> None:
         batch, precision, compile_ = 12, "bf16", True
     else:  # nanoGPT's CPU "baby GPT", character level
         config = ModelConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64)
-        batch, precision, compile_ = 12, "fp32", False
+        batch, precision, compile_ = 12, "fp32", args.compile
     result = {
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "device": str(device),
@@ -311,7 +315,8 @@ def main() -> None:
         result["full_run"] = full_run(args)
 
     s = result["step"]
-    print(f"step time, {result['shape']}, batch {batch}, {precision}, {device}:")
+    compiled = ", both compiled" if compile_ else ""
+    print(f"step time, {result['shape']}, batch {batch}, {precision}, {device}{compiled}:")
     print(f"  ours {s['ours_ms']:.1f} ms ({s['ours_tokens_per_s']:,.0f} tok/s)")
     print(f"  HF   {s['hf_ms']:.1f} ms ({s['hf_tokens_per_s']:,.0f} tok/s)")
     print(f"  ratio ours/HF = {s['ratio']:.2f} (target <= 0.75)")

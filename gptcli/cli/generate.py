@@ -124,7 +124,8 @@ def print_run(engine, run, as_json: bool, stream: bool) -> None:
     sys.stdout.flush()
     r = run.result
     reasons = ", ".join(sorted({s.finish_reason for s in r.samples}))
+    compiling = f" after {r.compile_seconds:.1f}s compiling the decode step" if r.compile_seconds else ""
     console.print(
-        f"[dim]{r.new_tokens} tokens in {r.seconds:.2f}s ({r.tokens_per_second:,.0f} tok/s); "
-        f"ended by {reasons}; {engine.checkpoint}[/]"
+        f"[dim]{r.new_tokens} tokens in {r.seconds - r.compile_seconds:.2f}s ({r.tokens_per_second:,.0f} "
+        f"tok/s){compiling}; ended by {reasons}; {engine.checkpoint}[/]"
     )

@@ -49,6 +49,7 @@ class Decoder:
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.compiled = compile
+        self.warm = not compile  # a compiled step compiles (on CUDA: is captured) on its first call
         self._step = self._new_step()
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
@@ -76,6 +77,7 @@ class Decoder:
         else:
             logits = self._step(self.ids, self.positions)
         self.positions += 1
+        self.warm = True
         return logits
 
     def load_row(self, slot: int, source: "Decoder", row: int = 0) -> None:
@@ -106,7 +108,7 @@ class Decoder:
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
         sub._step = sub._new_step()
-        sub.graph = None
+        sub.graph, sub.warm = None, not self.compiled
         return sub
 
     def _new_step(self):

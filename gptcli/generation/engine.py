@@ -59,9 +59,10 @@ class GenerationResult:
     prompt: str
     prompt_ids: list[int]
     samples: list[Sample]
-    seconds: float  # prefill + decode
+    seconds: float  # prefill + decode, compiling included
     new_tokens: int  # generated over all samples
-    tokens_per_second: float
+    tokens_per_second: float  # compiling not counted
+    compile_seconds: float = 0.0  # the first call of a newly compiled decode step (compile=True)
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +74,7 @@ class GenerationResult:
             ],
             "new_tokens": self.new_tokens,
             "seconds": round(self.seconds, 4),
+            "compile_seconds": round(self.compile_seconds, 4),
             "tokens_per_second": round(self.tokens_per_second, 1),
         }
 
@@ -194,6 +196,8 @@ class GenerationRun:
 
         t0 = time.perf_counter()
         decoder = engine.decoder(B, len(rows[0]) + config.max_new_tokens)
+        # a new compiled decoder: torch.compile's set-up (importing dynamo: ~1.5 s) counts as compiling
+        compile_seconds = 0.0 if decoder.warm else time.perf_counter() - t0
         logits = decoder.prefill(rows)  # (B, V)
         for i in range(config.max_new_tokens):
             next_tensor = pick_next(logits, config, generator)  # (B,)
@@ -211,24 +215,30 @@ class GenerationRun:
             if held == decoder.max_len:  # the context is full: keep its last 3/4 and prefill again
                 rows = [row[-keep:] for row in rows]
                 logits = decoder.prefill(rows)
-            else:
+            elif decoder.warm:
                 logits = decoder.step(next_tensor)
+            else:  # this call compiles the step: time it apart, so tok/s is the decoding's
+                started = time.perf_counter()
+                logits = decoder.step(next_tensor)
+                compile_seconds += time.perf_counter() - started
         for b, sample in enumerate(samples):
             if sample.finish_reason is None:
                 sample.finish_reason = "length"
                 if tail := sample.text.add(b"", final=True):  # bytes held back for a stop string
                     yield TokenEvent(b, sample.ids[-1] if sample.ids else -1, tail)
-        self.result = self._result(samples, time.perf_counter() - t0)
+        self.result = self._result(samples, time.perf_counter() - t0, compile_seconds)
 
-    def _result(self, samples: list[SampleState], seconds: float) -> GenerationResult:
+    def _result(self, samples: list[SampleState], seconds: float, compile_seconds: float) -> GenerationResult:
         total = sum(len(s.ids) for s in samples)
+        decoding = seconds - compile_seconds
         return GenerationResult(
             prompt=self.prompt,
             prompt_ids=self.prompt_ids,
             samples=[Sample(s.text.text, s.ids, s.finish_reason) for s in samples],
             seconds=seconds,
             new_tokens=total,
-            tokens_per_second=total / seconds if seconds > 0 else 0.0,
+            tokens_per_second=total / decoding if decoding > 0 else 0.0,
+            compile_seconds=compile_seconds,
         )
 
 

@@ -62,6 +62,7 @@ def test_json_output_and_reproducible_seeds(in_tmp):
         assert set(sample) == {"text", "ids", "tokens", "finish_reason"}
         assert sample["tokens"] == len(sample["ids"]) == 12 and sample["finish_reason"] == "length"
     assert data["tokens_per_second"] > 0 and data["new_tokens"] == 36
+    assert data["compile_seconds"] == 0  # no --compile
     assert json.loads(run_cli(*args).stdout)["samples"] == data["samples"]
 
 

@@ -1,6 +1,8 @@
 """The decoder: fixed-shape decode steps == the growing KV cache; rows at their own positions;
 compiled == eager; weights cast once for bf16."""
 
+import time
+
 import pytest
 import torch
 from test_engine import GREEDY, char_tokenizer, greedy_by_recomputation, tiny_model
@@ -84,6 +86,7 @@ def test_compiled_decoding_equals_eager_decoding():
     model = tiny_model(pos_emb="rope", n_kv_head=2, window=5)
     prompt = [3, 1, 4, 1, 5]
     eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, compile=True)
+    assert eager.warm and not compiled.warm  # the compiled step compiles on its first call
     a, b = eager.prefill([prompt] * 2), compiled.prefill([prompt] * 2)
     for _ in range(8):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
@@ -98,6 +101,30 @@ def test_compiled_decoding_equals_eager_decoding():
     again = Engine(model, char_tokenizer()).generate(prompt, seeded)
     assert [s.ids for s in engine.generate(prompt, seeded).samples] == [s.ids for s in again.samples]
     assert list(engine.decoders) == [(2, 16)]
+    assert compiled.warm and result.compile_seconds == 0  # compiled above, before the engine's calls
+
+
+def test_the_first_call_of_a_compiled_step_is_timed_apart_from_the_decoding(monkeypatch):
+    """tok/s is the decoding's: the step's first call, where torch.compile compiles it (seconds),
+    is reported as compile_seconds; a slow first step stands in for compiling here."""
+    engine = Engine(tiny_model(), char_tokenizer())
+    config = SampleConfig(max_new_tokens=10, **GREEDY)
+    decoder = engine.decoder(1, 2 + 10)  # the one generate([1, 2], config) takes
+    decoder.warm = False  # as a compiled decoder before its first step
+    step = decoder.step
+
+    def compiling_step(ids):
+        if not decoder.warm:
+            time.sleep(0.3)
+        return step(ids)
+
+    monkeypatch.setattr(decoder, "step", compiling_step)
+    first = engine.generate([1, 2], config)
+    assert first.compile_seconds >= 0.3 and first.seconds > first.compile_seconds
+    assert first.tokens_per_second == pytest.approx(10 / (first.seconds - first.compile_seconds))
+    assert first.to_json()["compile_seconds"] == round(first.compile_seconds, 4)
+    again = engine.generate([1, 2], config)
+    assert again.compile_seconds == 0 and again.samples[0].ids == first.samples[0].ids
 
 
 def test_the_engine_reuses_its_decoder_and_cache_across_calls():
