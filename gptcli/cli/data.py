@@ -87,15 +87,18 @@ def prepare(
     )
     for note in result.notes:
         warn(note)
-    if quiet:
-        return
+    if not quiet:
+        print_result(result, time.perf_counter() - start)
+
+
+def print_result(result, seconds: float) -> None:
+    """One line: the store was complete already, or was resumed or prepared, and what it holds."""
     store = result.store
     summary = describe(store)
     if result.status == "complete":
         console.print(f"{store.folder} is complete, its checksums match: {summary}", markup=False)
         return
     resumed = f" (resumed: {result.kept_shards} shard(s) kept)" if result.status == "resumed" else ""
-    seconds = time.perf_counter() - start
     console.print(f"prepared {store.folder}{resumed}: {summary}, in {seconds:.1f}s", markup=False)
 
 
