@@ -8,8 +8,21 @@ import shutil
 import subprocess
 import sys
 
+import gpu_check  # benchmarks/ is on sys.path (conftest.py), as when the script runs by path
 import pytest
 import typer
+from gpucheck.base import SONNETS, CheckFailed, Context, StepRun
+from gpucheck.cli import cli_steps, cli_summary
+from gpucheck.env import ENV_SCRIPT, env_steps, env_summary
+from gpucheck.generate_bench import generate_bench_steps
+from gpucheck.gpu_tests import pytest_counts
+from gpucheck.options import DEFAULT_BUDGET_S, parse_sections
+from gpucheck.outputs import last_json, stop_reason
+from gpucheck.report import benchmark_tables
+from gpucheck.sections import SECTION_NAMES, SECTIONS
+from gpucheck.shakespeare import shakespeare_steps
+from gpucheck.targets import targets
+from gpucheck.train_bench import train_bench_steps
 
 from gptcli.cli import app
 from tests.conftest import REPO, run_cli
@@ -22,9 +35,6 @@ def load(name: str, path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-gpu_check = load("gpu_check", SCRIPT)
 
 
 def script(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -40,7 +50,7 @@ def script(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 def test_help_names_every_section_and_the_script_needs_no_torch():
     done = script("--help")
     assert done.returncode == 0, done.stderr
-    for name in gpu_check.SECTION_NAMES:
+    for name in SECTION_NAMES:
         assert name in done.stdout
     code = "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; print('torch' in sys.modules)"
     check = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -55,8 +65,8 @@ def test_an_unknown_section_is_a_usage_error_that_lists_the_sections():
 
 
 def test_sections_run_in_their_own_order_whatever_the_order_given():
-    assert gpu_check.parse_sections("shakespeare,env") == ["env", "shakespeare"]
-    assert gpu_check.parse_sections("all") == gpu_check.SECTION_NAMES
+    assert parse_sections("shakespeare,env") == ["env", "shakespeare"]
+    assert parse_sections("all") == SECTION_NAMES
 
 
 def test_a_cpu_run_needs_tiny(capsys):
@@ -68,7 +78,7 @@ def test_a_cpu_run_needs_tiny(capsys):
 @pytest.fixture
 def shakespeare(monkeypatch):
     """toy_data/shakespeare.txt is not committed (make data): the sonnets stand in for it."""
-    monkeypatch.setattr(gpu_check, "SHAKESPEARE", gpu_check.SONNETS)
+    monkeypatch.setattr("gpucheck.shakespeare.SHAKESPEARE", SONNETS)
 
 
 def test_dry_run_prints_the_gpu_commands_and_writes_nothing(tmp_path, capsys, shakespeare):
@@ -90,7 +100,7 @@ def test_dry_run_prints_the_gpu_commands_and_writes_nothing(tmp_path, capsys, sh
     budgets = [
         float(line.rsplit("(budget ", 1)[1].split()[0]) for line in out.splitlines() if "(budget" in line
     ]
-    assert sum(budgets) == pytest.approx(gpu_check.DEFAULT_BUDGET_S, abs=3)
+    assert sum(budgets) == pytest.approx(DEFAULT_BUDGET_S, abs=3)
 
 
 def options_of(command: str) -> set[str]:
@@ -100,8 +110,8 @@ def options_of(command: str) -> set[str]:
 
 @pytest.mark.parametrize("tiny", [False, True], ids=["gpu", "tiny"])
 def test_the_gpt_commands_use_only_options_gpt_has(tiny, tmp_path, shakespeare):
-    ctx = gpu_check.Context("cpu" if tiny else "cuda", tiny, tmp_path)
-    commands = [step.argv for s in gpu_check.SECTIONS for step in s.steps(ctx, 100.0)]
+    ctx = Context("cpu" if tiny else "cuda", tiny, tmp_path)
+    commands = [step.argv for s in SECTIONS for step in s.steps(ctx, 100.0)]
     gpt = [argv[3:] for argv in commands if argv[1:3] == ["-m", "gptcli"]]
     assert {argv[0] for argv in gpt} == {"train", "generate"} and len(gpt) == 4
     for command, *args in gpt:
@@ -110,18 +120,17 @@ def test_the_gpt_commands_use_only_options_gpt_has(tiny, tmp_path, shakespeare):
 
 
 def test_without_the_shakespeare_corpus_that_section_fails_saying_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "SHAKESPEARE", tmp_path / "toy_data" / "shakespeare.txt")
-    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
-    (step,) = gpu_check.shakespeare_steps(gpu_check.Context("cuda", False, tmp_path), 100.0)
+    monkeypatch.setattr("gpucheck.shakespeare.SHAKESPEARE", tmp_path / "toy_data" / "shakespeare.txt")
+    monkeypatch.setattr("gpucheck.shakespeare.REPO", tmp_path)
+    (step,) = shakespeare_steps(Context("cuda", False, tmp_path), 100.0)
     done = subprocess.run(step.argv, capture_output=True, text=True)
     assert done.returncode == 1 and "toy_data/shakespeare.txt is missing: run `make data`" in done.stderr
 
 
 def test_the_bench_scripts_take_the_options_it_passes(tmp_path, monkeypatch, capsys):
-    ctx = gpu_check.Context("cuda", False, tmp_path)
+    ctx = Context("cuda", False, tmp_path)
     for section in ("train-bench", "generate-bench"):
-        (step,) = next(s for s in gpu_check.SECTIONS if s.name == section).steps(ctx, 100.0)
-        monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # bench_generate imports bench_train
+        (step,) = next(s for s in SECTIONS if s.name == section).steps(ctx, 100.0)
         bench = load(f"bench_{section}", step.argv[1])
         monkeypatch.setattr(sys, "argv", [step.argv[1], "--help"])
         with pytest.raises(SystemExit):
@@ -136,36 +145,36 @@ def test_the_bench_scripts_take_the_options_it_passes(tmp_path, monkeypatch, cap
 
 
 def test_the_env_script_reports_torch_the_packages_and_no_gpu_here(capsys):
-    exec(gpu_check.ENV_SCRIPT, {})  # what the env section runs in a subprocess; torch is loaded already
-    run = gpu_check.StepRun(capsys.readouterr().out, 1.0)
-    (cpu_step,) = gpu_check.env_steps(gpu_check.Context("cpu", True, REPO), 100.0)
+    exec(ENV_SCRIPT, {})  # what the env section runs in a subprocess; torch is loaded already
+    run = StepRun(capsys.readouterr().out, 1.0)
+    (cpu_step,) = env_steps(Context("cpu", True, REPO), 100.0)
     info = cpu_step.check(run)
     assert info["cuda_available"] is False and info["packages"]["pydantic"] and "gptcli_error" not in info
-    assert gpu_check.env_summary(info).endswith("no GPU, bf16 False")
-    (cuda_step,) = gpu_check.env_steps(gpu_check.Context("cuda", False, REPO), 100.0)
-    with pytest.raises(gpu_check.CheckFailed, match="torch sees no CUDA GPU"):
+    assert env_summary(info).endswith("no GPU, bf16 False")
+    (cuda_step,) = env_steps(Context("cuda", False, REPO), 100.0)
+    with pytest.raises(CheckFailed, match="torch sees no CUDA GPU"):
         cuda_step.check(run)
 
 
 def test_pytest_counts_read_the_summary_line():
-    assert gpu_check.pytest_counts("x\n3 passed, 1 skipped, 2 warnings in 4.20s\n") == dict(
+    assert pytest_counts("x\n3 passed, 1 skipped, 2 warnings in 4.20s\n") == dict(
         passed=3, failed=0, skipped=1, errors=0
     )
-    assert gpu_check.pytest_counts("== 1 failed, 9 passed, 1 error in 61.0s ==")["errors"] == 1
-    assert gpu_check.pytest_counts("SKIPPED [1] tests/gpu/x.py:1: no GPU in here")["skipped"] == 0
+    assert pytest_counts("== 1 failed, 9 passed, 1 error in 61.0s ==")["errors"] == 1
+    assert pytest_counts("SKIPPED [1] tests/gpu/x.py:1: no GPU in here")["skipped"] == 0
 
 
 def test_last_json_takes_the_last_json_object_line():
-    assert gpu_check.last_json('{"a": 1}\nnoise\n{"b": 2}\n[1, 2]\n{broken\nwarning: x\n') == {"b": 2}
-    with pytest.raises(gpu_check.CheckFailed, match="no JSON"):
-        gpu_check.last_json("no json here")
+    assert last_json('{"a": 1}\nnoise\n{"b": 2}\n[1, 2]\n{broken\nwarning: x\n') == {"b": 2}
+    with pytest.raises(CheckFailed, match="no JSON"):
+        last_json("no json here")
 
 
 def test_stop_reason_reads_the_summary_line():
-    assert gpu_check.stop_reason("x\ndone (stopped at --target-loss): 250 steps in 9s; ...") == "target_loss"
-    assert gpu_check.stop_reason("done (stopped by --max-time): 7 steps") == "max_time"
-    assert gpu_check.stop_reason("done: 90 steps in 3s; train 1.0: x") == "max_iters"
-    assert gpu_check.stop_reason("error: no") is None
+    assert stop_reason("x\ndone (stopped at --target-loss): 250 steps in 9s; ...") == "target_loss"
+    assert stop_reason("done (stopped by --max-time): 7 steps") == "max_time"
+    assert stop_reason("done: 90 steps in 3s; train 1.0: x") == "max_iters"
+    assert stop_reason("error: no") is None
 
 
 def test_the_cli_checks_read_a_real_train_resume_generate(tmp_path, monkeypatch):
@@ -173,18 +182,18 @@ def test_the_cli_checks_read_a_real_train_resume_generate(tmp_path, monkeypatch)
     import torch._dynamo
 
     monkeypatch.setenv("GPTCLI_CACHE_DIR", str(tmp_path / "cache"))
-    ctx = gpu_check.Context("cpu", True, tmp_path)
+    ctx = Context("cpu", True, tmp_path)
     figures = {}
     # as --tiny does; config.patch restores it (monkeypatch's undo hid the setting from later compiles)
     with torch._dynamo.config.patch(debug_backend_override=">=0:eager"):
-        for step in gpu_check.cli_steps(ctx, 100.0):
+        for step in cli_steps(ctx, 100.0):
             result = run_cli(*step.argv[3:])
             assert result.exit_code == 0, result.stderr
-            figures.update(step.check(gpu_check.StepRun(result.stderr + result.stdout, 1.0)))
+            figures.update(step.check(StepRun(result.stderr + result.stdout, 1.0)))
     assert figures["train_steps"] == 6 and figures["resume_steps"] == 9 and figures["generate_tokens"] == 10
-    assert "resumed to 9" in gpu_check.cli_summary(figures)
-    with pytest.raises(gpu_check.CheckFailed, match="did not resume"):
-        gpu_check.cli_steps(ctx, 100.0)[1].check(gpu_check.StepRun("training ...", 1.0))
+    assert "resumed to 9" in cli_summary(figures)
+    with pytest.raises(CheckFailed, match="did not resume"):
+        cli_steps(ctx, 100.0)[1].check(StepRun("training ...", 1.0))
 
 
 BENCH_GENERATE = {  # the shape of bench_generate.py --json's line (its own file documents it)
@@ -202,17 +211,17 @@ BENCH_GENERATE = {  # the shape of bench_generate.py --json's line (its own file
 
 
 def test_targets_sit_beside_the_figures_and_never_fail_a_section(tmp_path):
-    (step,) = gpu_check.generate_bench_steps(gpu_check.Context("cuda", False, tmp_path), 100.0)
-    figures = step.check(gpu_check.StepRun("progress...\n" + json.dumps(BENCH_GENERATE), 1.0))
-    rows = gpu_check.targets({"generate-bench": {"figures": figures}}, tiny=False)
+    (step,) = generate_bench_steps(Context("cuda", False, tmp_path), 100.0)
+    figures = step.check(StepRun("progress...\n" + json.dumps(BENCH_GENERATE), 1.0))
+    rows = targets({"generate-bench": {"figures": figures}}, tiny=False)
     met = {r["what"]: r["met"] for r in rows}
     assert met["decode tok/s, bf16, batch 1 (best of eager, compiled)"] is True
     assert met["decode tok/s, bf16, batch 64 (best of eager, compiled)"] is False
     assert met["compiled / HF generate, bf16 batch 64"] is False
-    tiny = gpu_check.targets({"generate-bench": {"figures": figures}}, tiny=True)
+    tiny = targets({"generate-bench": {"figures": figures}}, tiny=True)
     assert {r["met"] for r in tiny} == {None}
     failed = {name: {"figures": {}} for name in ("train-bench", "generate-bench", "shakespeare")}
-    assert gpu_check.targets(failed, tiny=False) == []  # a failed section: no figures, no target rows
+    assert targets(failed, tiny=False) == []  # a failed section: no figures, no target rows
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
@@ -248,10 +257,10 @@ def test_bench_train_reports_the_batch_sweep_and_the_best_batch(monkeypatch, cap
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     assert [r["batch"] for r in result["sweep"]] == [16] and result["best"]["batch"] in (12, 16)
-    (step,) = gpu_check.train_bench_steps(gpu_check.Context("cpu", True, REPO), 100.0)
-    figures = step.check(gpu_check.StepRun(out, 1.0))
+    (step,) = train_bench_steps(Context("cpu", True, REPO), 100.0)
+    figures = step.check(StepRun(out, 1.0))
     assert figures["batch"] == 12 and figures["mfu"] is None and figures["sweep"][0]["batch"] == 16
-    table = "\n".join(gpu_check.benchmark_tables([{"name": "train-bench", "figures": figures}]))
+    table = "\n".join(benchmark_tables([{"name": "train-bench", "figures": figures}]))
     assert "| 12 |" in table and "| 16 |" in table and "4 layers, 4 heads, 128 wide" in table
 
 
