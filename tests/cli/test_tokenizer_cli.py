@@ -240,3 +240,49 @@ def test_console_script_and_python_dash_m(tmp_path):
         assert (
             bad.returncode == 1 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
         )
+
+
+def run_on_a_terminal(*args: str) -> bytes:
+    """`gpt ARGS` with stdout on a pseudo-terminal, as a person at a shell runs it -> what it printed."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gptcli", *args],
+            stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        os.close(follower)
+        follower = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and everything was read
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out.replace(b"\r\n", b"\n")  # the terminal's line discipline turns \n into \r\n
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_decode_ends_with_a_newline_on_a_terminal_and_is_byte_exact_in_a_pipe(tmp_path, corpus):
+    tok = tmp_path / "char.json"
+    assert run_cli("tokenizer", "train", str(corpus("hello world\n")), "--kind", "char", "-o", str(tok), "-q").exit_code == 0  # fmt: skip
+    ids = json.loads(run_cli("tokenizer", "encode", "-t", str(tok), "hello").stdout)
+    # a terminal: the shell's prompt starts on a line of its own
+    assert run_on_a_terminal("tokenizer", "decode", "-t", str(tok), json.dumps(ids)) == b"hello\n"
+    # a text that ends with a newline gets no second one
+    ids_nl = json.loads(run_cli("tokenizer", "encode", "-t", str(tok), "hello\n").stdout)
+    assert run_on_a_terminal("tokenizer", "decode", "-t", str(tok), json.dumps(ids_nl)) == b"hello\n"
+    # a pipe or a file: exactly the text, so `encode | decode` gives back what went in
+    piped = subprocess.run(
+        [sys.executable, "-m", "gptcli", "tokenizer", "decode", "-t", str(tok), json.dumps(ids)],
+        capture_output=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout == b"hello"
