@@ -16,6 +16,10 @@ how those run:
   it, shared, not copied. Elsewhere nothing changes (Intel CPUs are MKL's own target; no Intel CPU
   was measured here).
 
+The environment setting GPT_CPU_MATMUL forces either path on any machine: `torch` keeps torch's
+products, `openblas` puts every Linear layer (whatever its size) through numpy's BLAS, `auto` (the
+default) decides as above. The tests run both paths, so neither is tested only on the CPU it suits.
+
 While such an engine generates, torch's own intra-op threads are set to 1 (torch_threads): the
 two thread pools spinning on the same cores made a decode step 3x slower than either alone.
 With compile=True nothing but the layout changes (torch.compile does not trace numpy's BLAS).
@@ -26,21 +30,38 @@ text can differ from a plain model's where two tokens' logits tie to ~1e-6.
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptcli.errors import GptError
+
+CPU_MATMUL = "GPT_CPU_MATMUL"  # the environment setting: auto | torch | openblas
+CPU_MATMUL_CHOICES = ("auto", "torch", "openblas")
+
 
 def prepare_for_cpu(model: torch.nn.Module, openblas: bool = True) -> None:
     """In place: input-major Linear weights, and (openblas) OpenBLAS products where that BLAS is the
     faster one (Engine passes openblas=False with compile=True)."""
     input_major(model)
-    if openblas and openblas_is_faster():
-        for module in model.modules():
-            if type(module) is torch.nn.Linear and module.weight.numel() >= OPENBLAS_MIN_WEIGHTS:
-                module.__class__ = OpenBlasLinear  # same module, same parameters: only forward differs
+    choice = cpu_matmul_choice()
+    if not openblas or choice == "torch" or (choice == "auto" and not openblas_is_faster()):
+        return
+    smallest = 0 if choice == "openblas" else OPENBLAS_MIN_WEIGHTS
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.numel() >= smallest:
+            module.__class__ = OpenBlasLinear  # same module, same parameters: only forward differs
+
+
+def cpu_matmul_choice() -> str:
+    """GPT_CPU_MATMUL from the environment: "auto" (unset or empty), "torch" or "openblas"."""
+    choice = os.environ.get(CPU_MATMUL, "").strip().lower() or "auto"
+    if choice not in CPU_MATMUL_CHOICES:
+        raise GptError(f"{CPU_MATMUL}={choice!r}: expected one of {', '.join(CPU_MATMUL_CHOICES)}")
+    return choice
 
 
 # a numpy product costs ~30 us more per call than torch's (measured, 1 row, 1 torch thread): only

@@ -1,19 +1,66 @@
-"""fp32 decoding on a CPU: input-major weights, OpenBLAS products, torch's threads meanwhile."""
+"""fp32 decoding on a CPU: input-major weights, OpenBLAS products, torch's threads meanwhile.
+
+Which products a machine takes depends on its CPU (OpenBLAS on AMD, torch's MKL elsewhere):
+GPT_CPU_MATMUL forces each path, so both run here whatever this CPU is.
+"""
 
 import pytest
 import torch
 
 from gptcli.config import SampleConfig
+from gptcli.errors import GptError
 from gptcli.generation import Engine, cpu_matmul
-from gptcli.generation.cpu_matmul import OpenBlasLinear, prepare_for_cpu, torch_threads, uses_openblas
+from gptcli.generation.cpu_matmul import (
+    CPU_MATMUL,
+    OpenBlasLinear,
+    prepare_for_cpu,
+    torch_threads,
+    uses_openblas,
+)
 from tests.generation.test_engine import GREEDY, char_tokenizer, tiny_model
 
 
 @pytest.fixture
 def openblas(monkeypatch):
-    """As on an AMD CPU, whatever this one is, and for weights of any size."""
-    monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)
-    monkeypatch.setattr(cpu_matmul, "OPENBLAS_MIN_WEIGHTS", 0)
+    """The setting that forces OpenBLAS products for weights of any size, whatever this CPU is."""
+    monkeypatch.setenv(CPU_MATMUL, "openblas")
+
+
+@pytest.mark.parametrize("path", ["torch", "openblas"])
+def test_each_cpu_path_gives_the_reference_logits(monkeypatch, path):
+    """Forced either way, the engine's decode logits equal a plain model's full forward within
+    float tolerance: the two BLAS sum in other orders, ~1e-6 apart, never bit for bit."""
+    monkeypatch.setenv(CPU_MATMUL, path)
+    model, reference = tiny_model(), tiny_model()
+    engine = Engine(model, char_tokenizer())
+    assert uses_openblas(model) == (path == "openblas")
+    prompt = [1, 2, 3, 4, 5]
+    decoder = engine.decoder(1, len(prompt) + 4)
+    with torch.no_grad():
+        logits = [decoder.prefill([prompt])[0]]
+        for token in (6, 7, 8):
+            logits.append(decoder.step(torch.tensor([token]))[0].clone())
+            prompt.append(token)
+        full, _ = reference(torch.tensor([prompt]))  # every position at once, torch's own products
+    torch.testing.assert_close(torch.stack(logits), full[0, -4:], rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_cpu_path_is_one_line_naming_the_setting(monkeypatch):
+    monkeypatch.setenv(CPU_MATMUL, "mkl")
+    with pytest.raises(GptError, match="GPT_CPU_MATMUL='mkl': expected one of auto, torch, openblas"):
+        Engine(tiny_model(), char_tokenizer())
+
+
+def test_auto_decides_by_the_cpu_and_torch_overrides_it(monkeypatch):
+    monkeypatch.delenv(CPU_MATMUL, raising=False)  # auto, whatever the suite was started with
+    monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)  # as on an AMD CPU
+    big = torch.nn.Sequential(torch.nn.Linear(768, 768))
+    prepare_for_cpu(big)
+    assert type(big[0]) is OpenBlasLinear
+    monkeypatch.setenv(CPU_MATMUL, "torch")
+    big = torch.nn.Sequential(torch.nn.Linear(768, 768))
+    prepare_for_cpu(big)
+    assert type(big[0]) is torch.nn.Linear
 
 
 def test_fp32_on_a_cpu_stores_the_weights_input_major_and_decodes_the_same():
@@ -86,6 +133,7 @@ def test_an_engine_on_an_amd_cpu_multiplies_with_openblas_and_decodes_the_same(o
 
 def test_small_weights_keep_torch_products_and_threads(monkeypatch):
     """Below OPENBLAS_MIN_WEIGHTS a numpy product's overhead outweighs it: a small model is left as it was."""
+    monkeypatch.delenv(CPU_MATMUL, raising=False)
     monkeypatch.setattr(cpu_matmul, "openblas_is_faster", lambda: True)
     model = tiny_model()  # its largest weight: 64 x 32
     engine = Engine(model, char_tokenizer())
