@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import gptcli.data.block_encoder as block_encoder
 import gptcli.data.prepare as prepare
+import gptcli.data.shard_writer as shard_writer
 from gptcli.config import TokenizerTrainConfig, TrainConfig
 from gptcli.data.prepare import prepare_store
 from gptcli.data.sampler import BatchSampler
@@ -169,7 +171,7 @@ def test_many_shards_give_the_ids_and_batches_of_one(bpe, mixed_corpus, tmp_path
 
 def test_workers_change_nothing_but_the_speed(bpe, mixed_corpus, tmp_path, monkeypatch):
     folder, _ = mixed_corpus
-    monkeypatch.setattr(prepare, "PARALLEL_MIN_BYTES", 0)  # a process pool even for this small corpus
+    monkeypatch.setattr(block_encoder, "PARALLEL_MIN_BYTES", 0)  # a process pool even for this small corpus
     sources = find_sources([folder])
     prepare_store(tmp_path / "serial", sources, bpe, shard_tokens=3000, workers=1)
     prepare_store(tmp_path / "pool", sources, bpe, shard_tokens=3000, workers=2)
@@ -226,16 +228,16 @@ def test_an_interrupted_prepare_resumes_to_the_same_bytes(bpe, mixed_corpus, tmp
 def test_a_crash_while_the_val_tail_is_moved_is_finished_by_a_rerun(bpe, tmp_path, monkeypatch):
     options = dict(val_fraction=0.3, shard_tokens=2000, workers=1)
     prepare_store(tmp_path / "whole", [SONNETS], bpe, **options)
-    apply_tail = prepare._apply_tail
+    apply_tail = shard_writer.apply_tail
 
     def cut_then_die(folder, journal):
         apply_tail(folder, journal)  # the train shards are already cut at the split point
         raise Crash("killed")
 
-    monkeypatch.setattr(prepare, "_apply_tail", cut_then_die)
+    monkeypatch.setattr(shard_writer, "apply_tail", cut_then_die)
     with pytest.raises(Crash):
         prepare_store(tmp_path / "store", [SONNETS], bpe, **options)
-    monkeypatch.setattr(prepare, "_apply_tail", apply_tail)
+    monkeypatch.setattr(shard_writer, "apply_tail", apply_tail)
     assert prepare_store(tmp_path / "store", [SONNETS], bpe, **options).status == "resumed"
     assert store_files(tmp_path / "store") == store_files(tmp_path / "whole")
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import gptcli.data.block_encoder as block_encoder
 import gptcli.data.prepare as prepare
 from gptcli.config import TokenizerTrainConfig
 from gptcli.data.prepare import prepare_store
@@ -37,7 +38,7 @@ def test_every_document_is_followed_by_eot(bpe, corpus, tmp_path):
 
 
 def test_block_by_block_encoding_equals_whole_file(bpe, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "ENCODE_BLOCK_CHARS", 257)  # many pieces, many blocks
+    monkeypatch.setattr(block_encoder, "ENCODE_BLOCK_CHARS", 257)  # many pieces, many blocks
     tokens, _ = tokenize([SONNETS], bpe, tmp_path / "cache")
     assert tokens.tolist() == bpe.encode_ordinary(SONNETS.read_text()) + [bpe.eot_id]
 
@@ -145,7 +146,7 @@ def test_a_cache_entry_without_a_usable_meta_is_rebuilt(bpe, corpus, tmp_path, d
 
 
 def test_an_interrupted_cache_entry_is_finished_by_the_next_run(bpe, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "ENCODE_BLOCK_CHARS", 4096)
+    monkeypatch.setattr(block_encoder, "ENCODE_BLOCK_CHARS", 4096)
     encode, calls = prepare._encode_block, []
 
     def dies_once(pieces):
