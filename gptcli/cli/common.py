@@ -59,23 +59,49 @@ def config_option(
     """A Typer option whose help is the config field's description (or `help`), plus its default
     where that text does not already say it: change a default in gptcli.config and the help follows."""
     field = model.model_fields[name]
-    text = help or field.description or ""
-    default = default_text(field.default_factory() if field.default_factory else field.default)
-    if default is not None and "default" not in text:
-        end = "." if text.endswith(".") else ""
-        text = f"{text.removesuffix('.')} (default: {default}){end}"
+    default = field.default_factory() if field.default_factory else field.default
+    if default is False and not any("/" in n for n in names):
+        default = None  # a flag with no --no- form is off unless given: nothing to say
+    text = with_default(help or field.description or "", default_text(default))
     return typer.Option(*names, help=text, **options)
+
+
+def with_default(text: str, default: str | None) -> str:
+    """Help text ending in `(default: X)`, unless it says its default already or has none."""
+    if default is None or "default" in text:
+        return text
+    end = "." if text.endswith(".") else ""
+    return f"{text.removesuffix('.')} (default: {default}){end}"
 
 
 def default_text(value) -> str | None:
     """How a default reads in help: on/off for flags; nothing for None, empty lists and required fields."""
-    if value is None or value is PydanticUndefined or value == []:
+    if value is None or value is PydanticUndefined or value in ([], "") or callable(value):
         return None
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return ",".join(map(str, value))
     return str(value)
+
+
+def tidy_help(command, help_names: list[str]) -> None:
+    """Every option of `command` and the commands under it, as --help shows them: a default once, as
+    `(default: X)` at the end of its text (Typer would add its own `[default: X]` after a config
+    field's), and no type column for a flag (`<bool>`: it takes no value). `help_names`: the help
+    option's names (Click makes that option when first asked for it: asked here, with these)."""
+    help_option = command.get_help_option(command.context_class(command, help_option_names=help_names))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        flag = getattr(param, "is_flag", False)
+        if flag:
+            param.metavar = ""  # what the help's type column shows, and nothing else reads for a flag
+        if getattr(param, "show_default", None) is True:  # options, and arguments alike
+            pure_flag = flag and not param.secondary_opts
+            default = None if pure_flag and not param.default else param.default
+            param.help = with_default(param.help or "", default_text(default))
+            param.show_default = False
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub, help_names)
 
 
 # options that several commands share, declared once
@@ -188,6 +214,8 @@ class GptGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         reset_verbosity()
+        # the whole tree, Typer's completion options included (added after this group was made)
+        tidy_help(self, self.context_settings.get("help_option_names", ["--help"]))
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except GptError as e:

@@ -84,6 +84,24 @@ def test_every_command_answers_help(path, flag, monkeypatch):
         assert sub in text, f"{name_of(path)} --help does not list {sub}"
 
 
+@pytest.mark.parametrize("path", [path for path, _ in COMMANDS], ids=name_of)
+def test_help_shows_each_default_once_and_no_type_for_a_flag(path, monkeypatch):
+    """`(default: auto)` once, never followed by Typer's own `[default: auto]`; a flag takes no
+    value, so it shows no `<bool>` type."""
+    monkeypatch.setenv("COLUMNS", "250")  # one row per option: nothing wrapped onto a second line
+    result = run_cli(*path, "--help")
+    assert result.exit_code == 0, result.stderr
+    assert "[default" not in result.stdout, result.stdout
+    assert "<bool>" not in result.stdout, result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert all(row.count("default") <= 1 for row in rows), result.stdout
+    command = dict(COMMANDS)[path]
+    for option in options(command):  # a value-taking option still shows its type
+        if not option.hidden and not option.is_flag and long_names(option):
+            row = next(r for r in rows if f" {long_names(option)[0]} " in r)
+            assert "<" in row or f" {option.metavar} " in row, row  # <int>, or its own metavar
+
+
 @pytest.mark.parametrize("path", [path for path, _ in GROUPS], ids=name_of)
 def test_a_group_alone_shows_its_help(path):
     result = run_cli(*path)  # `gpt`, `gpt tokenizer`: help, not an error
