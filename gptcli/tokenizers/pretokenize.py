@@ -25,8 +25,9 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import regex
 
@@ -47,6 +48,7 @@ ASCII_PATTERNS = {
 _ASCII_LETTERS = frozenset(string.ascii_letters)
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _SAFE_CUT = re.compile(r"(?<=[A-Za-z]) ")  # a space right after a letter (ASCII ones suffice)
+Sized = TypeVar("Sized", str, bytes)  # texts (sized in characters) or byte words (in bytes)
 
 
 class Splitter:
@@ -128,6 +130,21 @@ def count_in_workers(
             raise GptError(f"a pre-tokenizing worker process failed (exit code {proc.returncode})")
         counts.update(json.loads(out))
     return counts
+
+
+def group_texts(texts: Iterable[Sized], chars: int) -> Iterator[tuple[list[Sized], int]]:
+    """Consecutive texts grouped into (texts, characters) of about `chars` characters each
+    (byte strings: of about `chars` bytes): the tasks handed to workers, or batches."""
+    group: list[Sized] = []
+    size = 0
+    for text in texts:
+        group.append(text)
+        size += len(text)
+        if size >= chars:
+            yield group, size
+            group, size = [], 0
+    if group:
+        yield group, size
 
 
 def worker_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:

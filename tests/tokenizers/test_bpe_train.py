@@ -40,15 +40,15 @@ def test_fast_trainer_gives_exactly_the_naive_trainers_merges(text, num_merges, 
 def test_initial_pair_counts_and_index_count_every_word_once(words, batch_bytes, data):
     # empty and one-byte words, repeats, and batches that cut anywhere: each pair's count is the
     # sum over words of (its occurrences x the word's count); its index lists each word once, in order
-    import gptcli.tokenizers.bpe_train as bpe_train
+    import gptcli.tokenizers.bpe_words as bpe_words
 
     counts = data.draw(st.lists(st.integers(1, 10**6), min_size=len(words), max_size=len(words)))
-    bpe_train.COUNT_BATCH_BYTES, before = batch_bytes, bpe_train.COUNT_BATCH_BYTES
+    bpe_words.COUNT_BATCH_BYTES, before = batch_bytes, bpe_words.COUNT_BATCH_BYTES
     try:
-        pair_counts, where = bpe_train._count_pairs_numpy(words, counts, 9)
+        pair_counts, where = bpe_words.count_pairs_numpy(words, counts, 9)
     finally:
-        bpe_train.COUNT_BATCH_BYTES = before
-    assert (pair_counts, where) == bpe_train._count_pairs(words, counts, 9)  # (a word at a time)
+        bpe_words.COUNT_BATCH_BYTES = before
+    assert (pair_counts, where) == bpe_words.count_pairs(words, counts, 9)  # (a word at a time)
     expected, holders = Counter(), {}
     for i, (word, n) in enumerate(zip(words, counts)):
         for a, b in zip(word, word[1:]):
