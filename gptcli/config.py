@@ -6,7 +6,7 @@ what it produced, so later commands can read the settings back instead of asking
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,9 +15,20 @@ from gptcli.errors import GptError, one_line_validation_error
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator: the default special token
 DEFAULT_BPE_VOCAB_SIZE = 4096
 SHARD_TOKENS = 100_000_000  # tokens per token-store shard (200 MB of uint16): the unit of resume
-EXPORT_FORMATS = ("hf", "tiktoken")  # gpt tokenizer export --format
+# the values an option may take: a choice the command line checks (a bad one exits 2), and the
+# configs' field types, so a --config file or a saved run is checked against the same values
+TokenizerKind = Literal["bpe", "char"]
+Arch = Literal["gpt", "lstm"]
+PosEmb = Literal["learned", "rope", "sinusoidal", "none"]
+Norm = Literal["layernorm", "rmsnorm"]
+Schedule = Literal["cosine", "wsd"]
+OptimizerName = Literal["adamw", "muon"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+ExportFormat = Literal["hf", "tiktoken"]
+EXPORT_FORMATS = get_args(ExportFormat)  # gpt tokenizer export --format
 DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
+PRECISIONS = get_args(Precision)
 HUB_NAMES = {  # `gpt load-gpt2 NAME`: OpenAI's GPT-2 sizes on the Hugging Face hub
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 }
@@ -45,9 +56,7 @@ class TokenizerTrainConfig(StrictModel):
     text_field: str = Field("text", min_length=1, description=TEXT_FIELD_HELP)
     split: str | None = Field(None, min_length=1, description=SPLIT_HELP)
     skip_bad_records: bool = Field(False, description=SKIP_BAD_RECORDS_HELP)
-    kind: Literal["bpe", "char"] = Field(
-        "bpe", description="bpe (byte-level BPE) or char (one id per character)."
-    )
+    kind: TokenizerKind = Field("bpe", description="bpe (byte-level BPE) or char (one id per character).")
     vocab_size: int | None = Field(
         None,
         description="Vocabulary size incl. 256 bytes and special tokens "
@@ -95,7 +104,7 @@ class ModelConfig(StrictModel):
     vocab_size, block_size, n_layer, n_embd (its hidden size), dropout, bias and tie_weights.
     """
 
-    arch: Literal["gpt", "lstm"] = Field(
+    arch: Arch = Field(
         "gpt",
         description="gpt (the transformer) or lstm (the baseline: reads n-layer, n-embd, block-size, dropout).",
     )
@@ -111,14 +120,12 @@ class ModelConfig(StrictModel):
     n_embd: int = Field(384, ge=1, description="Width; an LSTM's hidden size.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout.")
     bias: bool = Field(True, description="Biases in Linear layers and LayerNorms, as GPT-2.")
-    pos_emb: Literal["learned", "rope", "sinusoidal", "none"] = Field(
-        "learned", description="Positions: learned, rope, sinusoidal or none."
-    )
+    pos_emb: PosEmb = Field("learned", description="Positions: learned, rope, sinusoidal or none.")
     rope_base: float = Field(10000.0, gt=0, description="RoPE's base frequency.")
     window: int | None = Field(
         None, ge=1, description="Sliding-window attention: see at most this many tokens (default: off)."
     )
-    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="layernorm or rmsnorm.")
+    norm: Norm = Field("layernorm", description="layernorm or rmsnorm.")
     norm_eps: float = Field(1e-5, gt=0, description="The norms' epsilon.")
     gelu: Literal["tanh", "exact"] = Field("tanh", description="GELU: the tanh form (GPT-2) or exact.")
     tie_weights: bool = Field(True, description="lm_head shares wte's weight.")
@@ -210,7 +217,7 @@ class TrainConfig(StrictModel):
     )
     warmup_iters: int = Field(100, ge=0, description="Linear warmup steps.")
     lr_decay_iters: int | None = Field(None, ge=1, description="End of the decay (default: max_iters).")
-    schedule: Literal["cosine", "wsd"] = Field(
+    schedule: Schedule = Field(
         "cosine",
         description="cosine (warmup, cosine decay to min-lr) or wsd (warmup, stable at lr, "
         "linear decay to min-lr over the last --decay-fraction).",
@@ -218,7 +225,7 @@ class TrainConfig(StrictModel):
     decay_fraction: float = Field(
         0.2, gt=0, le=1, description="wsd: the fraction of the run, at its end, that decays to min-lr."
     )
-    optimizer: Literal["adamw", "muon"] = Field(
+    optimizer: OptimizerName = Field(
         "adamw",
         description="adamw, or muon: Muon for the hidden layers' weight matrices, AdamW for the rest.",
     )
@@ -237,7 +244,7 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept, plus the best.")
     sample_tokens: int = Field(200, ge=0, description="Tokens sampled at each eval, 0 = none.")
     # system
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=PRECISION_HELP)
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     compile: bool = Field(False, description="torch.compile the model.")
     activation_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory for long contexts."
@@ -254,6 +261,11 @@ class TrainConfig(StrictModel):
     @classmethod
     def _duration(cls, v):
         return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -344,11 +356,23 @@ class ServeConfig(StrictModel):
         None, min_length=1, description="The model id clients use (default: the checkpoint's folder name)."
     )
     device: str = Field("auto", description=DEVICE_HELP)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=PRECISION_HELP)
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     compile: bool = Field(
         False, description="Compile the decode step (torch.compile; a CUDA graph on a GPU)."
     )
     quiet: bool = Field(False, description="No log line per request.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+
+def check_device(name: str) -> str:
+    """A device name as --device takes it (whether this machine has it is checked when it is used)."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return name
 
 
 def parse_duration(text: str) -> float:

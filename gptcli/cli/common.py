@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
-from gptcli.config import TrainConfig, validate
+from gptcli.config import TrainConfig, check_device, validate
 from gptcli.errors import GptError, OptionError, first_validation_problem
 
 try:  # recent Typer releases vendor their own copy of Click
@@ -122,7 +122,8 @@ StrictOption = Annotated[
 
 
 def device_option(**options) -> typer.models.OptionInfo:
-    return config_option(TrainConfig, "device", "--device", **options)
+    """--device, its name checked as it is parsed (a bad one exits 2, as a bad choice does)."""
+    return config_option(TrainConfig, "device", "--device", parser=check_device, **options)
 
 
 def precision_option(**options) -> typer.models.OptionInfo:
@@ -225,7 +226,8 @@ class GptGroup(TyperGroup):
             rv = 0
         except click_errors.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            fail(e.format_message() + hint, 2)
+            # a value a parser refused comes through Pydantic, which starts its message so
+            fail(e.format_message().replace(": Value error, ", ": ") + hint, 2)
         except typer.Abort:
             fail("interrupted", 130)
         except click_errors.ClickException as e:

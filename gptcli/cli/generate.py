@@ -23,8 +23,7 @@ from gptcli.cli.common import (
     validate_options,
     warn,
 )
-from gptcli.config import PRECISIONS, SampleConfig
-from gptcli.errors import GptError
+from gptcli.config import Precision, SampleConfig
 
 SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py prints them
 
@@ -56,7 +55,7 @@ def generate_command(
     stop: Annotated[list[str] | None, _sample("stop")] = None,
     ignore_eos: Annotated[bool | None, _sample("ignore_eos", "--ignore-eos")] = None,
     device: Annotated[str, device_option()] = "auto",
-    precision: Annotated[str, precision_option()] = "auto",
+    precision: Annotated[Precision, precision_option()] = "auto",
     compile: Annotated[
         bool,
         typer.Option(
@@ -76,8 +75,6 @@ def generate_command(
 
     With --json: one object with the prompt, the samples (text, ids, finish reason), counts and speed.
     """
-    if precision not in PRECISIONS:
-        raise GptError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
     settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
     config = validate_options(SampleConfig, settings)

@@ -20,7 +20,7 @@ from gptcli.cli.common import (
     warn,
 )
 from gptcli.cli.generate import load_engine
-from gptcli.config import ServeConfig
+from gptcli.config import Precision, ServeConfig
 from gptcli.errors import GptError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -47,7 +47,7 @@ def serve_command(
     drain_seconds: Annotated[float | None, _serve("drain_seconds", "--drain-seconds")] = None,
     model_name: Annotated[str | None, _serve("model_name", "--model-name")] = None,
     device: Annotated[str, device_option()] = "auto",
-    precision: Annotated[str, precision_option()] = "auto",
+    precision: Annotated[Precision, precision_option()] = "auto",
     compile: Annotated[bool, _serve("compile", "--compile/--no-compile")] = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,

@@ -21,7 +21,7 @@ from gptcli.cli.common import (
     warn,
     write_text,
 )
-from gptcli.config import EXPORT_FORMATS, TokenizerTrainConfig
+from gptcli.config import EXPORT_FORMATS, ExportFormat, TokenizerKind, TokenizerTrainConfig
 from gptcli.errors import GptError
 
 app = typer.Typer(
@@ -44,6 +44,17 @@ def _field(name: str, *names: str, **options):
     return config_option(TokenizerTrainConfig, name, *names, **options)
 
 
+def check_pattern(value: str) -> str:
+    """--pattern, checked as it is parsed: gpt2, gpt4, or a regex both of its engines compile."""
+    from gptcli.tokenizers.patterns import resolve_pattern  # regex and tiktoken load only when needed
+
+    try:
+        resolve_pattern(value)
+    except GptError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
 @app.command()
 def train(
     files: Annotated[
@@ -52,14 +63,14 @@ def train(
     ],
     vocab_size: Annotated[int | None, _field("vocab_size")] = None,
     out: Annotated[Path | None, _field("out", "--out", "-o")] = None,
-    kind: Annotated[str | None, _field("kind")] = None,
+    kind: Annotated[TokenizerKind | None, _field("kind")] = None,
     special_tokens: Annotated[
         str | None,
         _field(
             "special_tokens", help="Comma-separated special tokens, ids after the vocabulary ('' for none)."
         ),
     ] = None,
-    pattern: Annotated[str | None, _field("pattern")] = None,
+    pattern: Annotated[str | None, _field("pattern", parser=check_pattern)] = None,
     workers: Annotated[int | None, _field("workers")] = None,
     text_field: Annotated[str | None, _field("text_field")] = None,
     split: Annotated[str | None, _field("split")] = None,
@@ -68,10 +79,8 @@ def train(
     verbose: VerboseOption = False,
 ) -> None:
     """Train a tokenizer on a corpus. Example: gpt tokenizer train corpus.txt --vocab-size 20000"""
-    from gptcli.tokenizers.train import train_tokenizer  # tiktoken and regex load only when needed
+    from gptcli.data.tokenizer_corpus import train_tokenizer  # tiktoken and regex load only when needed
 
-    if kind not in (None, "bpe", "char"):
-        raise GptError(f"unknown --kind {kind!r}: choose bpe or char")
     given = dict(files=files, kind=kind, vocab_size=vocab_size, pattern=pattern, out=out, workers=workers,
                  text_field=text_field, split=split, skip_bad_records=skip_bad_records)  # fmt: skip
     if special_tokens is not None:
@@ -218,7 +227,7 @@ def export(
         "tokenizer.json"
     ),
     format: Annotated[
-        str, typer.Option("--format", help=f"Target format: {' or '.join(EXPORT_FORMATS)}.")
+        ExportFormat, typer.Option("--format", help=f"Target format: {' or '.join(EXPORT_FORMATS)}.")
     ] = "hf",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the exported files into.")] = Path(
         "tokenizer_export"

@@ -25,7 +25,7 @@ from gptcli.cli.common import (
     validate_options,
     warn,
 )
-from gptcli.config import ModelConfig, TrainConfig
+from gptcli.config import Arch, ModelConfig, Norm, OptimizerName, PosEmb, Precision, Schedule, TrainConfig
 from gptcli.errors import GptError
 from gptcli.presets import config_base, merge_config, presets_help
 
@@ -62,7 +62,7 @@ def train_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=DATA)
     ] = None,
-    arch: Annotated[str | None, _model("arch")] = None,
+    arch: Annotated[Arch | None, _model("arch")] = None,
     n_layer: Annotated[int | None, _model("n_layer")] = None,
     n_head: Annotated[int | None, _model("n_head")] = None,
     n_kv_head: Annotated[int | None, _model("n_kv_head")] = None,
@@ -70,9 +70,9 @@ def train_command(
     block_size: Annotated[int | None, _model("block_size")] = None,
     dropout: Annotated[float | None, _model("dropout")] = None,
     bias: Annotated[bool | None, _model("bias", "--bias/--no-bias")] = None,
-    pos_emb: Annotated[str | None, _model("pos_emb")] = None,
+    pos_emb: Annotated[PosEmb | None, _model("pos_emb")] = None,
     window: Annotated[int | None, _model("window")] = None,
-    norm: Annotated[str | None, _model("norm")] = None,
+    norm: Annotated[Norm | None, _model("norm")] = None,
     flash: Annotated[bool | None, _model("flash", "--flash/--no-flash")] = None,
     init_from: Annotated[Path | None, _train("init_from", panel=MODEL)] = None,
     batch_size: Annotated[int | None, _train("batch_size", panel=OPT)] = None,
@@ -84,9 +84,9 @@ def train_command(
     lr: Annotated[float | None, _train("lr", panel=OPT)] = None,
     min_lr: Annotated[float | None, _train("min_lr", panel=OPT)] = None,
     warmup_iters: Annotated[int | None, _train("warmup_iters", panel=OPT)] = None,
-    schedule: Annotated[str | None, _train("schedule", panel=OPT)] = None,
+    schedule: Annotated[Schedule | None, _train("schedule", panel=OPT)] = None,
     decay_fraction: Annotated[float | None, _train("decay_fraction", panel=OPT)] = None,
-    optimizer: Annotated[str | None, _train("optimizer", panel=OPT)] = None,
+    optimizer: Annotated[OptimizerName | None, _train("optimizer", panel=OPT)] = None,
     muon_lr: Annotated[float | None, _train("muon_lr", panel=OPT)] = None,
     muon_momentum: Annotated[float | None, _train("muon_momentum", panel=OPT)] = None,
     weight_decay: Annotated[float | None, _train("weight_decay", panel=OPT)] = None,
@@ -96,7 +96,7 @@ def train_command(
     log_interval: Annotated[int | None, _train("log_interval", panel=EVAL)] = None,
     sample_tokens: Annotated[int | None, _train("sample_tokens", panel=EVAL)] = None,
     keep_checkpoints: Annotated[int | None, _train("keep_checkpoints", panel=EVAL)] = None,
-    precision: Annotated[str | None, precision_option(rich_help_panel=SYSTEM)] = None,
+    precision: Annotated[Precision | None, precision_option(rich_help_panel=SYSTEM)] = None,
     compile: Annotated[bool | None, _train("compile", "--compile/--no-compile", panel=SYSTEM)] = None,
     activation_checkpointing: Annotated[
         bool | None, _train("activation_checkpointing", "--activation-checkpointing", panel=SYSTEM)

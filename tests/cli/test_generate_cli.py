@@ -114,7 +114,7 @@ def test_stop_string_cuts_the_output(in_tmp):
         (["--num-samples", "0"], ["--num-samples"]),
         (["--stop", ""], ["stop strings must not be empty"]),
         (["--device", "cuda:7"], ["cuda:7"]),
-        (["--precision", "fp8"], ["unknown --precision"]),
+        (["--precision", "fp8"], ["--precision", "'fp8' is not one of"]),
         (["--precision", "fp16", "--device", "cpu"], ["fp16 needs a CUDA GPU"]),
     ],
 )

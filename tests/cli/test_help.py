@@ -142,6 +142,57 @@ def test_an_unknown_option_is_a_one_line_error(path, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+# A bad value for a validated string option (one with a parser: checked as the command line is
+# parsed); an option given a parser later must get its bad value here, or the test below fails.
+BAD_PARSED_VALUES = {"--device": "banana", "--pattern": "(unclosed"}
+
+
+def checked_options() -> list[tuple[tuple[str, ...], str, str]]:
+    """(command path, flag, a bad value) for every option whose values are checked as the command
+    line is parsed: a choice (a Literal or Enum type) or a string with a parser."""
+    found = []
+    for path, command in COMMANDS:
+        for option in options(command):
+            descriptor = getattr(option, "type_descriptor", None)
+            if option.hidden or option.is_flag or descriptor is None:
+                continue
+            flag = long_names(option)[0]
+            if descriptor.is_choice:
+                found.append((path, flag, "not-a-choice"))
+            elif descriptor.parameter_info.parser is not None:
+                assert flag in BAD_PARSED_VALUES, (
+                    f"{name_of(path)} {flag}: add a bad value to BAD_PARSED_VALUES"
+                )
+                found.append((path, flag, BAD_PARSED_VALUES[flag]))
+    return found
+
+
+CHECKED = checked_options()
+
+
+def test_the_options_with_checked_values_are_found():
+    # guards the enumeration: the options the README's exit codes were first promised for
+    found = {(name_of(path), flag) for path, flag, _ in CHECKED}
+    assert {
+        ("gpt tokenizer train", "--kind"), ("gpt tokenizer train", "--pattern"),
+        ("gpt tokenizer export", "--format"), ("gpt train", "--precision"), ("gpt train", "--device"),
+        ("gpt train", "--arch"), ("gpt train", "--pos-emb"), ("gpt train", "--optimizer"),
+        ("gpt generate", "--device"), ("gpt generate", "--precision"), ("gpt serve", "--device"),
+        ("gpt serve", "--precision"), ("gpt eval", "--device"),
+    } <= found, found  # fmt: skip
+
+
+@pytest.mark.parametrize("path, flag, value", CHECKED, ids=[f"{name_of(p)} {f}" for p, f, _ in CHECKED])
+def test_a_bad_value_for_a_checked_option_exits_2_naming_the_flag(path, flag, value, tmp_path, monkeypatch):
+    """A bad option value is a usage error (exit 2, as the README says), whichever command has it and
+    whether a choice or a parser refuses it: one line naming the flag, nothing run, no traceback."""
+    monkeypatch.chdir(tmp_path)  # should a command run after all, it writes nothing into the repo
+    result = run_cli(*path, flag, value)
+    assert_one_line_error(result, f"'{flag}'", value, f"'{name_of(path)} --help'")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # shell completion (Typer's add_completion: --install-completion / --show-completion)
 
