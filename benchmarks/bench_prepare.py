@@ -136,8 +136,8 @@ def text_bytes_of(path: Path) -> int:
 def tokenizer_for(args, corpus: Path) -> tuple[Path, str]:
     """(our tokenizer file, what it is): GPT-2's from --gpt2, else one trained on a slice, kept."""
     from gptcli.config import TokenizerTrainConfig
+    from gptcli.data.tokenizer_corpus import train_tokenizer
     from gptcli.tokenizers import load_tokenizer
-    from gptcli.tokenizers.train import train_tokenizer
 
     if args.gpt2:
         path = args.dir / "gpt2_tokenizer.json"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptcli.config import SampleConfig, TokenizerTrainConfig
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.generation import Engine
 from gptcli.hf_gpt2 import export_hf_gpt2, import_gpt2, load_hf_gpt2
@@ -13,7 +14,6 @@ from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.tensorfile import read_safetensors, write_safetensors
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.export import export_tokenizer
-from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 from tests.generation.test_engine import assert_greedy
 

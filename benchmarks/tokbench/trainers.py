@@ -9,11 +9,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from gptcli.config import TokenizerTrainConfig
 from gptcli.data.sources import CorpusReader
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.tokenizers.base import ENDOFTEXT
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.bpe_train import PRETOKENIZE_BLOCK_BYTES
 from gptcli.tokenizers.patterns import GPT4_PATTERN
-from gptcli.tokenizers.train import train_tokenizer
 
 BLOCK_CHARS = 1 << 20  # text blocks fed to HF's train_from_iterator
 # Oniguruma (HF) reads `{1,3}+` as "{1,3}, one or more times", not as possessive; plain `{1,3}`

@@ -9,4 +9,5 @@ shard_writer.py   its writing: shards recorded in progress.json, the val tail mo
 store.py          a token store on disk: layout, meta.json, checks; TokenShards, its splits as arrays
 token_cache.py    the training data: a store given, or the corpus's store in the cache -> train/val
 sampler.py        random (x, y) batches from the ids, from a seeded generator (resumable)
+tokenizer_corpus.py  a tokenizer trained on a corpus: the files read here, the texts to gptcli.tokenizers
 """

@@ -13,8 +13,8 @@ import zstandard
 
 from gptcli.config import TokenizerTrainConfig
 from gptcli.data.sources import CorpusReader, SourceOptions, find_sources
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
-from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
 
 datasets = pytest.importorskip("datasets")

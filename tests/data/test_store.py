@@ -18,11 +18,11 @@ from gptcli.data.sampler import BatchSampler
 from gptcli.data.sources import SourceOptions, find_sources
 from gptcli.data.store import TokenShards, is_store, open_store, tokenizer_sha256
 from gptcli.data.token_cache import TokenData
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.models import build_model
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.char import CharTokenizer
-from gptcli.tokenizers.train import train_tokenizer
 from gptcli.training.validator import Validator
 from tests.conftest import SONNETS
 

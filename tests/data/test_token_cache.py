@@ -12,8 +12,8 @@ from gptcli.config import TokenizerTrainConfig
 from gptcli.data.prepare import prepare_store
 from gptcli.data.sources import SourceOptions, find_sources
 from gptcli.data.token_cache import cache_key, cached_store, prepare_data
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
-from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS
 
 

@@ -3,10 +3,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptcli.config import TokenizerTrainConfig
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.tokenizers import BPETokenizer, load_tokenizer
 from gptcli.tokenizers.patterns import GPT2_PATTERN
-from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS
 
 SPECIALS = ["<|endoftext|>", "<|pad|>"]

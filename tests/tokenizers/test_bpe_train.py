@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from gptcli.config import TokenizerTrainConfig
 from gptcli.data.sources import CorpusReader
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.tokenizers.bpe_train import chunks_to_words, count_chunks, learn_merges, learn_merges_naive
 from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
-from gptcli.tokenizers.train import train_tokenizer
 
 # small alphabets make many repeated pairs and many ties, where trainers most easily disagree
 small_corpus = st.lists(

@@ -1,9 +1,9 @@
 import pytest
 
 from gptcli.config import TokenizerTrainConfig
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.tokenizers import CharTokenizer, load_tokenizer
-from gptcli.tokenizers.train import train_tokenizer
 
 
 def test_char_tokenizer_trains_roundtrips_and_saves(corpus, tmp_path):

@@ -11,10 +11,10 @@ from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptcli.config import TokenizerTrainConfig
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.export import export_tokenizer
-from gptcli.tokenizers.train import train_tokenizer
 from tests.conftest import SONNETS
 
 transformers = pytest.importorskip("transformers")
