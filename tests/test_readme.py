@@ -1,10 +1,17 @@
-"""Every shell command the README shows, run in order in a scratch folder, as a reader would type them.
+"""Every command and Python example the README and the guides in docs/ show, run as a reader would.
+
+Each page runs in order in its own scratch folder. A guide's reader has done the README's everyday
+path first, so a guide's scratch folder starts with the README's commands run.
 
 Only what cannot run here changes: flags appended to each `gpt train` make the run tiny (a flag
 given twice takes its last value), the hub name `gpt2` and `path/to/hf/gpt2` become a small local
 HF folder (no network), and `toy_data/shakespeare.txt` is the shipped sonnets repeated. Commands
-that need GPUs, several machines or `make` are in NOT_RUN with the reason; a README command that is
-neither run nor listed there fails the test.
+that need GPUs, several machines, a running server, the network or minutes of work are in NOT_RUN
+(Python examples in PY_NOT_RUN) with the reason; a command that is neither run nor listed there
+fails the test.
+
+The README also has a length limit, and every relative link in the README and the guides must
+point at a file (and heading) that exists.
 """
 
 import os
@@ -20,9 +27,17 @@ from tests.conftest import REPO, SONNETS, run_cli
 
 transformers = pytest.importorskip("transformers")
 
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+README_MAX_LINES = 250
+
 NOT_RUN = {
     "make test": "CI runs it: it is this test suite",
-    "make demo": "minutes of training; its figures are in the README",
+    "make test-any-cpu": "part of this suite again, with torch's kernels without vector units: CI runs it",
+    ".venv/bin/python -m pytest": "part of this test suite",
+    "make demo": "minutes of training on the complete works",
+    "make bench": "benchmarks take minutes, and a timing is not a test",
+    ".venv/bin/python benchmarks/": "a benchmark: minutes, and a timing is not a test",
     "torchrun --standalone --nproc_per_node=8": "needs 8 GPUs",
     "torchrun --nnodes=2": "needs two machines with GPUs",
     "make gpu-wheels": "downloads wheels from a package index",
@@ -30,29 +45,72 @@ NOT_RUN = {
     "gpt serve": "a server runs until stopped: tests/serving and tests/cli/test_serve.py start it and call it",
     "curl ": "needs the running server: tests/serving/test_api.py sends these requests",
 }
+PY_NOT_RUN = {
+    "from openai import OpenAI": "needs the running server: tests/serving/test_api.py uses the openai client",
+}
 TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --max-iters 2 --warmup-iters 1 "
         "--eval-interval 2 --eval-iters 1 --log-interval 1 --sample-tokens 4 --device cpu")  # fmt: skip
 TINY_RESHAPE = "--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 "  # not for --init-from / --resume
+# files a page's commands must have written, beyond exiting 0
+EXPECTED = {
+    "tokenizers.md": ["hf_tok/tokenizer.json", "tt_tok/tokenizer.tiktoken"],
+    "data.md": ["data/web_store/meta.json", "wiki/config.json"],
+    "training.md": ["out/loss.png", "compare.png", "ddp/config.json", "out_py/config.json"],
+    "gpt2-and-hf.md": ["finetune_hf/model.safetensors"],
+}
 
 
-def readme_commands() -> list[str]:
-    """The README's ```bash lines: continuations joined, comments and blank lines dropped."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+# ---- reading the pages
+
+
+def steps(page: Path) -> list[tuple[str, str]]:
+    """The page's ```bash lines and ```python blocks, in order: ("bash", command) or ("python", code).
+    Bash continuations are joined, comments and blank lines dropped."""
+    found = []
+    for lang, block in re.findall(r"```(bash|python)\n(.*?)```", page.read_text(), re.S):
+        if lang == "python":
+            found.append(("python", block))
+            continue
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+# .*$", "", line).strip()
             if line and not line.startswith("#"):
-                commands.append(" ".join(line.split()))
-    return commands
+                found.append(("bash", " ".join(line.split())))
+    return found
 
 
-def not_run_reason(command: str) -> str | None:
-    return next((why for start, why in NOT_RUN.items() if command.startswith(start)), None)
+def not_run_key(kind: str, text: str) -> str | None:
+    """The NOT_RUN (PY_NOT_RUN) entry that covers this step: the longest matching prefix (substring)."""
+    if kind == "python":
+        return next((key for key in PY_NOT_RUN if key in text), None)
+    return max((start for start in NOT_RUN if text.startswith(start)), key=len, default=None)
 
 
-def made_runnable(command: str, hf_folder: Path) -> str:
-    command = command.replace("gpt load-gpt2 gpt2 ", f"gpt load-gpt2 {hf_folder} ")
-    command = command.replace("path/to/hf/gpt2", str(hf_folder))
+def runnable(page: Path) -> list[tuple[str, str]]:
+    return [(kind, text) for kind, text in steps(page) if not not_run_key(kind, text)]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '#' in a code block is no heading
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def relative_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+
+
+# ---- running them
+
+
+def made_runnable(command: str, hf_folder: Path | None) -> str:
+    if hf_folder is not None:
+        command = command.replace("gpt load-gpt2 gpt2 ", f"gpt load-gpt2 {hf_folder} ")
+        command = command.replace("path/to/hf/gpt2", str(hf_folder))
     if re.search(r"(\bgpt|-m gptcli) train\b", command):
         flags = TINY
         if "--init-from" in command or "--resume" in command:
@@ -65,7 +123,7 @@ def made_runnable(command: str, hf_folder: Path) -> str:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """A folder holding the files the README's examples name."""
+    """A folder holding the files the pages' examples name."""
     sonnets = SONNETS.read_text()
     (tmp_path / "toy_data").mkdir()
     (tmp_path / "toy_data" / "shakespeare.txt").write_text(sonnets * 8)  # > 15,000 lines, as the real one
@@ -123,18 +181,68 @@ def run(command: str) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
-def test_every_readme_command_runs(scratch):
-    hf = local_gpt2(scratch / "hf_gpt2")
-    commands = readme_commands()
-    skipped = {c for c in commands if not_run_reason(c)}
-    assert {next(s for s in NOT_RUN if c.startswith(s)) for c in skipped} == set(NOT_RUN), "stale NOT_RUN"
+def run_page(page: Path, hf_folder: Path | None) -> int:
+    """Run the page's runnable steps in order in the current folder; how many ran."""
     ran = 0
-    for command in commands:
-        if command in skipped:
-            continue
-        code, stderr = run(made_runnable(command, hf))
-        assert code == 0 and "Traceback" not in stderr, f"README command failed: {command}\n{stderr}"
+    for kind, text in runnable(page):
+        where = f"{page.relative_to(REPO)}"
+        if kind == "python":
+            try:
+                exec(compile(text, where, "exec"), {"__name__": "__readme__"})
+            except Exception as e:  # noqa: BLE001 - any failure of a shown example fails the test
+                pytest.fail(f"{where}: Python example failed: {type(e).__name__}: {e}\n{text}")
+        else:
+            code, stderr = run(made_runnable(text, hf_folder))
+            assert code == 0 and "Traceback" not in stderr, f"{where}: command failed: {text}\n{stderr}"
         ran += 1
-    assert ran >= 30  # the README shows this many runnable commands; a broken parse would find few
-    assert (scratch / "out" / "loss.png").is_file() and (scratch / "compare.png").is_file()
-    assert (scratch / "finetune_hf" / "model.safetensors").is_file()
+    return ran
+
+
+# ---- the tests
+
+RUN_PAGES = [p for p in PAGES if runnable(p)]
+
+
+@pytest.mark.parametrize("page", RUN_PAGES, ids=[p.name for p in RUN_PAGES])
+def test_every_command_runs(page, scratch):
+    hf = local_gpt2(scratch / "hf_gpt2") if any("load-gpt2" in text for _, text in runnable(page)) else None
+    if page != README:
+        run_page(README, hf)  # where the guide's reader starts: the everyday path done
+    assert run_page(page, hf) > 0
+    for name in EXPECTED.get(page.name, []):
+        assert (scratch / name).exists(), f"{page.name}: its commands should have written {name}"
+
+
+def test_every_command_is_run_or_explained():
+    shown = [(kind, text) for page in PAGES for kind, text in steps(page)]
+    used = {not_run_key(kind, text) for kind, text in shown} - {None}
+    assert used == set(NOT_RUN) | set(PY_NOT_RUN), "stale NOT_RUN / PY_NOT_RUN entries"
+    ran = [step for step in shown if not not_run_key(*step)]
+    assert len(ran) >= 40  # the pages show this many runnable steps; a broken parse would find few
+    assert set(EXPECTED) <= {p.name for p in RUN_PAGES}
+
+
+def test_readme_is_short():
+    lines = len(README.read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move detail into a guide in docs/"
+
+
+def test_readme_links_every_guide():
+    linked = {
+        (REPO / link.split("#")[0]).resolve() for link in relative_links(README) if link.startswith("docs/")
+    }
+    assert linked, "README.md links no guide in docs/"
+    for target in linked:
+        assert target.is_file(), f"README.md links {target.relative_to(REPO)}, which does not exist"
+    guides = {p.resolve() for p in (REPO / "docs").glob("*.md")}
+    assert guides <= linked, f"guides the README does not link: {sorted(p.name for p in guides - linked)}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_links_resolve(page):
+    for link in relative_links(page):
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name}: link {link}: no such file"
+        if anchor and target.suffix == ".md":
+            assert anchor in anchors(target), f"{page.name}: link {link}: no such heading in {target.name}"
