@@ -290,10 +290,12 @@ def load_checkpoint(
 
 
 def _damage_behind(directory: Path, error: GptError) -> DamagedCheckpoint | None:
-    """`error` as a DamagedCheckpoint when a file of the checkpoint is not what was saved."""
+    """`error` as a DamagedCheckpoint when a file of the checkpoint is not what was saved. Only the
+    checksums are checked: parsing the files again would raise `error` itself, and name it twice."""
     try:
-        if not (directory / CHECKSUMS).exists() or verify_checkpoint(directory):
-            return None
+        digests = checkpoint_digests(directory)
+        for name in digests or ():
+            verify_file(directory / name, digests)
     except GptError as damage:
         path = str(damage).partition(": ")[0]  # both usually name the same file first: name it once
         return DamagedCheckpoint(f"{damage}; {str(error).removeprefix(path + ': ')}")

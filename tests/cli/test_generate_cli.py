@@ -136,3 +136,28 @@ def test_help():
     for option in ("--prompt", "--checkpoint", "--num-samples", "--max-new-tokens", "--temperature", "--top-k",
                    "--top-p", "--seed", "--stop", "--stream", "--json", "--best", "--ignore-eos", "--compile"):  # fmt: skip
         assert option in result.stdout, option
+
+
+@pytest.mark.parametrize("checksums", ["stale", "rewritten"])
+def test_a_config_json_with_a_bad_value_is_named_once(in_tmp, checksums):
+    """config.json edited by hand ("n_layer": "two"): one line that says what is wrong with it (and,
+    when the file no longer matches its checksum, that too), never the same message twice."""
+    from gptcli.storage.checksums import read_checksums, write_checksums
+    from gptcli.storage.files import sha256_file
+
+    directory = save_run(in_tmp / "run") / "checkpoints" / "step_0000003"
+    config = json.loads((directory / "config.json").read_text())
+    config["model"]["n_layer"] = "two"
+    (directory / "config.json").write_text(json.dumps(config))
+    if checksums == "rewritten":  # as saved: the checksum matches, the value is still wrong
+        digests = read_checksums(directory) | {
+            "config.json": sha256_file(directory / "config.json").hexdigest()
+        }
+        write_checksums(directory, digests)
+    problem = "invalid model config: n_layer: Input should be a valid integer"
+    for args in (["generate", "-c", str(directory)], ["info", str(directory)], ["export-hf", str(directory)]):
+        result = run_cli(*args)
+        assert_one_line_error(result, "config.json", problem)
+        assert result.stderr.count("invalid model config") == 1, result.stderr
+        if args[0] == "generate":  # it loads the checkpoint, so it checks the checksums too
+            assert ("checksum mismatch" in result.stderr) == (checksums == "stale")
