@@ -150,6 +150,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     Not checked against its checksum here (listing a run's checkpoints reads every config):
     whatever loads a checkpoint checks every file it uses (load_checkpoint, verify_checkpoint)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        inside = f" (the checkpoint it is in: {directory.parent})" if is_checkpoint(directory.parent) else ""
+        raise GptError(
+            f"{directory} is a file, not a checkpoint: give a checkpoint directory ({', '.join(REQUIRED)}) "
+            f"or a run directory holding checkpoints{inside}"
+        )
     if not directory.is_dir():
         raise GptError(f"checkpoint not found: {directory}")
     missing = [name for name in REQUIRED if not (directory / name).is_file()]

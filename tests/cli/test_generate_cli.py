@@ -161,3 +161,20 @@ def test_a_config_json_with_a_bad_value_is_named_once(in_tmp, checksums):
         assert result.stderr.count("invalid model config") == 1, result.stderr
         if args[0] == "generate":  # it loads the checkpoint, so it checks the checksums too
             assert ("checksum mismatch" in result.stderr) == (checksums == "stale")
+
+
+def test_a_file_given_as_a_checkpoint_says_what_it_is_and_what_was_expected(in_tmp):
+    save_run(in_tmp / "run")
+    (in_tmp / "some_file.txt").write_text("not a model")
+    expected = ["some_file.txt is a file, not a checkpoint", "checkpoint directory", "run directory"]
+    for args in (
+        ["generate", "-c", "some_file.txt"],
+        ["eval", "-c", "some_file.txt", "-d", "some_file.txt"],
+        ["info", "some_file.txt"],
+        ["export-hf", "some_file.txt"],
+        ["serve", "-c", "some_file.txt"],
+    ):
+        assert_one_line_error(run_cli(*args), *expected)
+    # a file inside a checkpoint: the checkpoint is named
+    inside = run_cli("generate", "-c", "run/checkpoints/step_0000003/config.json")
+    assert_one_line_error(inside, "is a file", "(the checkpoint it is in: run/checkpoints/step_0000003)")
