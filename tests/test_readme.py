@@ -161,7 +161,7 @@ def write_datasets(folder: Path, text: str) -> None:
 def local_gpt2(folder: Path) -> Path:
     """A small random GPT-2 in HF's layout with a GPT-2-pattern vocabulary of 1000 tokens."""
     from gptcli.config import TokenizerTrainConfig
-    from gptcli.tokenizers.train import train_tokenizer
+    from gptcli.data.tokenizer_corpus import train_tokenizer
     from tests.test_hf_gpt2 import SHAPES, hf_folder
 
     tok = train_tokenizer(
