@@ -197,7 +197,11 @@ class TrainConfig(StrictModel):
     data_cache: Path | None = Field(None, description="Folder for token caches (default: ~/.cache/gptcli).")
     # model
     model: ModelConfig = Field(default_factory=ModelConfig)
-    init_from: Path | None = Field(None, description="Start from this checkpoint's weights (fine-tuning).")
+    init_from: Path | None = Field(
+        None,
+        description="Start from a checkpoint's weights (fine-tuning): a checkpoint dir, or a run dir "
+        "(its newest checkpoint).",
+    )
     # optimization
     batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

@@ -1,7 +1,7 @@
 """`gpt train`: flags -> TrainConfig (defaults < --config preset or file < flags) -> trainer.train.
 
-Every option but the run controls (--config, --resume, --out, --overwrite) sets the TrainConfig or
-ModelConfig field of its name; its help and default come from that field. Options left unset are
+Every option but the run controls (--config, --resume, --out, --overwrite, --best) sets the
+TrainConfig or ModelConfig field of its name; its help and default come from that field. Options left unset are
 None here, so a --config preset or file (gptcli.presets), or a resumed run's config.json, keeps its
 values.
 """
@@ -26,10 +26,10 @@ from gptcli.cli.common import (
     warn,
 )
 from gptcli.config import Arch, ModelConfig, Norm, OptimizerName, PosEmb, Precision, Schedule, TrainConfig
-from gptcli.errors import GptError
+from gptcli.errors import GptError, OptionError
 from gptcli.presets import config_base, merge_config, presets_help
 
-RUN_CONTROLS = {"config", "resume", "out", "overwrite", "quiet", "verbose"}  # how to run, not what
+RUN_CONTROLS = {"config", "resume", "out", "overwrite", "best", "quiet", "verbose"}  # how to run, not what
 DATA, MODEL, OPT, EVAL, SYSTEM = "Data", "Model", "Optimization", "Evaluation", "System"
 STOPPED_BY = {
     "max_time": " (stopped by --max-time)",
@@ -75,6 +75,14 @@ def train_command(
     norm: Annotated[Norm | None, _model("norm")] = None,
     flash: Annotated[bool | None, _model("flash", "--flash/--no-flash")] = None,
     init_from: Annotated[Path | None, _train("init_from", panel=MODEL)] = None,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best",
+            help="With --init-from RUN_DIR: its checkpoint with the lowest val loss (not its newest).",
+            rich_help_panel=MODEL,
+        ),
+    ] = False,
     batch_size: Annotated[int | None, _train("batch_size", panel=OPT)] = None,
     grad_accum: Annotated[int | None, _train("grad_accum", panel=OPT)] = None,
     max_iters: Annotated[int | None, _train("max_iters", panel=OPT)] = None,
@@ -138,9 +146,9 @@ def train_command(
     flags = {name: value for name, value in locals().items() if name not in RUN_CONTROLS}
     started = command_started()  # --max-time counts from the process's start: loading torch is part
     if resume is not None:
-        if config is not None or overwrite or out is not None:
+        if config is not None or overwrite or out is not None or best:
             raise GptError(
-                "--resume continues a run as it was: it cannot be combined with --config, --out or --overwrite"
+                "--resume continues a run as it was: it cannot be combined with --config, --out, --overwrite or --best"
             )
         from gptcli.training.run_dir import read_run_config  # torch loads only once a command runs
 
@@ -148,6 +156,8 @@ def train_command(
     else:
         run_dir, base = out or Path("out"), config_base(config) if config else {}
     train_config = validate_options(TrainConfig, flags, merge_config(base, flags))
+    if best:
+        train_config = best_init_from(train_config)
     summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet, started)
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
@@ -158,6 +168,18 @@ def train_command(
     console.print(
         f"done{stopped}: {steps} in {summary.seconds:.0f}s; {final}{best}; checkpoint {summary.last_checkpoint}"
     )
+
+
+def best_init_from(config: TrainConfig) -> TrainConfig:
+    """--best: the checkpoint of --init-from's run directory with the lowest val loss, in its place
+    (so that is what the run records; plan_run checks its files)."""
+    if config.init_from is None:
+        raise OptionError(
+            "--best picks the checkpoint of --init-from's run directory: give --init-from RUN_DIR"
+        )
+    from gptcli.storage.checkpoint import resolve_checkpoint  # torch loads only once a command runs
+
+    return config.model_copy(update={"init_from": resolve_checkpoint(config.init_from, best=True)})
 
 
 def run_training(

@@ -5,8 +5,9 @@
 A fresh run fills in what was left out (a token store's own tokenizer.json when the data is a
 store, else ./tokenizer.json, else characters; the tokenizer's corpus else the toy data),
 makes every path absolute (so the run's config.json works from any directory), and takes the
-model's shape from the flags, or from --init-from's checkpoint. A resumed run takes all of it from
-the run directory and its newest checkpoint.
+model's shape from the flags, or from --init-from's checkpoint (a run directory there: its newest
+intact checkpoint, which is what the run records). A resumed run takes all of it from the run
+directory and its newest checkpoint.
 """
 
 import os
@@ -18,6 +19,7 @@ from gptcli.data.store import TOKENIZER as STORE_TOKENIZER
 from gptcli.data.store import is_store
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
+from gptcli.storage.checksums import CHECKSUMS
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.train import train_tokenizer
@@ -38,11 +40,11 @@ def plan_run(
         tokenizer = load_tokenizer(resume_from / ckpt.TOKENIZER)
         model_config = resumed_model_config(config, ckpt.read_config(resume_from)["model"], run_dir)
         return config.model_copy(update={"model": model_config}), tokenizer, resume_from
+    if config.init_from is not None:  # before the defaults: its tokenizer is the default one
+        config = config.model_copy(update={"init_from": init_checkpoint(Path(config.init_from), notes)})
     config = resolve_inputs(config, notes)
     init_config = None
     if config.init_from:
-        if not ckpt.verify_checkpoint(config.init_from):  # every file, before any is used
-            notes.append(f"warning: {config.init_from} has no checksums (written before they existed)")
         init_config = ckpt.read_config(config.init_from)["model"]
     tokenizer = build_tokenizer(config)
     model_config = build_model_config(config, tokenizer, init_config)
@@ -72,6 +74,30 @@ def newest_checkpoint(run_dir: Path, notes: list[str]) -> Path:
         )
     if not (found / ckpt.CHECKSUMS).exists():
         notes.append(f"warning: {found} has no checksums (written before they existed): resumed unverified")
+    return found
+
+
+def init_checkpoint(path: Path, notes: list[str]) -> Path:
+    """--init-from's checkpoint, every file checked before any is used: a checkpoint directory itself
+    (never swapped for another), or a run directory's newest intact checkpoint (damaged newer ones
+    are named in the notes, as generate passes them over)."""
+    if ckpt.is_checkpoint(path) or not (path / ckpt.CHECKPOINTS).is_dir():
+        found = path  # not a run directory: read_config says what it is missing, or that it is a file
+        verified = ckpt.verify_checkpoint(found)
+    else:
+        damaged: list[str] = []
+        found = ckpt.newest_intact(path, warn=damaged.append)
+        notes.extend(f"warning: {message}" for message in damaged)
+        if found is None and damaged:
+            raise GptError(f"--init-from {path}: every checkpoint is damaged ({damaged[0]})")
+        if found is None:
+            raise GptError(
+                f"--init-from {path} holds no complete checkpoint (nothing under {path / ckpt.CHECKPOINTS})"
+            )
+        notes.append(f"init-from: {found} (the newest checkpoint of {path})")
+        verified = (found / CHECKSUMS).exists()
+    if not verified:
+        notes.append(f"warning: {found} has no checksums (written before they existed)")
     return found
 
 

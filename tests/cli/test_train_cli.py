@@ -388,6 +388,37 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path, run, text):
     assert not (tmp_path / "ft2").exists()
 
 
+def test_init_from_a_run_directory_takes_its_newest_or_best_checkpoint(tmp_path, run, text):
+    """As --checkpoint does everywhere: a run directory means its newest complete checkpoint, or
+    with --best the one with the lowest val loss; the run records the checkpoint it started from."""
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    losses = {d: json.loads((d / "config.json").read_text())["val_loss"] for d in checkpoints}
+    best = min(checkpoints, key=lambda d: (losses[d], d.name))
+    short = tiny(max_iters="1", eval_interval="1")
+    for extra, expected, out in (([], checkpoints[-1], "ft_newest"), (["--best"], best, "ft_best")):
+        result = run_cli("train", "--init-from", "out", *extra, "--out", out, *short)
+        assert result.exit_code == 0, result.stderr
+        recorded = json.loads((tmp_path / out / "config.json").read_text())
+        assert Path(recorded["init_from"]).resolve() == expected.resolve()
+        assert Path(recorded["tokenizer"]).resolve() == (expected / "tokenizer.json").resolve()
+        assert recorded["model"] == json.loads((run / "config.json").read_text())["model"]
+    newest = run_cli("train", "--init-from", "out", "--out", "ft_note", *short)
+    assert (
+        f"init-from: {Path('out') / 'checkpoints' / checkpoints[-1].name} (the newest checkpoint of out)"
+        in newest.stderr
+    )
+
+    assert_one_line_error(run_cli("train", "--best", *short), "--best", "--init-from RUN_DIR")
+    assert run_cli("train", "--best", *short).exit_code == 2
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    empty = run_cli("train", "--init-from", "empty_run", "--out", "ft_empty", *short)
+    assert_one_line_error(empty, "--init-from empty_run holds no complete checkpoint")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    a_file = run_cli("train", "--init-from", "notes.txt", "--out", "ft_file", *short)
+    assert_one_line_error(a_file, "notes.txt is a file", "run directory holding checkpoints")
+    assert not any((tmp_path / name).exists() for name in ("ft_empty", "ft_file"))
+
+
 @pytest.mark.parametrize(
     "bad, fragment",
     [(["--precision", "fp16"], "fp16"), (["--block-size", "100000"], "fewer than block_size + 1")],
@@ -520,7 +551,7 @@ def test_every_option_reaches_the_config(monkeypatch):
 
     monkeypatch.setattr(train_cli, "merge_config", capture)
     assert run_cli("train").exit_code == 0
-    control = {"config", "resume", "overwrite", "out", "quiet", "verbose"}  # how to run, not what
+    control = {"config", "resume", "overwrite", "out", "best", "quiet", "verbose"}  # how to run, not what
     assert set(seen) == set(inspect.signature(train_cli.train_command).parameters) - control
     fields = set(TrainConfig.model_fields) | set(ModelConfig.model_fields)
     assert set(seen) <= fields, set(seen) - fields
