@@ -1,9 +1,9 @@
 """`gpt train`: flags -> TrainConfig (defaults < --config preset or file < flags) -> trainer.train.
 
 Every option but the run controls (--config, --resume, --out, --overwrite, --best) sets the
-TrainConfig or ModelConfig field of its name; its help and default come from that field. Options left unset are
-None here, so a --config preset or file (gptcli.presets), or a resumed run's config.json, keeps its
-values.
+TrainConfig or ModelConfig field of its name; its help and default come from that field. Options
+left unset are None here, so a --config preset or file (gptcli.presets), or a resumed run's
+config.json, keeps its values.
 """
 
 import json
