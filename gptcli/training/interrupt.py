@@ -50,6 +50,22 @@ class TrainingInterrupted(GptError):
         self.signal = sig
         self.exit_code = exit_code(sig)
 
+    @classmethod
+    def cut_short(cls, step: int, saved: Path | None, run_dir: Path) -> "TrainingInterrupted":
+        """A second Ctrl-C: stopped during `step`, which is not saved; what is left, said plainly."""
+        return cls(cut_short_message(step, saved, run_dir))
+
+
+def cut_short_message(step: int, saved: Path | None, run_dir: Path) -> str:
+    """`interrupted during step N; the last checkpoint is PATH; continue with: ...`, or, before the
+    first checkpoint, that nothing was saved yet."""
+    if saved is None:
+        return (
+            f"interrupted during step {step}, before the first checkpoint: nothing was saved yet "
+            f"(to start over, run the command again with --overwrite)"
+        )
+    return f"interrupted during step {step}; the last checkpoint is {saved}; continue with: gpt train --resume {run_dir}"
+
 
 def stopped_message(sig: signal.Signals, step: int, saved: Path | None, run_dir: Path) -> str:
     """`interrupted at step N; saved PATH; continue with: ...` (Ctrl-C), `stopped by SIGTERM at ...`."""

@@ -324,9 +324,8 @@ class Trainer:
                         break
                 self.finish(stop_reason)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-step, without saving
-            raise TrainingInterrupted(
-                f"interrupted during step {self.state.step + 1}; the last checkpoint is "
-                f"{self.checkpointer.last_saved(self.state) or 'none'}"
+            raise TrainingInterrupted.cut_short(
+                self.state.step + 1, self.checkpointer.last_saved(self.state), self.run_dir
             ) from None
         finally:
             self.close()
