@@ -8,12 +8,15 @@ padded to our multiple of 64 with zero rows that can never be predicted.
 
     load_hf_gpt2("path/to/gpt2")            -> (GPT, tokenizer): from a local HF folder
     import_gpt2("gpt2", out="ckpt/gpt2")    -> a checkpoint dir (downloads by name when it can)
-    export_hf_gpt2("ckpt/gpt2", out="hf/")  -> config.json + model.safetensors (+ tokenizer files)
+    export_hf_gpt2("ckpt/gpt2", out="hf/")  -> config.json + model.safetensors (+ tokenizer files:
+                                               a BPE's; a char tokenizer has no HF GPT-2 form)
 
 Weights are read tensor by tensor (model.safetensors without mmap, pytorch_model.bin with
 torch.load(weights_only=True, mmap=True)), so a big model never sits in memory twice.
 """
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -203,8 +206,12 @@ def import_gpt2(source: str | Path, out: str | Path, tokenizer_dir: str | Path |
     return ckpt.save_checkpoint(out, model, model.config, tokenizer, info=info)
 
 
-def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) -> list[Path]:
-    """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel loads."""
+def export_hf_gpt2(
+    checkpoint: str | Path, out: str | Path, best: bool = False, warn: Callable[[str], None] | None = None
+) -> list[Path]:
+    """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel
+    loads. A tokenizer that is not BPE has no HF GPT-2 form: none is written, and `warn` (default:
+    Python's warnings) says so and how to use the model."""
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     config = ckpt.read_config(directory)["model"]
     check_gpt2_layout(config, directory)
@@ -217,7 +224,24 @@ def export_hf_gpt2(checkpoint: str | Path, out: str | Path, best: bool = False) 
     atomic_write_json(written[1], hf_config(config, eot))
     if isinstance(tokenizer, BPETokenizer):
         written += export_hf(tokenizer, out)
+    else:
+        (warn or _python_warning)(no_hf_tokenizer_note(tokenizer, directory))
     return written
+
+
+def no_hf_tokenizer_note(tokenizer: Tokenizer, directory: Path) -> str:
+    """Why an export has no tokenizer files, and how to give the exported model its ids."""
+    own = directory / ckpt.TOKENIZER
+    return (
+        f"no tokenizer written: this model's tokenizer is {tokenizer.kind}-level, and HF's GPT-2 tokenizer "
+        f"files (vocab.json + merges.txt) hold byte-level BPE only; encode text with "
+        f"`gpt tokenizer encode -t {own} TEXT` and give those ids to the model as input_ids "
+        f"(its output ids decode with `gpt tokenizer decode -t {own}`)"
+    )
+
+
+def _python_warning(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def check_gpt2_layout(config: ModelConfig, directory: Path) -> None:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console
+from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console, warn
 from gptcli.config import HUB_NAMES
 
 
@@ -45,5 +45,5 @@ def export_hf_command(
     """Export a GPT-2-shaped checkpoint so transformers' GPT2LMHeadModel.from_pretrained loads it."""
     from gptcli.hf_gpt2 import export_hf_gpt2  # torch loads only once a command runs
 
-    written = export_hf_gpt2(checkpoint, out, best=best)
+    written = export_hf_gpt2(checkpoint, out, best=best, warn=warn)  # a char tokenizer: says none is written
     console.print(f"wrote {', '.join(str(p) for p in written)}")
