@@ -350,7 +350,10 @@ class ServeConfig(StrictModel):
     )
     max_batch: int = Field(16, ge=1, le=1024, description="Sequences decoded together (slots in the batch).")
     max_tokens_limit: int = Field(
-        4096, ge=1, description="Largest max_tokens a request may ask for (the context caps it too)."
+        4096,
+        ge=1,
+        description="Largest max_tokens a request may ask for (past the model's context the window "
+        "slides, as in gpt generate).",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, in bytes.")
     drain_seconds: float = Field(

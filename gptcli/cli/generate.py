@@ -85,10 +85,8 @@ def generate_command(
         f"{engine.checkpoint} on {engine.device} ({engine.precision}); prompt {len(run.prompt_ids)} tokens; "
         f"sampling {config.model_dump_json()}"
     )
-    if len(run.prompt_ids) > engine.block_size:
-        console.print(
-            f"[dim]the prompt has {len(run.prompt_ids)} tokens; the model sees the last {engine.block_size}[/]"
-        )
+    if run.context_note is not None:  # past the context the window slides: said as gpt serve says it
+        console.print(f"note: {run.context_note}", style="dim", markup=False)
     print_run(engine, run, as_json, stream and config.num_samples == 1)
 
 
@@ -106,6 +104,8 @@ def print_run(engine, run, as_json: bool, stream: bool) -> None:
         for _ in run:
             pass
         out = {"checkpoint": str(engine.checkpoint), **run.result.to_json()}
+        if run.context_note is not None:
+            out["context_note"] = run.context_note  # as gpt serve's answer has it
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         return
     if stream:

@@ -16,7 +16,9 @@ allocated once, and a fixed-shape decode step that `compile=True` compiles (a CU
 GPU). In bf16 or fp16 the engine casts the model's weights once, up front: no autocast re-casting
 every weight at every step, and half the bytes each step reads.
 When the rows reach the model's context length, the cache is rebuilt
-from the last 3/4 of the context (a cropped re-prefill), so generation can go on indefinitely.
+from the last 3/4 of the context (a cropped re-prefill), so generation can go on indefinitely;
+`context_note` says so in the words `gpt generate` prints and `gpt serve` answers with (the server's
+scheduler slides its rows the same way).
 A sample ends at the end-of-text token (unless ignore_eos), at a stop string (its text is cut just
 before it), or after max_new_tokens. Choosing a token is gptcli.generation.sampling; turning token
 bytes into printable text, stop strings included, is gptcli.generation.text.
@@ -77,6 +79,28 @@ class GenerationResult:
             "compile_seconds": round(self.compile_seconds, 4),
             "tokens_per_second": round(self.tokens_per_second, 1),
         }
+
+
+def keep_tokens(block_size: int) -> int:
+    """The tokens a full context keeps when it slides: its last 3/4 (the engine's and the server's)."""
+    return max(1, block_size - block_size // 4)
+
+
+def context_note(prompt_tokens: int, max_new_tokens: int, block_size: int) -> str | None:
+    """What happens when a prompt and the tokens asked for do not fit the model's context (None when
+    they do): one line, the same from `gpt generate` (stderr, --json) and `gpt serve` (the response)."""
+    if prompt_tokens + max_new_tokens <= block_size:
+        return None
+    window = f"a window of the last {keep_tokens(block_size)} to {block_size} tokens"
+    if prompt_tokens > block_size:
+        return (
+            f"the prompt has {prompt_tokens} tokens, more than the model's context of {block_size}: it "
+            f"sees the prompt's last {block_size}, then {window}, sliding as it generates"
+        )
+    return (
+        f"the prompt ({prompt_tokens} tokens) and up to {max_new_tokens} new tokens exceed the model's "
+        f"context of {block_size}: once it is full, the model sees {window}, sliding as it generates"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +200,7 @@ class GenerationRun:
         self.config = config
         self.prompt_ids = engine.encode_prompt(prompt)
         self.prompt = prompt if isinstance(prompt, str) else engine.tokenizer.decode(self.prompt_ids)
+        self.context_note = context_note(len(self.prompt_ids), config.max_new_tokens, engine.block_size)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -192,7 +217,7 @@ class GenerationRun:
         rows = [list(self.prompt_ids[-block_size:]) for _ in range(B)]  # every row: the visible tokens
         samples = [SampleState(SampleText(config.stop)) for _ in range(B)]
         eos = None if config.ignore_eos else engine.tokenizer.eot_id
-        keep = max(1, block_size - block_size // 4)  # tokens kept when the context is full
+        keep = keep_tokens(block_size)  # tokens kept when the context is full
 
         t0 = time.perf_counter()
         decoder = engine.decoder(B, len(rows[0]) + config.max_new_tokens)

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from gptcli.config import SampleConfig, ServeConfig
 from gptcli.errors import GptError
+from gptcli.generation.engine import context_note
 from gptcli.serving import protocol
 from gptcli.serving.scheduler import ChoiceDelta, Job, JobEnd, Scheduler
 
@@ -110,7 +111,11 @@ class Completions:
         if name := request.unsupported():
             raise ApiError(400, f"{name} is not supported by this server", name)
         if request.max_tokens is not None and request.max_tokens > self.max_tokens:
-            raise ApiError(400, f"max_tokens must be at most {self.max_tokens} on this server", "max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens must be at most {self.max_tokens} on this server (--max-tokens-limit)",
+                "max_tokens",
+            )
         if request.n > self.scheduler.max_batch:
             raise ApiError(400, f"n must be at most {self.scheduler.max_batch} (the batch size)", "n")
         return request
@@ -158,8 +163,13 @@ class Completions:
             for job in jobs:  # ended jobs ignore it; the others leave the batch at the next round
                 job.cancel()
 
+    def context_note(self, jobs: list[Job]) -> str | None:
+        """Past the context the window slides, as in `gpt generate`: said of the longest prompt."""
+        longest = max(len(job.prompt_ids) for job in jobs)
+        return context_note(longest, jobs[0].config.max_new_tokens, self.scheduler.block_size)
+
     async def answer(self, request, jobs: list[Job], outbox: Outbox, http: Request) -> dict:
-        meta, started = protocol.Meta.new(self.model_id), time.perf_counter()
+        meta, started = protocol.Meta.new(self.model_id, self.context_note(jobs)), time.perf_counter()
         n = request.n
         texts = [request.prompts[i // n] if request.echo else "" for i in range(len(jobs) * n)]
         reasons: list[str | None] = [None] * len(texts)
@@ -174,17 +184,20 @@ class Completions:
         return protocol.completion_body(meta, choices, usage)
 
     async def stream(self, request, jobs: list[Job], outbox: Outbox) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per delta, the usage if asked for, then `data: [DONE]`."""
-        meta, started = protocol.Meta.new(self.model_id), time.perf_counter()
+        """Server-sent events: a chunk per delta (the first with the context note, if any), the usage
+        if asked for, then `data: [DONE]`."""
+        meta, started = protocol.Meta.new(self.model_id, self.context_note(jobs)), time.perf_counter()
         usage = protocol.usage_body(sum(len(j.prompt_ids) for j in jobs), 0)
         note = "; the client went away"
         try:
             if request.echo:
                 for i in range(len(jobs) * request.n):
                     yield sse(protocol.chunk_body(meta, i, request.prompts[i // request.n]))
+                    meta.context_note = None  # said once, in the first chunk
             async for delta in self.events(jobs, outbox, None):
                 usage = protocol.usage_body(usage["prompt_tokens"], usage["completion_tokens"] + delta.tokens)
                 yield sse(protocol.chunk_body(meta, delta.index, delta.text, delta.finish_reason))
+                meta.context_note = None
             if request.stream_options is not None and request.stream_options.include_usage:
                 yield sse({**meta.head(), "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
@@ -232,7 +245,8 @@ class EventStream(StreamingResponse):
 def create_app(scheduler: Scheduler, config: ServeConfig, model_id: str, log: Log | None = None) -> FastAPI:
     """The FastAPI app; the scheduler's thread is started and stopped by whoever runs the app."""
     app = FastAPI(title="gpt serve", docs_url=None, redoc_url=None, openapi_url=None)  # nothing from a CDN
-    completions = Completions(scheduler, model_id, min(config.max_tokens_limit, scheduler.block_size), log)
+    # past the context the window slides (the scheduler re-prefills a full row), as gpt generate does
+    completions = Completions(scheduler, model_id, config.max_tokens_limit, log)
     page, created = playground_page(), int(time.time())
 
     @app.get("/", include_in_schema=False)

@@ -94,18 +94,22 @@ class CompletionRequest(BaseModel):
 
 @dataclass
 class Meta:
-    """What every chunk of one answer repeats."""
+    """What every chunk of one answer repeats; `context_note` (an extension, only when a prompt and
+    max_tokens exceed the model's context: the window slides, as in `gpt generate`) is in the answer,
+    or in a stream's first chunk."""
 
     id: str
     created: int
     model: str
+    context_note: str | None = None
 
     @classmethod
-    def new(cls, model: str) -> "Meta":
-        return cls(f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model)
+    def new(cls, model: str, context_note: str | None = None) -> "Meta":
+        return cls(f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model, context_note)
 
     def head(self) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+        head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+        return head | ({"context_note": self.context_note} if self.context_note else {})
 
 
 def choice_body(index: int, text: str, finish_reason: str | None) -> dict:

@@ -44,7 +44,7 @@ from gptcli.config import SampleConfig
 from gptcli.errors import GptError
 from gptcli.generation.cpu_matmul import torch_threads
 from gptcli.generation.decoder import Decoder
-from gptcli.generation.engine import Engine
+from gptcli.generation.engine import Engine, keep_tokens
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
 from gptcli.generation.text import SampleState, SampleText
 
@@ -123,7 +123,7 @@ class Scheduler:
             )
         self.engine, self.max_batch = engine, max_batch
         self.block_size, self.device = engine.block_size, engine.device
-        self.keep = max(1, self.block_size - self.block_size // 4)  # tokens kept when a row's context is full
+        self.keep = keep_tokens(self.block_size)  # tokens kept when a row's context is full, as the engine
         self.batch = Decoder(model, max_batch, self.block_size, engine.compile)
         self.views: dict[tuple[int, int], Decoder] = {}  # (rows, positions) -> a view of the batch
         self.prefiller = Decoder(model, min(max_batch, PREFILL_ROWS), self.block_size)

@@ -178,3 +178,27 @@ def test_a_file_given_as_a_checkpoint_says_what_it_is_and_what_was_expected(in_t
     # a file inside a checkpoint: the checkpoint is named
     inside = run_cli("generate", "-c", "run/checkpoints/step_0000003/config.json")
     assert_one_line_error(inside, "is a file", "(the checkpoint it is in: run/checkpoints/step_0000003)")
+
+
+def test_past_the_context_the_window_slides_and_a_note_says_so(in_tmp):
+    """Context 16: 30 new tokens are generated (the window slides), and stderr says so in the words
+    gpt serve's answer uses (its context_note); a run that fits says nothing."""
+    from gptcli.generation.engine import context_note
+
+    save_run(in_tmp / "out")
+    args = ("generate", "-p", "ab", "--max-new-tokens", "30", "--ignore-eos", "--seed", "1")
+    expected = context_note(2, 30, 16)
+    assert "context of 16" in expected and "sliding" in expected
+    plain = run_cli(*args)
+    assert plain.exit_code == 0, plain.stderr
+    assert f"note: {expected}" in plain.stderr.splitlines()
+    data = json.loads(run_cli(*args, "--json").stdout)
+    assert data["context_note"] == expected and data["samples"][0]["tokens"] == 30
+    long_prompt = json.loads(run_cli("generate", "-p", "abcde" * 5, "--max-new-tokens", "3", "--json").stdout)
+    assert (
+        long_prompt["context_note"] == context_note(25, 3, 16)
+        and "prompt's last 16" in long_prompt["context_note"]
+    )
+    fits = run_cli("generate", "-p", "ab", "--max-new-tokens", "5", "--ignore-eos", "--json")
+    assert "context_note" not in json.loads(fits.stdout) and "note:" not in fits.stderr
+    assert "note:" not in run_cli(*args, "--quiet").stderr  # a note, not a warning

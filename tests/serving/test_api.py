@@ -155,6 +155,26 @@ def test_a_file_prompt_is_text_and_echo_and_usage_in_a_stream(client, server):
     assert chunks[-2].choices[0].finish_reason == "length"
 
 
+def test_past_the_context_the_window_slides_as_in_generate_and_the_answer_says_so(client, engine):
+    """Context 64: max_tokens past it, and a prompt longer than it, are answered (the scheduler slides
+    each row's window as the engine does), with the note gpt generate prints, in the same words."""
+    for prompt, max_tokens in (("Once upon", 100), ("x" * 100, 20)):
+        request = dict(prompt=prompt, max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True})
+        answer = client.completions.create(model="tiny", **request)
+        run = engine.start(prompt, SampleConfig(max_new_tokens=max_tokens, temperature=0, ignore_eos=True))
+        texts, _, _ = engine_texts(engine, prompt, max_new_tokens=max_tokens, temperature=0, ignore_eos=True)
+        assert [c.text for c in answer.choices] == texts
+        assert answer.usage.completion_tokens == max_tokens
+        assert run.context_note is not None and "context of 64" in run.context_note
+        assert answer.model_extra["context_note"] == run.context_note
+        chunks = list(client.completions.create(model="tiny", stream=True, **request))
+        notes = [chunk.model_extra.get("context_note") for chunk in chunks]
+        assert notes[0] == run.context_note and not any(notes[1:])  # said once, in the first chunk
+        assert "".join(c.text for chunk in chunks for c in chunk.choices) == texts[0]
+    within = client.completions.create(model="tiny", prompt="Once upon", max_tokens=10, temperature=0)
+    assert "context_note" not in (within.model_extra or {})  # nothing to say: OpenAI's shape as it is
+
+
 def test_concurrent_requests_each_get_what_they_get_alone(client, server):
     requests = [
         dict(
@@ -200,7 +220,7 @@ BAD = [
     ({"prompt": []}, "prompt", "empty"),
     ({"prompt": "x", "max_tokens": "5"}, "max_tokens", "integer"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens", "greater than"),
-    ({"prompt": "x", "max_tokens": 65}, "max_tokens", "at most 64"),  # the context
+    ({"prompt": "x", "max_tokens": 4097}, "max_tokens", "at most 4096"),  # --max-tokens-limit
     ({"prompt": "x", "temperature": 2.5}, "temperature", "less than"),
     ({"prompt": "x", "temperature": "hot"}, "temperature", "number"),
     ({"prompt": "x", "top_p": 0}, "top_p", "greater than"),

@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     checkpoint = save_tiny_checkpoint(tmp_path_factory.mktemp("page") / "playground", eot=False)
     server = Server(
         Engine.from_checkpoint(checkpoint, device="cpu"),
-        ServeConfig(checkpoint=checkpoint, port=0, quiet=True),
+        ServeConfig(checkpoint=checkpoint, port=0, quiet=True, max_tokens_limit=64),
     )
     original = server.scheduler.iterate
 
@@ -58,7 +58,7 @@ def completion(page) -> str:
 
 def test_generate_streams_the_text_in_and_stop_stops_it(page, server):
     sync_api.expect(page.locator("#model")).to_have_text("model: playground")
-    # clamped to the server's limit (the context), once /health has answered (after the model's name)
+    # clamped to the server's --max-tokens-limit, once /health has answered (after the model's name)
     sync_api.expect(page.locator("#max-tokens")).to_have_value("64")
     page.fill("#prompt", "Hello there")
     page.click("#generate")
