@@ -32,12 +32,10 @@ import torch
 
 from gptcli.config import TrainConfig
 from gptcli.data.sampler import BatchSampler
-from gptcli.data.sources import SourceOptions
-from gptcli.data.token_cache import TokenData, prepare_data
+from gptcli.data.token_cache import TokenData
 from gptcli.errors import GptError
-from gptcli.models import LanguageModel, build_model
+from gptcli.models import LanguageModel
 from gptcli.runtime import autocast, mfu, peak_flops, resolve_device, resolve_precision
-from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
 from gptcli.training.checkpointer import Checkpointer
@@ -48,19 +46,14 @@ from gptcli.training.interrupt import (
     TrainingInterrupted,
     stopped_message,
 )
-from gptcli.training.metrics import METRICS, MetricsLog, eval_record, log_record, truncate_metrics
+from gptcli.training.metrics import MetricsLog, eval_record, log_record
 from gptcli.training.optimizer import Optimizer, build_optimizer
-from gptcli.training.run_dir import RunDirLock, clear_run_dir, tidy_checkpoints
+from gptcli.training.run_dir import RunDirLock, tidy_checkpoints
+from gptcli.training.run_setup import initial_model, load_data, prepare_run_dir, restore_training_state
 from gptcli.training.schedule import learning_rate
 from gptcli.training.tensorboard import TensorBoardLog
 from gptcli.training.time_budget import EvalShape, TimeBudget
-from gptcli.training.train_state import (
-    RunState,
-    TrainSummary,
-    load_optimizer_state,
-    load_rng_state,
-    read_train_state,
-)
+from gptcli.training.train_state import RunState, TrainSummary
 from gptcli.training.validator import Validator, all_finite
 
 STOP_SIGNAL_NAMES = {sig.name for sig in STOP_SIGNALS}
@@ -148,19 +141,44 @@ class Trainer:
     # set-up
 
     def _setup(self, config: TrainConfig, resume: bool, overwrite: bool, device_name: str | None) -> None:
-        run_dir = self.run_dir
+        """The run's parts, in an order that matters (gptcli.training.run_setup)."""
+        run_dir, world = self.run_dir, self.world
         if resume:
-            if self.world.is_main:
+            if world.is_main:
                 tidy_checkpoints(run_dir)
-            self.world.barrier()
+            world.barrier()
         self.config, self.tokenizer, resume_from = plan_run(config, run_dir, resume, overwrite, self.notes)
-        check_settings(self.config, self.world)
-        self.device = resolve_device(device_name or self.config.device)
-        self.precision = resolve_precision(self.config.precision, self.device)
-        torch.manual_seed(self.config.seed)
-        self._setup_data()
-        train_state = self._setup_model(resume_from)
-        self._setup_run_dir(resume_from, train_state)
+        config = self.config
+        check_settings(config, world)
+        self.device = resolve_device(device_name or config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        # the data, its training batches and the validator's fixed ones
+        self.data = load_data(config, self.tokenizer, world, self.notes)
+        self.sampler = BatchSampler(
+            self.data.train, config.model.block_size, config.batch_size, seed=config.seed
+        )
+        self.validator = Validator(self.data, config, self.device, self.precision)
+        # the model (fresh, --init-from's weights, or the checkpoint resumed), wrapped, and its optimizer
+        model, self.state, saved = initial_model(config, self.device, run_dir, resume_from)
+        self.raw_model = model
+        self.model = distributed.wrap_model(model, world, self.device, config.fsdp)
+        self.optimizer = build_optimizer(model, config, self.device.type)
+        # each group starts at its peak: read it now, before a resume loads the lrs of its last step
+        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # resumed: the optimizer and generators restored, the metrics past the checkpoint dropped
+        step = self.state.step
+        if saved is not None:
+            restore_training_state(
+                resume_from, saved, self.optimizer, self.sampler, model if config.fsdp else None
+            )
+        prepare_run_dir(run_dir, world, resumed=saved is not None, step=step)
+        if saved is not None:
+            self.notes.append(f"resumed from {resume_from} at step {step}")
+        if world.rank > 0:  # other dropout masks on other ranks (the weights, set above, are alike)
+            torch.manual_seed(config.seed + 1000 * world.rank + step)
+        world.barrier()
+        self.checkpointer = Checkpointer(run_dir, config, self.tokenizer, world)
         self._setup_step()
         self._setup_time_budget()
         self._report_start()
@@ -172,85 +190,6 @@ class Trainer:
             self.metrics = None
         if self.lock is not None:
             self.lock.release()
-
-    def _setup_data(self) -> None:
-        config, block_size = self.config, self.config.model.block_size
-        if not self.world.is_main:
-            self.world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
-        self.data = prepare_data(
-            config.data,
-            self.tokenizer,
-            config.val_fraction,
-            config.val_data,
-            config.data_cache,
-            options=SourceOptions.of(config),
-        )
-        if self.world.is_main:
-            self.world.barrier()
-        self.notes.extend(f"warning: {note}" for note in self.data.notes)  # a damaged token cache, rebuilt
-        if len(self.data.train) < block_size + 1:
-            raise GptError(
-                f"the training data has {len(self.data.train)} tokens, fewer than block_size + 1 = {block_size + 1}: "
-                "use more text or a smaller --block-size"
-            )
-        if len(self.data.val) < block_size + 1:
-            self.notes.append(
-                f"validation split too small ({len(self.data.val)} tokens) for a block: val loss is not measured"
-            )
-        self.sampler = BatchSampler(self.data.train, block_size, config.batch_size, seed=config.seed)
-        self.validator = Validator(self.data, config, self.device, self.precision)
-
-    def _setup_model(self, resume_from: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """Build the model (fresh, --init-from's weights, or the checkpoint resumed), wrap it, make its optimizer."""
-        config = self.config
-        model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
-        self.state, train_state = RunState(), None
-        if resume_from is not None:
-            ckpt.load_weights(resume_from, model)
-            train_state = read_train_state(resume_from)
-            self.state = RunState.from_json(train_state[1])
-            if self.state.step >= config.max_iters:
-                raise GptError(
-                    f"{self.run_dir} is already at step {self.state.step}: raise --max-iters above "
-                    f"{self.state.step} to train further"
-                )
-        elif config.init_from is not None:
-            ckpt.load_weights(Path(config.init_from), model)
-        model.to(self.device)
-        model.activation_checkpointing = config.activation_checkpointing
-        self.raw_model = model
-        self.model = distributed.wrap_model(model, self.world, self.device, config.fsdp)
-        self.optimizer = build_optimizer(model, config, self.device.type)
-        # each group starts at its peak: read it now, before a resume loads the lrs of its last step
-        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        return train_state
-
-    def _setup_run_dir(self, resume_from: Path | None, train_state) -> None:
-        """Resume: restore the optimizer and generators, drop the metrics past the checkpoint. Fresh: clear."""
-        main, step = self.world.is_main, self.state.step
-        if resume_from is not None:
-            tensors, state = train_state
-            sharded = self.raw_model if self.config.fsdp else None
-            try:
-                load_optimizer_state(self.optimizer, tensors, state["optimizer"], sharded)
-                load_rng_state(tensors, self.sampler)
-            except (KeyError, ValueError, RuntimeError) as e:
-                raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
-            if main:  # one writer: other ranks rewriting the file at the same time would lose lines
-                truncate_metrics(self.run_dir / METRICS, step)
-            self.notes.append(f"resumed from {resume_from} at step {step}")
-        elif main:
-            clear_run_dir(
-                self.run_dir
-            )  # --overwrite, or the leftovers of a run that died before its first checkpoint
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (
-            self.world.rank > 0
-        ):  # other dropout masks on other ranks (the weights were set above, alike everywhere)
-            torch.manual_seed(self.config.seed + 1000 * self.world.rank + step)
-        self.world.barrier()
-        self.checkpointer = Checkpointer(self.run_dir, self.config, self.tokenizer, self.world)
 
     def _setup_step(self) -> None:
         config = self.config

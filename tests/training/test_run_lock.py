@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import gptcli.training.trainer
+import gptcli.training.run_setup
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.run_dir import LOCK, RunDirLock, check_run_dir_free, clear_run_dir
@@ -82,8 +82,8 @@ def test_a_second_train_on_a_directory_in_use_fails_at_once_and_after_sigkill_re
             raise AssertionError("a second run got past the lock")
 
         with monkeypatch.context() as m:  # the lock is checked before any data is tokenized or model built
-            m.setattr(gptcli.training.trainer, "prepare_data", nothing_may_start)
-            m.setattr(gptcli.training.trainer, "build_model", nothing_may_start)
+            m.setattr(gptcli.training.run_setup, "prepare_data", nothing_may_start)
+            m.setattr(gptcli.training.run_setup, "build_model", nothing_may_start)
             for args in (
                 ["--resume", "out"],
                 [*TINY, "--out", "out", "--overwrite"],

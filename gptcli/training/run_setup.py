@@ -1,0 +1,116 @@
+"""Setting a training run up: its data, its model (fresh, --init-from, or resumed), its run directory.
+
+    data = load_data(config, tokenizer, world, notes)          # tokenized once, rank 0 first
+    model, state, saved = initial_model(config, device, run_dir, resume_from)
+    ...                                                        # wrapped, and its optimizer made
+    restore_training_state(resume_from, saved, optimizer, sampler, sharded)
+    prepare_run_dir(run_dir, world, resumed=True, step=state.step)
+
+Each piece is built from what it needs and handed back; `Trainer._setup` calls them in an order
+that matters: the weights are initialized from the seeded generator after the data is read, and a
+resumed run's generators are restored only once everything that draws from them at set-up exists.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli.config import TrainConfig
+from gptcli.data.sampler import BatchSampler
+from gptcli.data.sources import SourceOptions
+from gptcli.data.token_cache import TokenData, prepare_data
+from gptcli.errors import GptError
+from gptcli.models import LanguageModel, build_model
+from gptcli.storage import checkpoint as ckpt
+from gptcli.tokenizers.base import Tokenizer
+from gptcli.training import distributed
+from gptcli.training.metrics import METRICS, truncate_metrics
+from gptcli.training.optimizer import Optimizer
+from gptcli.training.run_dir import clear_run_dir
+from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
+
+SavedState = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a checkpoint's training state: tensors, JSON
+
+
+def load_data(
+    config: TrainConfig, tokenizer: Tokenizer, world: distributed.Dist, notes: list[str]
+) -> TokenData:
+    """The run's train and val ids (rank 0 tokenizes into the cache first; the others then read it).
+    A train split too small for one block is an error; a val split that small, a note."""
+    block_size = config.model.block_size
+    if not world.is_main:
+        world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
+    data = prepare_data(
+        config.data,
+        tokenizer,
+        config.val_fraction,
+        config.val_data,
+        config.data_cache,
+        options=SourceOptions.of(config),
+    )
+    if world.is_main:
+        world.barrier()
+    notes.extend(f"warning: {note}" for note in data.notes)  # a damaged token cache, rebuilt
+    if len(data.train) < block_size + 1:
+        raise GptError(
+            f"the training data has {len(data.train)} tokens, fewer than block_size + 1 = {block_size + 1}: "
+            "use more text or a smaller --block-size"
+        )
+    if len(data.val) < block_size + 1:
+        notes.append(
+            f"validation split too small ({len(data.val)} tokens) for a block: val loss is not measured"
+        )
+    return data
+
+
+def initial_model(
+    config: TrainConfig, device: torch.device, run_dir: Path, resume_from: Path | None
+) -> tuple[LanguageModel, RunState, SavedState | None]:
+    """The model to train, on `device`: fresh, with --init-from's weights, or with the weights of the
+    checkpoint resumed (then also its RunState and its saved training state)."""
+    model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
+    state, saved = RunState(), None
+    if resume_from is not None:
+        ckpt.load_weights(resume_from, model)
+        saved = read_train_state(resume_from)
+        state = RunState.from_json(saved[1])
+        if state.step >= config.max_iters:
+            raise GptError(
+                f"{run_dir} is already at step {state.step}: raise --max-iters above {state.step} to train further"
+            )
+    elif config.init_from is not None:
+        ckpt.load_weights(Path(config.init_from), model)
+    model.to(device)
+    model.activation_checkpointing = config.activation_checkpointing
+    return model, state, saved
+
+
+def restore_training_state(
+    resume_from: Path,
+    saved: SavedState,
+    optimizer: Optimizer,
+    sampler: BatchSampler,
+    sharded: LanguageModel | None,
+) -> None:
+    """Load a resumed run's optimizer state (`sharded`: the FSDP model it belongs to) and the RNG
+    states (torch's, the sampler's), so the run goes on as if it had never stopped."""
+    tensors, state = saved
+    try:
+        load_optimizer_state(optimizer, tensors, state["optimizer"], sharded)
+        load_rng_state(tensors, sampler)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise GptError(f"{resume_from}: training state does not fit this run ({e})") from None
+
+
+def prepare_run_dir(run_dir: Path, world: distributed.Dist, resumed: bool, step: int) -> None:
+    """On rank 0 (one writer: other ranks rewriting the file at the same time would lose lines): a
+    resumed run's metrics cut back to its checkpoint's step; a fresh run's directory cleared
+    (--overwrite, or the leftovers of a run that died before its first checkpoint); then made."""
+    if not world.is_main:
+        return
+    if resumed:
+        truncate_metrics(run_dir / METRICS, step)
+    else:
+        clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
