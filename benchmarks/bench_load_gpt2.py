@@ -35,7 +35,7 @@ CHILD = r"""
 import json, sys, time
 import torch, transformers
 from gptcli import hf_gpt2
-from gptcli.storage import checkpoint
+from gptcli.loading import load_checkpoint
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -52,9 +52,9 @@ what, folder, out = sys.argv[1:4]
 if what == "convert":
     hf_gpt2.import_gpt2(folder, out)
 elif what == "load":
-    checkpoint.load_checkpoint(out)
+    load_checkpoint(out)
 elif what == "load-unverified":
-    checkpoint.load_checkpoint(out, warn=lambda message: None)
+    load_checkpoint(out, warn=lambda message: None)
 else:
     transformers.GPT2LMHeadModel.from_pretrained(folder)
 print(json.dumps({"seconds": time.perf_counter() - t0, "base": base, "peak": rss("VmHWM:")}))

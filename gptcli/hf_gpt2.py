@@ -23,6 +23,7 @@ import torch
 
 from gptcli.config import HUB_NAMES, ModelConfig
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.files import atomic_write_json, read_json
@@ -215,7 +216,7 @@ def export_hf_gpt2(
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     config = ckpt.read_config(directory)["model"]
     check_gpt2_layout(config, directory)
-    model, tokenizer, _ = ckpt.load_checkpoint(directory)
+    model, tokenizer, _ = load_checkpoint(directory)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "model.safetensors", out / "config.json"]

@@ -10,6 +10,7 @@ from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.generation import Engine
 from gptcli.hf_gpt2 import export_hf_gpt2, import_gpt2, load_hf_gpt2
+from gptcli.loading import load_checkpoint
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.tensorfile import read_safetensors, write_safetensors
 from gptcli.tokenizers import load_tokenizer
@@ -57,7 +58,7 @@ def our_logits(model, ids):
 def test_imported_model_equals_hf(tmp_path, bpe_1000, shape, safe):
     hf = hf_folder(tmp_path / "hf", bpe_1000, shape, safe)
     out = import_gpt2(tmp_path / "hf", tmp_path / "ckpt")
-    model, tok, config = ckpt.load_checkpoint(out)
+    model, tok, config = load_checkpoint(out)
     assert (
         config["model"].block_size == shape["n_positions"] and tok.kind == "gpt2" and tok.vocab_size == 1000
     )
@@ -91,7 +92,7 @@ def test_weights_of_a_bare_gpt2model_load_too(tmp_path, bpe_1000):
 def test_export_hf_round_trip_gives_identical_logits_and_tokens(tmp_path, bpe_1000):
     hf_folder(tmp_path / "hf", bpe_1000, SHAPES[0])
     out = import_gpt2(tmp_path / "hf", tmp_path / "ckpt")
-    model, tok, _ = ckpt.load_checkpoint(out)
+    model, tok, _ = load_checkpoint(out)
     export_hf_gpt2(out, tmp_path / "export")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     ids = torch.randint(0, 1000, (2, 30))
@@ -128,7 +129,7 @@ def test_a_trained_model_exports_to_hf(tmp_path):
         "config.json",
     }  # a char tokenizer has no HF form
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
-    model, _, _ = ckpt.load_checkpoint(summary.last_checkpoint)
+    model, _, _ = load_checkpoint(summary.last_checkpoint)
     ids = torch.randint(0, model.config.vocab_size, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, our_logits(model, ids), atol=1e-5, rtol=0)

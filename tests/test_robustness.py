@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gptcli.loading import load_checkpoint
 from gptcli.storage import checkpoint as ckpt
 from tests.conftest import SONNETS
 
@@ -52,7 +53,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path, uninterrup
     proc.wait()
     found = ckpt.list_checkpoints(tmp_path / "out")
     assert found, "no complete checkpoint survived"
-    model, _, config = ckpt.load_checkpoint(found[-1])  # the newest one loads, whole
+    model, _, config = load_checkpoint(found[-1])  # the newest one loads, whole
     assert config["step"] >= 1
     if config["step"] < 150:  # killed mid-run (the usual case): continue it
         resumed = run(tmp_path, "train", "--resume", "out")

@@ -68,6 +68,7 @@ def eval_command(
     --json, one JSON object per checkpoint, one per line.
     """
     from gptcli.data.sources import CorpusReader, SourceOptions, find_sources
+    from gptcli.loading import load_newest
     from gptcli.runtime import resolve_device  # torch loads only once a command runs
     from gptcli.storage import checkpoint as ckpt
 
@@ -81,7 +82,7 @@ def eval_command(
     torch_device = resolve_device(device)
     rows = []
     for i, source in enumerate(sources):
-        loaded = ckpt.load_newest(source, torch_device, best=best, strict=strict, warn=warn)
+        loaded = load_newest(source, torch_device, best=best, strict=strict, warn=warn)
         reader = CorpusReader(corpus, options)  # read again for each model: its tokenizer may differ
         row = evaluate_checkpoint(
             loaded, ", ".join(data), reader, torch_device, batch_size, max_tokens, as_json
@@ -149,11 +150,11 @@ def info_command(
     verbose: VerboseOption = False,
 ) -> None:
     """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
-    from gptcli.storage import checkpoint_info  # torch loads only once a command runs
+    from gptcli.loading import describe_checkpoint  # torch loads only once a command runs
 
     if verify:
         return verify_command(path, as_json)
-    info = checkpoint_info.describe_checkpoint(path)
+    info = describe_checkpoint(path)
     if as_json:
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return

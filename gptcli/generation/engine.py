@@ -37,8 +37,9 @@ from gptcli.generation.cpu_matmul import prepare_for_cpu, torch_threads, uses_op
 from gptcli.generation.decoder import Decoder
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
 from gptcli.generation.text import SampleState, SampleText
+from gptcli.loading import load_newest
 from gptcli.runtime import DTYPES, resolve_device, resolve_precision
-from gptcli.storage import checkpoint as ckpt
+from gptcli.storage.checkpoint import Warn
 from gptcli.tokenizers.base import Tokenizer
 
 
@@ -148,13 +149,13 @@ class Engine:
         precision: str = "auto",
         best: bool = False,
         strict: bool = False,
-        warn: ckpt.Warn | None = None,
+        warn: Warn | None = None,
         compile: bool = False,
     ) -> "Engine":
         """A checkpoint dir, or a run dir: its newest (or best) intact checkpoint; a damaged one is
         passed over with a warning through `warn` (with strict: an error)."""
         torch_device = resolve_device(device)
-        model, tokenizer, _, directory = ckpt.load_newest(path, torch_device, best, strict, warn)
+        model, tokenizer, _, directory = load_newest(path, torch_device, best, strict, warn)
         return cls(model, tokenizer, resolve_precision(precision, torch_device), directory, compile)
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:

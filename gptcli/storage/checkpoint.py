@@ -14,11 +14,14 @@ and, for checkpoints written during training, what `--resume` needs to continue 
     train_state.json         step, optimizer hyper-parameters, best val loss, ...
 
 The files are written into a hidden temp directory that is renamed into place last, so a crash
-leaves either no checkpoint or a complete one. Loading checks that every file is there, is what
+leaves either no checkpoint or a complete one. Reading checks that every file is there, is what
 was saved (its checksum), parses, and matches the config, and reports problems as one-line
 GptErrors. Version 1 checkpoints (before checksums) still load, with a warning. Given a run
-directory, `load_newest` takes the newest (or best) checkpoint that is intact, and says which
-damaged ones it passed over.
+directory, `resolve_checkpoints` lists its checkpoints newest (or best) first.
+
+This module handles files and tensors only: building the model and reading the tokenizer to load a
+checkpoint whole (`load_checkpoint`, `load_newest`: the newest or best intact checkpoint of a run,
+saying which damaged ones it passed over) are gptcli.loading's.
 """
 
 import os
@@ -27,14 +30,13 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import ValidationError
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError, one_line_validation_error
-from gptcli.models import build_model
 from gptcli.storage.checksums import (
     CHECKSUMS,
     DamagedCheckpoint,
@@ -46,8 +48,6 @@ from gptcli.storage.checksums import (
 )
 from gptcli.storage.files import atomic_write_json, current_umask, read_json, sha256_file
 from gptcli.storage.tensorfile import SafetensorsReader, bytes_of, write_safetensors
-from gptcli.tokenizers import load_tokenizer
-from gptcli.tokenizers.base import Tokenizer
 
 FORMAT = "gptcli.checkpoint"
 FORMAT_VERSION = 2  # 2: with checksums.json; 1: before it (still read)
@@ -57,11 +57,19 @@ REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
 CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
 
 
+class SavedTokenizer(Protocol):
+    """What save_checkpoint needs of a tokenizer (gptcli.tokenizers.Tokenizer is one)."""
+
+    kind: str
+
+    def save(self, path: Path) -> None: ...
+
+
 def save_checkpoint(
     directory: str | Path,
     model: torch.nn.Module | dict[str, torch.Tensor],
     model_config: ModelConfig,
-    tokenizer: Tokenizer,
+    tokenizer: SavedTokenizer,
     info: dict[str, Any] | None = None,
     state_tensors: dict[str, torch.Tensor] | None = None,
     state_json: dict[str, Any] | None = None,
@@ -148,7 +156,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     """config.json of a checkpoint, its "model" validated into a ModelConfig.
 
     Not checked against its checksum here (listing a run's checkpoints reads every config):
-    whatever loads a checkpoint checks every file it uses (load_checkpoint, verify_checkpoint)."""
+    whatever loads a checkpoint checks every file it uses (gptcli.loading.load_checkpoint,
+    verify_checkpoint)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         inside = f" (the checkpoint it is in: {directory.parent})" if is_checkpoint(directory.parent) else ""
@@ -264,38 +273,7 @@ def _read_weights(
     return feed is not None and same_bytes
 
 
-def load_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu", warn: Warn | None = None
-) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict).
-
-    Every file is checked against its checksum before it is used; a checkpoint without checksums
-    (version 1) loads with a warning through `warn` (default: Python's warnings)."""
-    directory = Path(directory)
-    try:
-        config = read_config(directory)
-        tokenizer = load_tokenizer(directory / TOKENIZER)
-        if tokenizer.vocab_size != config["model"].vocab_size:
-            raise GptError(
-                f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
-                f"{config['model'].vocab_size}"
-            )
-        model = build_model(config["model"], empty=True)  # every weight is filled from the file below
-        load_weights(directory, model)
-    except DamagedCheckpoint:
-        raise
-    except GptError as e:  # a file that does not parse: damage, if its checksum says so
-        raise _damage_behind(directory, e) or e from None
-    digests = checkpoint_digests(directory)
-    if digests is None:
-        warn_unverified(directory, warn)
-    else:
-        for name in (CONFIG, TOKENIZER):
-            verify_file(directory / name, digests)
-    return model.to(device).eval(), tokenizer, config
-
-
-def _damage_behind(directory: Path, error: GptError) -> DamagedCheckpoint | None:
+def damage_behind(directory: Path, error: GptError) -> DamagedCheckpoint | None:
     """`error` as a DamagedCheckpoint when a file of the checkpoint is not what was saved. Only the
     checksums are checked: parsing the files again would raise `error` itself, and name it twice."""
     try:
@@ -350,30 +328,6 @@ def resolve_checkpoints(path: str | Path, best: bool = False) -> list[Path]:
     if not scored:
         raise GptError(f"{path}: no checkpoint has a validation loss to pick the best by")
     return scored
-
-
-def load_newest(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    best: bool = False,
-    strict: bool = False,
-    warn: Warn | None = None,
-) -> tuple[torch.nn.Module, Tokenizer, dict, Path]:
-    """load_checkpoint of what `path` names; of a run dir, the newest (or best) intact checkpoint.
-
-    A damaged checkpoint is passed over with a warning naming it (with strict: an error); a
-    checkpoint directory named directly is never swapped for another. -> (..., the directory used)
-    """
-    options = resolve_checkpoints(path, best)
-    for i, directory in enumerate(options):
-        try:
-            return (*load_checkpoint(directory, device, warn), directory)
-        except DamagedCheckpoint as e:
-            if strict or i == len(options) - 1:
-                raise
-            kind = "best" if best else "newest"
-            (warn or default_warn)(f"{e}; using the next {kind} checkpoint, {options[i + 1].name}")
-    raise AssertionError("unreachable: resolve_checkpoints returns at least one")
 
 
 def newest_intact(run_dir: Path, warn: Warn) -> Path | None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptcli.config import ModelConfig
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import BPETokenizer, CharTokenizer
@@ -36,7 +37,7 @@ def test_a_char_model_exports_without_a_tokenizer_and_says_how_to_use_it(tmp_pat
     # what the note says works: our ids in, the same logits out as our model gives
     ids = json.loads(run_cli("tokenizer", "encode", "-t", own, "a bad cab").stdout)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
-    ours, _, _ = ckpt.load_checkpoint(model_dir)
+    ours, _, _ = load_checkpoint(model_dir)
     with torch.no_grad():
         theirs = hf(torch.tensor([ids])).logits
         mine = ours(torch.tensor([ids]))[0][..., : ours.config.vocab_size]

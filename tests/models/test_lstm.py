@@ -9,9 +9,9 @@ from gptcli.config import ModelConfig, SampleConfig, TrainConfig
 from gptcli.errors import GptError
 from gptcli.evaluate import evaluate_text
 from gptcli.generation import Engine
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT, build_model
 from gptcli.models.lstm import LSTM
-from gptcli.storage import checkpoint as ckpt
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
@@ -108,7 +108,7 @@ def test_trains_saves_resumes_exactly_samples_and_evaluates(tmp_path):
     assert losses(part) == losses(tmp_path / "full")  # bit-exact, as for the GPT
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(part))
 
-    model, tokenizer, saved = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000012")
+    model, tokenizer, saved = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000012")
     assert isinstance(model, LSTM) and saved["model"].arch == "lstm"
     text = SONNETS.read_text()[:3000]
     result = evaluate_text(model, tokenizer, text)

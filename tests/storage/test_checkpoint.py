@@ -7,6 +7,7 @@ import torch
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer
@@ -27,7 +28,7 @@ def saved(tmp_path):
 
 def test_round_trip_is_bit_exact_and_stores_no_wrapper_prefixes(saved):
     path, model, tok = saved
-    loaded, loaded_tok, config = ckpt.load_checkpoint(path)
+    loaded, loaded_tok, config = load_checkpoint(path)
     assert config["step"] == 10 and config["tokenizer_kind"] == "char"
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -102,7 +103,7 @@ def test_damaged_checkpoints_give_one_line_errors(saved, damage, message):
     path, _, _ = saved
     damage(path)
     with pytest.raises(GptError, match=message) as info:
-        ckpt.load_checkpoint(path)
+        load_checkpoint(path)
     assert "\n" not in str(info.value)
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint, load_newest
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage import checkpoint_info
@@ -78,7 +79,7 @@ def test_a_flipped_bit_is_an_error_or_changes_nothing(tmp_path, good, name, bit)
     files, weights = good
     directory = flipped_copy(tmp_path, files, name, bit)
     try:
-        model, _, _ = ckpt.load_checkpoint(directory)
+        model, _, _ = load_checkpoint(directory)
     except GptError as e:
         assert "\n" not in str(e) and str(e)
     else:  # loaded: only a byte that carries no meaning may have changed
@@ -98,7 +99,7 @@ def test_a_flipped_bit_in_tensor_data_is_named(tmp_path, good):
     files, _ = good
     directory = flipped_copy(tmp_path, files, ckpt.WEIGHTS, 8 * (len(files[ckpt.WEIGHTS]) - 3))
     with pytest.raises(DamagedCheckpoint, match=r"model\.safetensors: checksum mismatch"):
-        ckpt.load_checkpoint(directory)
+        load_checkpoint(directory)
 
 
 def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path):
@@ -107,14 +108,14 @@ def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path):
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     (tmp_path / "ck" / "config.json").write_text(json.dumps({**config, "version": 1}))
     warnings = []
-    model, _, _ = ckpt.load_checkpoint(tmp_path / "ck", warn=warnings.append)
+    model, _, _ = load_checkpoint(tmp_path / "ck", warn=warnings.append)
     assert len(warnings) == 1 and "no checksums" in warnings[0]
     assert all(torch.equal(ckpt.model_weights(model)[k], weights[k]) for k in weights)
     assert ckpt.verify_checkpoint(tmp_path / "ck") is False
     # a version-2 checkpoint that lost its manifest is not taken for an old one
     (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
     with pytest.raises(DamagedCheckpoint, match="missing checksums.json"):
-        ckpt.load_checkpoint(tmp_path / "ck")
+        load_checkpoint(tmp_path / "ck")
 
 
 def damaged_run(tmp_path):
@@ -135,7 +136,7 @@ def test_a_truncated_file_is_named_once_with_both_of_its_problems(tmp_path):
     weights = directory / ckpt.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(DamagedCheckpoint) as caught:
-        ckpt.load_checkpoint(directory)
+        load_checkpoint(directory)
     message = str(caught.value)
     assert message.count(str(weights)) == 1, message
     assert "checksum mismatch" in message and "corrupt or truncated safetensors file" in message
@@ -144,15 +145,15 @@ def test_a_truncated_file_is_named_once_with_both_of_its_problems(tmp_path):
 def test_a_run_directory_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     run = damaged_run(tmp_path)
     warnings = []
-    *_, used = ckpt.load_newest(run, warn=warnings.append)
+    *_, used = load_newest(run, warn=warnings.append)
     assert used.name == "step_0000002"
     assert len(warnings) == 1 and "step_0000003" in warnings[0] and "step_0000002" in warnings[0]
-    *_, best = ckpt.load_newest(run, best=True, warn=warnings.append)  # the best is step 3 too
+    *_, best = load_newest(run, best=True, warn=warnings.append)  # the best is step 3 too
     assert best.name == "step_0000002"
     with pytest.raises(DamagedCheckpoint, match="step_0000003"):
-        ckpt.load_newest(run, strict=True)
+        load_newest(run, strict=True)
     with pytest.raises(DamagedCheckpoint):  # a checkpoint named directly is never swapped
-        ckpt.load_newest(run / "checkpoints" / "step_0000003", warn=warnings.append)
+        load_newest(run / "checkpoints" / "step_0000003", warn=warnings.append)
     assert ckpt.newest_intact(run, warn=warnings.append).name == "step_0000002"
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gptcli.config import ModelConfig, TrainConfig, validate
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import CharTokenizer, load_tokenizer
@@ -45,7 +46,7 @@ def good(tmp_path_factory):
 
 def try_load(directory) -> None:
     try:
-        ckpt.load_checkpoint(directory)
+        load_checkpoint(directory)
     except GptError as e:
         assert "\n" not in str(e) and str(e)
 
@@ -102,7 +103,7 @@ def test_weights_of_the_wrong_dtype(tmp_path, good, tensor, dtype, keep_size):
     data = with_dtype(good[ckpt.WEIGHTS], tensor, dtype, keep_size)
     directory = damaged_copy(tmp_path, good, ckpt.WEIGHTS, data)
     try:
-        model, _, _ = ckpt.load_checkpoint(directory)
+        model, _, _ = load_checkpoint(directory)
         assert dtype in ("F16", "BF16", "F64")  # only another float width may load, converted
         assert all(p.dtype == torch.float32 for p in model.parameters())
     except GptError as e:

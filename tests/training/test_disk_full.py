@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
@@ -123,7 +124,7 @@ def train_steps(run_dir: Path) -> list[int]:
 
 
 def assert_loadable(checkpoint: Path, step: int) -> None:
-    model, _, config = ckpt.load_checkpoint(checkpoint)  # checks every file, key, shape and value
+    model, _, config = load_checkpoint(checkpoint)  # checks every file, key, shape and value
     assert config["step"] == step
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
+from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.interrupt import TrainingInterrupted
@@ -122,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         train(tiny(tmp_path), run)
     kept = ckpt.list_checkpoints(run)
     assert [d.name for d in kept] == ["step_0000006"]
-    model, _, config = ckpt.load_checkpoint(kept[0])
+    model, _, config = load_checkpoint(kept[0])
     assert config["step"] == 6 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -174,7 +175,7 @@ def test_rope_gqa_window_rmsnorm_model_trains_and_reloads(tmp_path):
         n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16, pos_emb="rope", window=8, norm="rmsnorm"
     )
     summary = train(tiny(tmp_path, model=model, max_iters=6, eval_interval=6), tmp_path / "run")
-    loaded, _, config = ckpt.load_checkpoint(summary.last_checkpoint)
+    loaded, _, config = load_checkpoint(summary.last_checkpoint)
     assert (
         config["model"].pos_emb == "rope" and config["model"].n_kv_head == 2 and config["model"].window == 8
     )

@@ -1,0 +1,142 @@
+"""A checkpoint's model and tokenizer, loaded and checked: what generate, eval, serve and export use.
+
+    model, tokenizer, config = load_checkpoint("out/checkpoints/step_0005000", device="cuda")
+    model, tokenizer, config, used = load_newest("out", best=True)   # a run dir: its best intact one
+    describe_checkpoint("out")                                        # what `gpt info` shows
+
+The files themselves (saving, checksums, listing, the newest or best checkpoint, the weights read
+into a model) are gptcli.storage.checkpoint's, which knows nothing of models or tokenizers; this
+module builds the model (gptcli.models) and reads the tokenizer (gptcli.tokenizers) on top of it.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli.config import ModelConfig
+from gptcli.errors import GptError
+from gptcli.models import build_model
+from gptcli.storage.checkpoint import (
+    CONFIG,
+    TOKENIZER,
+    WEIGHTS,
+    DamagedCheckpoint,
+    Warn,
+    best_checkpoint,
+    checkpoint_digests,
+    damage_behind,
+    default_warn,
+    is_checkpoint,
+    list_checkpoints,
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    resolve_checkpoints,
+    val_losses,
+    warn_unverified,
+)
+from gptcli.storage.checksums import verify_file
+from gptcli.storage.tensorfile import SafetensorsReader
+from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers.base import Tokenizer
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu", warn: Warn | None = None
+) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """A checkpoint directory -> (model in eval mode on `device`, tokenizer, config dict).
+
+    Every file is checked against its checksum before it is used; a checkpoint without checksums
+    (version 1) loads with a warning through `warn` (default: Python's warnings)."""
+    directory = Path(directory)
+    try:
+        config = read_config(directory)
+        tokenizer = load_tokenizer(directory / TOKENIZER)
+        if tokenizer.vocab_size != config["model"].vocab_size:
+            raise GptError(
+                f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
+                f"{config['model'].vocab_size}"
+            )
+        model = build_model(config["model"], empty=True)  # every weight is filled from the file below
+        load_weights(directory, model)
+    except DamagedCheckpoint:
+        raise
+    except GptError as e:  # a file that does not parse: damage, if its checksum says so
+        raise damage_behind(directory, e) or e from None
+    digests = checkpoint_digests(directory)
+    if digests is None:
+        warn_unverified(directory, warn)
+    else:
+        for name in (CONFIG, TOKENIZER):
+            verify_file(directory / name, digests)
+    return model.to(device).eval(), tokenizer, config
+
+
+def load_newest(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    best: bool = False,
+    strict: bool = False,
+    warn: Warn | None = None,
+) -> tuple[torch.nn.Module, Tokenizer, dict, Path]:
+    """load_checkpoint of what `path` names; of a run dir, the newest (or best) intact checkpoint.
+
+    A damaged checkpoint is passed over with a warning naming it (with strict: an error); a
+    checkpoint directory named directly is never swapped for another. -> (..., the directory used)
+    """
+    options = resolve_checkpoints(path, best)
+    for i, directory in enumerate(options):
+        try:
+            return (*load_checkpoint(directory, device, warn), directory)
+        except DamagedCheckpoint as e:
+            if strict or i == len(options) - 1:
+                raise
+            kind = "best" if best else "newest"
+            (warn or default_warn)(f"{e}; using the next {kind} checkpoint, {options[i + 1].name}")
+    raise AssertionError("unreachable: resolve_checkpoints returns at least one")
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress."""
+    path = Path(path)
+    run = None
+    if not is_checkpoint(path):
+        found = list_checkpoints(path)
+        if not found:
+            resolve_checkpoint(path)  # raises the right one-line error
+        run = path
+        path = found[-1]
+    config = read_config(path)
+    model: ModelConfig = config.pop("model")
+    digests = checkpoint_digests(path)
+    if digests is not None:  # what is shown must be what was saved (the weights' header is read too)
+        for name in (CONFIG, TOKENIZER, WEIGHTS):
+            verify_file(path / name, digests)
+    tokenizer = load_tokenizer(path / TOKENIZER)
+    with SafetensorsReader(path / WEIGHTS) as reader:
+        n_params = sum(math.prod(reader.shape(k)) for k in reader.keys())
+    info: dict[str, Any] = {
+        "checkpoint": str(path),
+        "model": model.model_dump(mode="json"),
+        "parameters": n_params,
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "special_tokens": tokenizer.special_tokens,
+        },
+        **{k: v for k, v in config.items() if k not in ("format", "version", "tokenizer_kind")},
+        "files": {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()},
+    }
+    if run is not None:
+        found = list_checkpoints(run)
+        losses = val_losses(found)
+        best = best_checkpoint(found, losses)
+        info["run"] = {
+            "run_dir": str(run),
+            "checkpoints": [{"name": d.name, "val_loss": v} for d, v in losses.items()],
+            "best": best.name if best else None,
+            "best_val_loss": losses[best] if best else None,
+        }
+    return info
