@@ -22,8 +22,8 @@ from gptcli.data.sources import find_sources
 from gptcli.data.token_cache import cache_key
 from gptcli.generation import Engine
 from gptcli.generation.sampling import candidates, draw_noise
+from gptcli.loading import describe_checkpoint, load_checkpoint
 from gptcli.storage import checkpoint as ckpt
-from gptcli.storage import checkpoint_info
 from gptcli.tokenizers import load_tokenizer
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
@@ -116,7 +116,7 @@ def test_old_checkpoint_loads_and_generates_what_the_old_code_generated(old_run)
     assert [d.name for d in ckpt.list_checkpoints(old_run)] == CHECKPOINTS
     newest = ckpt.resolve_checkpoint(old_run)
     assert newest == old_run / "checkpoints" / "step_0000006"
-    model, tokenizer, config = ckpt.load_checkpoint(newest)
+    model, tokenizer, config = load_checkpoint(newest)
     assert config["step"] == 6 and config["model"].n_embd == 8 and tokenizer.kind == "char"
     assert_same_weights(ckpt.model_weights(model), load_file(newest / ckpt.WEIGHTS))
 
@@ -136,7 +136,7 @@ def test_old_checkpoint_loads_and_generates_what_the_old_code_generated(old_run)
 
 def test_old_checkpoint_and_run_directory_are_described(old_run):
     saved = {n: json.loads((OLD_CHECKPOINTS / n / ckpt.CONFIG).read_text()) for n in CHECKPOINTS}
-    info = checkpoint_info.describe_checkpoint(old_run)
+    info = describe_checkpoint(old_run)
     assert info["checkpoint"] == str(old_run / "checkpoints" / "step_0000006")
     assert info["model"] == saved["step_0000006"]["model"]
     assert info["step"] == 6
@@ -151,9 +151,7 @@ def test_old_checkpoint_and_run_directory_are_described(old_run):
     assert info["run"]["checkpoints"] == [{"name": n, "val_loss": v} for n, v in vals.items()]
     assert info["run"]["best"] == min(vals, key=vals.get)
     assert info["run"]["best_val_loss"] == min(vals.values())
-    older = checkpoint_info.describe_checkpoint(
-        old_run / "checkpoints" / "step_0000003"
-    )  # a checkpoint itself
+    older = describe_checkpoint(old_run / "checkpoints" / "step_0000003")  # a checkpoint itself
     assert older["step"] == 3 and older["val_loss"] == vals["step_0000003"] and "run" not in older
 
 
