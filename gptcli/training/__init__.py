@@ -1,7 +1,7 @@
 """Training: `gptcli.training.trainer.train(TrainConfig)` is what `gpt train` runs.
 
 trainer.py       train() and the Trainer: set-up, train_step, logging, eval + save, the stop decision
-run_setup.py     the run's set-up: its data, its model (fresh, --init-from, resumed), its run directory
+run_setup.py     the run's set-up: data, model (fresh, --init-from, resumed), run directory, eval shape
 time_budget.py   --max-time for the whole command: when to stop so that the final eval and save fit
 inputs.py        the everyday defaults, the tokenizer, the model's shape (fresh, --init-from, --resume)
 train_state.py   RunState and what a checkpoint holds for an exact resume (optimizer, RNG states)

@@ -1,10 +1,11 @@
-"""Setting a training run up: its data, its model (fresh, --init-from, or resumed), its run directory.
+"""Setting a training run up: its data, its model (fresh, --init-from, resumed), its run directory.
 
     data = load_data(config, tokenizer, world, notes)          # tokenized once, rank 0 first
     model, state, saved = initial_model(config, device, run_dir, resume_from)
     ...                                                        # wrapped, and its optimizer made
     restore_training_state(resume_from, saved, optimizer, sampler, sharded)
     prepare_run_dir(run_dir, world, resumed=True, step=state.step)
+    budget = TimeBudget(config.max_time, start_time, eval_shape(config, world, data, model))
 
 Each piece is built from what it needs and handed back; `Trainer._setup` calls them in an order
 that matters: the weights are initialized from the seeded generator after the data is read, and a
@@ -28,6 +29,7 @@ from gptcli.training import distributed
 from gptcli.training.metrics import METRICS, truncate_metrics
 from gptcli.training.optimizer import Optimizer
 from gptcli.training.run_dir import clear_run_dir
+from gptcli.training.time_budget import EvalShape
 from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
 
 SavedState = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a checkpoint's training state: tensors, JSON
@@ -114,3 +116,19 @@ def prepare_run_dir(run_dir: Path, world: distributed.Dist, resumed: bool, step:
     else:
         clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def eval_shape(
+    config: TrainConfig, world: distributed.Dist, data: TokenData, model: LanguageModel
+) -> EvalShape:
+    """What an eval and a checkpoint of this run cost, in the units --max-time estimates them in
+    (gptcli.training.time_budget)."""
+    block_size = config.model.block_size
+    params = sum(p.numel() for p in model.parameters())
+    return EvalShape(
+        splits=1 + (len(data.val) >= block_size + 1),
+        micro_batches=max(1, config.grad_accum // world.world_size),
+        batch_size=config.batch_size,
+        block_size=block_size,
+        checkpoint_bytes=12 * params,  # fp32 weights + AdamW's two moments
+    )

@@ -49,10 +49,16 @@ from gptcli.training.interrupt import (
 from gptcli.training.metrics import MetricsLog, eval_record, log_record
 from gptcli.training.optimizer import Optimizer, build_optimizer
 from gptcli.training.run_dir import RunDirLock, tidy_checkpoints
-from gptcli.training.run_setup import initial_model, load_data, prepare_run_dir, restore_training_state
+from gptcli.training.run_setup import (
+    eval_shape,
+    initial_model,
+    load_data,
+    prepare_run_dir,
+    restore_training_state,
+)
 from gptcli.training.schedule import learning_rate
 from gptcli.training.tensorboard import TensorBoardLog
-from gptcli.training.time_budget import EvalShape, TimeBudget
+from gptcli.training.time_budget import TimeBudget
 from gptcli.training.train_state import RunState, TrainSummary
 from gptcli.training.validator import Validator, all_finite
 
@@ -180,7 +186,9 @@ class Trainer:
         world.barrier()
         self.checkpointer = Checkpointer(run_dir, config, self.tokenizer, world)
         self._setup_step()
-        self._setup_time_budget()
+        self.budget = TimeBudget(
+            config.max_time, self.start_time, eval_shape(config, world, self.data, model)
+        )
         self._report_start()
 
     def close(self) -> None:
@@ -203,19 +211,6 @@ class Trainer:
         if self.world.is_main:
             tensorboard = TensorBoardLog(self.run_dir, self.state.step) if config.tensorboard else None
             self.metrics = MetricsLog(self.run_dir, tensorboard)
-
-    def _setup_time_budget(self) -> None:
-        config, block_size = self.config, self.config.model.block_size
-        splits = 1 + (len(self.data.val) >= block_size + 1)
-        params = sum(p.numel() for p in self.raw_model.parameters())
-        shape = EvalShape(
-            splits=splits,
-            micro_batches=max(1, config.grad_accum // self.world.world_size),
-            batch_size=config.batch_size,
-            block_size=block_size,
-            checkpoint_bytes=12 * params,  # fp32 weights + AdamW's two moments
-        )
-        self.budget = TimeBudget(config.max_time, self.start_time, shape)
 
     def _report_start(self) -> None:
         self.report(
