@@ -63,11 +63,3 @@ def train_on_texts(
 
 def _special_ids(specials: list[str], first_id: int) -> dict[str, int]:
     return {s: first_id + i for i, s in enumerate(specials)}
-
-
-def train_tokenizer(config: TokenizerTrainConfig, progress: Progress | None = None):
-    """Moved to gptcli.data.tokenizer_corpus.train_tokenizer (it reads config.files). Kept here only
-    until gptcli/training/inputs.py imports it from there; then delete this function."""
-    from gptcli.data.tokenizer_corpus import train_tokenizer as read_and_train  # (the last import upward)
-
-    return read_and_train(config, progress)

@@ -17,12 +17,12 @@ from typing import Any
 from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
 from gptcli.data.store import TOKENIZER as STORE_TOKENIZER
 from gptcli.data.store import is_store
+from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.checksums import CHECKSUMS
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
-from gptcli.tokenizers.train import train_tokenizer
 from gptcli.training.run_dir import check_run_dir_free
 from gptcli.training.tensorboard import summary_writer_class
 
