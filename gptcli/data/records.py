@@ -8,10 +8,12 @@ reports what it cannot use to a `RecordLog` (in practice the `CorpusReader` of
     # data.jsonl: {"text": "hello"}\\n{"body": "x"}\\n  ->  ["hello"], and log.bad() got
     # 'data.jsonl line 2: no "text" field (the record\\'s keys: body); use --text-field'
 
-A bad record is named by its place: `line N` (JSON Lines, 1-based), `record N (0-based)` (a JSON
-array), `row N (0-based)` (Parquet and Arrow, counted within the file). A file that cannot be read
-at all (corrupt, no such column) raises `UnreadableFile`. pyarrow is imported only when a Parquet
-or Arrow file is read (the caller has checked that it is installed).
+`json_records`, `parquet_records` and `arrow_records` yield whole records instead, each with its
+place (what fine-tuning reads: conversations). A bad record is named by its place: `line N` (JSON
+Lines, 1-based), `record N (0-based)` (a JSON array), `row N (0-based)` (Parquet and Arrow, counted
+within the file). A file that cannot be read at all (corrupt, no such column) raises
+`UnreadableFile`. pyarrow is imported only when a Parquet or Arrow file is read (the caller has
+checked that it is installed).
 """
 
 import json
@@ -44,12 +46,29 @@ class RecordLog(Protocol):
 
 
 def json_texts(stream: BinaryIO, name: str, field: str, log: RecordLog) -> Iterator[str]:
-    """Records of a JSON Lines file, or of a JSON array (the first non-space byte is `[`).
+    """The `field` text of each record of a JSON Lines file, or of a JSON array (see `json_records`)."""
+    for where, record, escaped in _json_records(stream, name, log):
+        text = _field_text(record, field, where, log)
+        if text is not None:
+            yield _without_lone_surrogates(text, log) if escaped else text
+
+
+def json_records(stream: BinaryIO, name: str, log: RecordLog) -> Iterator[tuple[str, dict]]:
+    """(place, record) for each record, whole: what fine-tuning reads (gptcli.chat.formats).
 
     JSON Lines are read line by line (memory bounded by the longest line); blank lines are no
-    records. A JSON array is parsed whole, so its size is bounded by memory: write large corpora
-    as JSON Lines.
+    records. A JSON array (the first non-space byte is `[`) is parsed whole, so its size is bounded
+    by memory: write large corpora as JSON Lines. A record that is not an object is reported bad.
     """
+    for where, record, escaped in _json_records(stream, name, log):
+        if not isinstance(record, dict):
+            log.bad(f"{where}: the record is {_json_kind(record)}, not a JSON object")
+        else:
+            yield where, _without_lone_surrogates_in(record, log) if escaped else record
+
+
+def _json_records(stream: BinaryIO, name: str, log: RecordLog) -> Iterator[tuple[str, object, bool]]:
+    """(place, parsed record, whether its bytes hold a surrogate escape) in file order."""
     lines = iter(stream)
     for line_no, raw in enumerate(lines, 1):
         if line_no == 1 and raw.startswith(UTF8_BOM):
@@ -57,13 +76,13 @@ def json_texts(stream: BinaryIO, name: str, field: str, log: RecordLog) -> Itera
         if not raw.strip():
             continue
         if raw.lstrip().startswith(b"["):
-            yield from _array_texts(raw + stream.read(), name, field, log)
+            yield from _array_records(raw + stream.read(), name, log)
         else:
-            yield from _line_texts(chain([(line_no, raw)], enumerate(lines, line_no + 1)), name, field, log)
+            yield from _line_records(chain([(line_no, raw)], enumerate(lines, line_no + 1)), name, log)
         return
 
 
-def _line_texts(numbered: Iterable[tuple[int, bytes]], name: str, field: str, log: RecordLog):
+def _line_records(numbered: Iterable[tuple[int, bytes]], name: str, log: RecordLog):
     for line_no, raw in numbered:
         if not raw.strip():
             continue
@@ -76,12 +95,10 @@ def _line_texts(numbered: Iterable[tuple[int, bytes]], name: str, field: str, lo
         except json.JSONDecodeError as e:
             log.bad(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
             continue
-        text = _field_text(record, field, where, log)
-        if text is not None:
-            yield _without_lone_surrogates(text, log) if _SURROGATE_ESCAPE.search(raw) else text
+        yield where, record, _SURROGATE_ESCAPE.search(raw) is not None
 
 
-def _array_texts(raw: bytes, name: str, field: str, log: RecordLog) -> Iterator[str]:
+def _array_records(raw: bytes, name: str, log: RecordLog) -> Iterator[tuple[str, object, bool]]:
     content, invalid = decode_utf8(raw)
     if invalid:
         log.invalid(invalid)
@@ -89,11 +106,9 @@ def _array_texts(raw: bytes, name: str, field: str, log: RecordLog) -> Iterator[
         records = json.loads(content)
     except json.JSONDecodeError as e:
         raise UnreadableFile(f"{name}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    check_surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    escaped = _SURROGATE_ESCAPE.search(raw) is not None
     for i, record in enumerate(records):
-        text = _field_text(record, field, f"{name} record {i} (0-based)", log)
-        if text is not None:
-            yield _without_lone_surrogates(text, log) if check_surrogates else text
+        yield f"{name} record {i} (0-based)", record, escaped
 
 
 def _field_text(record, field: str, where: str, log: RecordLog) -> str | None:
@@ -122,24 +137,28 @@ def _without_lone_surrogates(text: str, log: RecordLog) -> str:
     return fixed
 
 
+def _without_lone_surrogates_in(value, log: RecordLog):
+    """`_without_lone_surrogates` through every string of a parsed record."""
+    if isinstance(value, str):
+        return _without_lone_surrogates(value, log)
+    if isinstance(value, list):
+        return [_without_lone_surrogates_in(v, log) for v in value]
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates_in(k, log): _without_lone_surrogates_in(v, log) for k, v in value.items()
+        }
+    return value
+
+
 def parquet_texts(path: Path, field: str, log: RecordLog) -> Iterator[tuple[list[str], float]]:
     """(texts of a batch of rows, fraction of the file's rows read so far), batch by batch.
 
     Reads only the `field` column, a few thousand rows at a time, so memory is bounded by a row group
     (what Parquet decodes at once), not by the file.
     """
-    import pyarrow.parquet as pq
-
-    what = f"{path}: not a readable Parquet file"
-    try:
-        parquet = pq.ParquetFile(path)
-        schema = parquet.schema_arrow
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError and others for a damaged file
-        raise UnreadableFile(f"{what} ({_first_line(e)})") from None
-    _check_column(schema, field, path)
-    n_rows, row = max(parquet.metadata.num_rows, 1), 0
-    for batch in _guarded(parquet.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=[field]), what):
-        yield _batch_texts(batch.column(0), row, path, field, what, log), (row + batch.num_rows) / n_rows
+    what, row = f"{path}: not a readable Parquet file", 0
+    for batch, fraction in _parquet_batches(path, lambda schema: _check_column(schema, field, path), [field]):
+        yield _batch_texts(batch.column(0), row, path, field, what, log), fraction
         row += batch.num_rows
 
 
@@ -149,6 +168,54 @@ def arrow_texts(path: Path, field: str, log: RecordLog) -> Iterator[tuple[list[s
     Hugging Face `datasets` writes Arrow's streaming format, read here record batch by record batch
     (memory bounded by one batch); a file in Arrow's random-access format is read batch by batch too.
     """
+    what, row = f"{path}: not a readable Arrow file", 0
+    for batch, fraction in _arrow_batches(path, lambda schema: _check_column(schema, field, path)):
+        yield _batch_texts(batch.column(field), row, path, field, what, log), fraction
+        row += batch.num_rows
+
+
+def parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(place, row as a dict of all its columns) for each row of a Parquet file."""
+    yield from _rows(path, _parquet_batches(path), f"{path}: not a readable Parquet file")
+
+
+def arrow_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(place, row as a dict of all its columns) for each row of an Arrow IPC file."""
+    yield from _rows(path, _arrow_batches(path), f"{path}: not a readable Arrow file")
+
+
+def _rows(path: Path, batches: Iterator, what: str) -> Iterator[tuple[str, dict]]:
+    row = 0
+    for batch, _ in batches:
+        try:
+            records = batch.to_pylist()
+        except Exception as e:  # e.g. a string column holding bytes that are not UTF-8
+            raise UnreadableFile(f"{what} ({_first_line(e)})") from None
+        for i, record in enumerate(records):
+            yield f"{path} row {row + i} (0-based)", record
+        row += batch.num_rows
+
+
+def _parquet_batches(path: Path, check=None, columns: list[str] | None = None) -> Iterator:
+    """(record batch of `columns` (all: None), fraction of the rows read); `check(schema)` first."""
+    import pyarrow.parquet as pq
+
+    what = f"{path}: not a readable Parquet file"
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError and others for a damaged file
+        raise UnreadableFile(f"{what} ({_first_line(e)})") from None
+    if check is not None:
+        check(schema)
+    n_rows, row = max(parquet.metadata.num_rows, 1), 0
+    for batch in _guarded(parquet.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=columns), what):
+        row += batch.num_rows
+        yield batch, row / n_rows
+
+
+def _arrow_batches(path: Path, check=None) -> Iterator:
+    """(record batch, fraction of the file read) of an Arrow IPC file; `check(schema)` first."""
     import pyarrow as pa
 
     what = f"{path}: not a readable Arrow file"
@@ -164,11 +231,10 @@ def arrow_texts(path: Path, field: str, log: RecordLog) -> Iterator[tuple[list[s
                 raise UnreadableFile(f"{what} ({_first_line(e)})") from None
             n = reader.num_record_batches
             batches = ((reader.get_batch(i), (i + 1) / n) for i in range(n))
-        index = _check_column(reader.schema, field, path)
-        row = 0
+        if check is not None:
+            check(reader.schema)
         for batch, fraction in _guarded(batches, what):
-            yield _batch_texts(batch.column(index), row, path, field, what, log), min(fraction, 1.0)
-            row += batch.num_rows
+            yield batch, min(fraction, 1.0)
 
 
 def _check_column(schema, field: str, path: Path) -> int:
