@@ -16,6 +16,7 @@ _HOMES = {
     "BPETokenizer": "bpe",
     "CharTokenizer": "char",
     "load_tokenizer": "load",
+    "with_special_tokens": "load",
 }
 
 
@@ -25,4 +26,4 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 
-__all__ = ["ENDOFTEXT", "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer"]
+__all__ = ["ENDOFTEXT", "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer", "with_special_tokens"]

@@ -4,13 +4,15 @@
 - GPT-2 vocabulary files: vocab.json + merges.txt (HF) or encoder.json + vocab.bpe (OpenAI),
   loaded as kind 'gpt2' with GPT-2's split pattern, or with the pattern of an HF tokenizer.json
   found beside them (what `gpt tokenizer export --format hf` writes).
+
+`with_special_tokens` adds special tokens (a chat template's markers) to any of them.
 """
 
 import json
 from pathlib import Path
 
 from gptcli.errors import GptError
-from gptcli.tokenizers.base import FORMAT, Tokenizer, read_tokenizer_file
+from gptcli.tokenizers.base import FORMAT, Tokenizer, TokenizerFile, read_tokenizer_file
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.char import CharTokenizer
 from gptcli.tokenizers.export import hf_pattern
@@ -37,13 +39,41 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def _from_our_file(path: Path) -> Tokenizer:
-    spec = read_tokenizer_file(path)
+    return from_spec(read_tokenizer_file(path))
+
+
+def from_spec(spec: TokenizerFile) -> Tokenizer:
+    """The tokenizer a validated file schema describes."""
     trained_on = spec.trained_on
     if spec.kind == "char":
         return CharTokenizer(spec.chars, spec.special_tokens, trained_on)
     return BPETokenizer(
         spec.merges, spec.pattern, spec.special_tokens, spec.byte_order, spec.kind, trained_on
     )
+
+
+def with_special_tokens(tokenizer: Tokenizer, names: list[str]) -> tuple[Tokenizer, list[str]]:
+    """`tokenizer` with the special tokens it lacks among `names` added, and the names added.
+
+    New ids come right after the existing ones, in the order of `names`; every existing id keeps its
+    meaning, so a model's old rows stay valid (fine-tuning grows the embedding by len(added) rows).
+    The result is a new tokenizer (the given one is unchanged) that saves and loads like any other:
+
+        >>> tok, added = with_special_tokens(bpe, ["<|im_start|>", "<|im_end|>"])
+        >>> added, tok.special_tokens["<|im_start|>"] == bpe.vocab_size
+        (['<|im_start|>', '<|im_end|>'], True)
+    """
+    added = [n for n in dict.fromkeys(names) if n not in tokenizer.special_tokens]
+    if not added:
+        return tokenizer, []
+    if any(not isinstance(n, str) or not n for n in added):
+        raise GptError(f"special tokens must be non-empty strings, got {added!r}")
+    spec = tokenizer.to_file()
+    spec.special_tokens = {
+        **spec.special_tokens,
+        **{n: tokenizer.vocab_size + i for i, n in enumerate(added)},
+    }
+    return from_spec(TokenizerFile.model_validate(spec.model_dump())), added
 
 
 def _is_ours(path: Path) -> bool:
