@@ -1,7 +1,8 @@
 """The language models: a `ModelConfig` names one (`arch`), `build_model` makes it.
 
 base.py   LanguageModel: the forward/cache contract and the bookkeeping every model shares
-gpt.py    the GPT (GPT-2 names, RoPE/sinusoidal/learned positions, GQA, sliding window)
+gpt.py    the GPT (GPT-2 names, RoPE/sinusoidal/learned positions, GQA, sliding window, packed rows)
+positions.py  its position tables and attention masks (causal, windowed, per document of a packed row)
 kv_cache.py  its KV cache: prefill writes, fixed-shape decode-step writes and their mask
 lstm.py   the LSTM baseline, whose recurrent state stands in for the KV cache
 """

@@ -6,6 +6,7 @@
 `idx` is (B, T) token ids; logits are (B, T, vocab_size) (or (B, 1, vocab_size) with last_only);
 loss is the mean cross-entropy when targets are given (-1 = ignored). The cache is a GPT's KV cache
 or an LSTM's recurrent state: anything with `pos` (tokens seen), `max_len` and `batch_size`.
+The GPT also takes `doc_ids` (B, T) for rows packed with several documents (see GPT.forward).
 The trainer's bookkeeping (optimizer groups, parameter and FLOP counts) lives here once.
 """
 

@@ -6,9 +6,11 @@
 Names follow OpenAI GPT-2 / Hugging Face (`transformer.h.0.attn.c_attn.weight` ...), so importing GPT-2
 weights is a rename-free copy plus the transposes of HF's Conv1D layers (see gptcli/hf_gpt2.py).
 Options beyond GPT-2, all set by `ModelConfig`: rotary / sinusoidal / no positions, grouped-query
-attention (n_kv_head < n_head), sliding-window attention, RMSNorm, exact GELU, untied lm_head, and a
-KV cache for generation (gptcli/models/kv_cache.py). Attention has two paths that compute the same thing: PyTorch's fused
-`scaled_dot_product_attention` (config.flash) and the explicit softmax(q k^T / sqrt(hs)) v to read.
+attention (n_kv_head < n_head), sliding-window attention, RMSNorm, exact GELU, untied lm_head, a
+KV cache for generation (gptcli/models/kv_cache.py), and packed rows of several documents (doc_ids:
+positions restart and attention stays inside each document; gptcli/models/positions.py). Attention
+has two paths that compute the same thing: PyTorch's fused `scaled_dot_product_attention`
+(config.flash) and the explicit softmax(q k^T / sqrt(hs)) v to read.
 
 Shapes in comments: B batch, T new tokens, L keys attended (cached + new), C n_embd, nh n_head,
 nkv n_kv_head, hs head_dim, V vocab_size.
@@ -25,57 +27,14 @@ from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.models.base import LanguageModel
 from gptcli.models.kv_cache import KVCache, decode_mask
-
-# ---------------------------------------------------------------------------------------------------
-# Positions
-
-
-def _angles(n_pos: int, dim: int, base: float) -> Tensor:
-    """Angle pos / base^(2i/dim) for every position and every pair i of dimensions: (n_pos, dim/2)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
-    pos = torch.arange(n_pos, dtype=torch.float64)
-    return torch.outer(pos, inv_freq)  # float64 so that cos/sin of large angles stay exact in fp32
-
-
-def sinusoidal_table(n_pos: int, dim: int, base: float = 10000.0) -> Tensor:
-    """The fixed positions of 'Attention Is All You Need': sin on even, cos on odd dims. (n_pos, dim)"""
-    angles = _angles(n_pos, dim, base)
-    table = torch.zeros(n_pos, dim, dtype=torch.float64)
-    table[:, 0::2] = angles.sin()
-    table[:, 1::2] = angles.cos()
-    return table.float()
-
-
-def rope_tables(n_pos: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos and sin of the rotary angles, each (n_pos, head_dim/2)."""
-    angles = _angles(n_pos, head_dim, base)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate each pair (x[i], x[i + hs/2]) of every head by its position's angle (RoPE).
-
-    x: (B, nh, T, hs); cos, sin: (T, hs/2) for the positions of x's T tokens. A query at position m
-    and a key at position n then have a dot product that depends only on m - n.
-    """
-    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, nh, T, hs)
-
-
-def attention_mask(T: int, start: int, window: int | None, device: torch.device | None = None) -> Tensor:
-    """Which keys each query may see: (T, start + T) booleans, True = attend.
-
-    Query i sits at position start + i; key j at position j. A query sees itself and earlier keys,
-    and with a window only the last `window` of them (itself included).
-    """
-    q_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(start + T, device=device)[None, :]  # (1, L)
-    mask = k_pos <= q_pos
-    if window is not None:
-        mask = mask & (k_pos > q_pos - window)
-    return mask  # (T, L)
-
+from gptcli.models.positions import (
+    apply_rotary,
+    attention_mask,
+    document_mask,
+    document_positions,
+    rope_tables,
+    sinusoidal_table,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Layers
@@ -192,13 +151,15 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def _masked_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """A decode step's attention over the cache: q (B, nh, 1, hs), k/v (B, nh, L, hs), mask
-        (B, 1, 1, L) -> (B, nh, 1, hs). Row b sees keys 0 .. positions[b] (a window: the last of them)."""
+        """Attention under a per-row mask: q (B, nh, T, hs), k/v (B, nh, L, hs), mask (B, 1, T, L) ->
+        (B, nh, T, hs). A decode step (T = 1): row b sees cached keys 0 .. positions[b] (decode_mask);
+        a packed row: each query sees its own document's keys up to itself (document_mask)."""
         if self.flash:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, 1, L)
-        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-        return att @ v  # (B, nh, 1, hs)
+            dropout_p = self.dropout if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, L)
+        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)  # each query sees itself: no NaN
+        return self.attn_dropout(att) @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
@@ -350,6 +311,7 @@ class GPT(LanguageModel):
         cache: KVCache | None = None,
         last_only: bool = False,
         positions: Tensor | None = None,
+        doc_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
@@ -359,16 +321,28 @@ class GPT(LanguageModel):
         (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
         positions (a decode step, with a cache): (B,) the position of each row's one new token;
         shapes stay fixed and cache.pos is left alone (the caller counts), see KVCache.
+        doc_ids (training and eval, no cache): (B, T) the document of each token of a packed row,
+        non-decreasing, e.g. [0, 0, 0, 1, 1, 2, 2, 2]; positions restart at 0 in each document and
+        attention never crosses into another, so each document's logits are what it gives alone
+        (the caller sets -1 as the target of each document's last token, to learn no cross-document
+        prediction).
         """
-        if positions is None:
-            self.check_input(idx, cache)
-        elif cache is None or idx.size(1) != 1:
-            raise GptError("a decode step with positions takes one token per row and a KV cache")
         T = idx.size(1)
         start = 0 if cache is None else cache.pos
-        x, rope = self._embed(idx, start, positions)  # (B, T, C)
-        mask = None  # a decode step: which cached keys each row sees, the same in every layer
-        if positions is not None:
+        mask = None  # a packed row or a decode step: which keys each row sees, the same in every layer
+        if doc_ids is not None:
+            if cache is not None or positions is not None or doc_ids.shape != idx.shape:
+                raise GptError("doc_ids (packed rows) take the shape of idx, and no KV cache or positions")
+            self.check_input(idx, None)
+            x, rope = self._embed(idx, 0, document_positions(doc_ids))  # (B, T, C): restarting positions
+            mask = document_mask(doc_ids, self.config.window)  # (B, 1, T, T)
+        elif positions is None:
+            self.check_input(idx, cache)
+            x, rope = self._embed(idx, start, None)  # (B, T, C)
+        else:
+            if cache is None or T != 1:
+                raise GptError("a decode step with positions takes one token per row and a KV cache")
+            x, rope = self._embed(idx, start, positions)  # (B, 1, C)
             length = cache.max_len  # fixed: what compiling and CUDA graphs need
             if positions.device.type == "cpu" and not torch.compiler.is_compiling():
                 # eager on a CPU, reading the positions costs no sync: read the cache only as far as
@@ -378,7 +352,7 @@ class GPT(LanguageModel):
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations in backward (less memory, ~1/3 more compute)
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, None, None, mask, use_reentrant=False)
             else:
                 x = block(x, rope, cache, positions, mask)  # (B, T, C)
         x = self.transformer.ln_f(x)
@@ -390,23 +364,26 @@ class GPT(LanguageModel):
         self, idx: Tensor, start: int, positions: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Token (+ position) embeddings of (B, T) ids at start .. start+T-1, or at a decode step's
-        (B,) positions -> (B, T, C), and the rotary tables for those positions (rope only)."""
+        (B,) positions, or a packed row's (B, T) positions -> (B, T, C), and the rotary tables for
+        those positions (rope only)."""
         cfg = self.config
         T = idx.size(1)
         if positions is None:
             pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        else:
+        elif positions.dim() == 1:
             pos = positions[:, None]  # (B, 1): every row at its own position
+        else:
+            pos = positions  # (B, T): every token at its own position
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.pos_emb == "learned":
-            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, 1, C)
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T|1, C)
         elif cfg.pos_emb == "sinusoidal":
-            x = x + self.sinusoid[pos].to(x.dtype)  # (B, T, C) + (T, C) or (B, 1, C)
+            x = x + self.sinusoid[pos].to(x.dtype)  # (B, T, C) + (T, C) or (B, T|1, C)
         rope = None
         if cfg.pos_emb == "rope":
-            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each, or (B, 1, hs/2)
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each, or (B, T|1, hs/2)
             if positions is not None:
-                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, 1, hs/2): broadcast over heads
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T|1, hs/2): broadcast over heads
         return self.transformer.drop(x), rope
 
     def lookup_tables(self) -> list[Tensor]:

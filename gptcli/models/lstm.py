@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
+from gptcli.errors import GptError
 from gptcli.models.base import LanguageModel
 
 
@@ -85,13 +86,17 @@ class LSTM(LanguageModel):
         targets: Tensor | None = None,
         cache: RecurrentState | None = None,
         last_only: bool = False,
+        doc_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
         With a state, the T tokens continue from the cache.pos tokens it has seen, and the
         state then holds pos + T. Targets of -1 are ignored. last_only: logits of the last
-        position only, (B, 1, vocab_size).
+        position only, (B, 1, vocab_size). doc_ids (packed rows) is the GPT's alone: an error here.
         """
+        if doc_ids is not None:
+            # a recurrent state carries over every boundary: no mask can keep documents apart
+            raise GptError("packing several documents in one row needs the gpt architecture (use --no-pack)")
         self.check_input(idx, cache)
         hc = None if cache is None else cache.hc  # None: a zero state
         x = self.drop(self.wte(idx))  # (B, T, C)

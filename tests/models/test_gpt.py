@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from gptcli.config import ModelConfig, validate
 from gptcli.errors import GptError
-from gptcli.models.gpt import GPT, apply_rotary, attention_mask, rope_tables
+from gptcli.models.gpt import GPT
+from gptcli.models.positions import apply_rotary, attention_mask, rope_tables
 from gptcli.runtime import mfu
 
 POS_EMBS = ["learned", "rope", "sinusoidal", "none"]
