@@ -1,20 +1,25 @@
-"""`gpt data prepare|verify`: a corpus tokenized once into a token store, and its check.
+"""`gpt data prepare|verify|show`: a corpus tokenized once into a token store, its check, and
+conversations shown as fine-tuning sees them.
 
     gpt data prepare corpus.jsonl --tokenizer tokenizer.json --out data/corpus
     gpt train --data data/corpus                 # memory-maps the shards; the store's tokenizer
     gpt data verify data/corpus                  # every shard against its checksum
+    gpt data show chats.jsonl --tokenizer tokenizer.json --limit 3   # trained text highlighted
 
-Thin wrappers over gptcli.data.prepare and gptcli.data.store (the format is described there).
+Thin wrappers over gptcli.data.prepare, gptcli.data.store and gptcli.chat (formats described there).
 """
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from gptcli.cli.common import (
+    JsonOption,
     QuietOption,
     VerboseOption,
     config_option,
@@ -23,8 +28,8 @@ from gptcli.cli.common import (
     validate_options,
     warn,
 )
-from gptcli.config import DataPrepareConfig
-from gptcli.errors import GptError
+from gptcli.config import ChatFormat, DataPrepareConfig
+from gptcli.errors import GptError, OptionError
 
 app = typer.Typer(
     help="Tokenize a corpus once into a token store (shards of ids) for gpt train --data STORE.",
@@ -113,6 +118,114 @@ def verify(
 
     opened = open_store(store, checksums=True)
     console.print(f"{opened.folder} is intact (sizes and checksums): {describe(opened)}", markup=False)
+
+
+@app.command()
+def show(
+    files: Annotated[
+        list[str], typer.Argument(help="Conversation files (JSONL, JSON, Parquet) or HF dataset folders.")
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="A checkpoint or run dir: its tokenizer, and its template if fine-tuned.",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer", "-t", help="A base tokenizer: the template's special tokens are added to it."
+        ),
+    ] = None,
+    format: Annotated[
+        ChatFormat, typer.Option("--format", help="The records' format (auto: detected per record).")
+    ] = "auto",
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(
+            "--chat-template",
+            metavar="FILE.jinja",
+            help="A Hugging Face-style Jinja chat template (default: the checkpoint's, else ChatML).",
+        ),
+    ] = None,
+    train_on_prompt: Annotated[
+        bool, typer.Option("--train-on-prompt", help="Train every token, not only the replies.")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=0, help="Show the first N records (0: all).")
+    ] = 10,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count bad records.")] = False,
+    split: Annotated[
+        str | None, typer.Option("--split", help="The split of an HF DatasetDict folder.")
+    ] = None,
+    json_out: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Show conversations as fine-tuning sees them, the trained tokens highlighted. Example: gpt data show chats.jsonl -t tokenizer.json
+
+    Piped, the trained text is marked \\[\\[like this]]. --json: one line per record, {"ids", "trained", "text", "record"}."""
+    from gptcli.chat.formats import ReadReport, iter_conversations
+    from gptcli.chat.template import render
+
+    tok, template = chat_tokenizer(checkpoint, tokenizer, chat_template)
+    report = ReadReport()
+    out = Console(highlight=False, soft_wrap=True)
+    for n, (where, messages) in enumerate(iter_conversations(files, format, skip_bad, split, report), 1):
+        try:
+            rendered = render(messages, template, tok, train_on_prompt=train_on_prompt)
+        except GptError as e:
+            raise GptError(f"{where}: {e}") from None
+        if json_out:
+            record = {
+                "ids": rendered.ids,
+                "trained": rendered.trained,
+                "text": tok.decode(rendered.ids),
+                "record": where,
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            print_rendered(out, where, rendered, tok)
+        if n == limit:
+            break
+    for line in report.lines():
+        warn(line)
+
+
+def chat_tokenizer(checkpoint: Path | None, tokenizer: Path | None, template_file: Path | None):
+    """(tokenizer with the template's special tokens, template) from --checkpoint or --tokenizer."""
+    from gptcli.chat.template import resolve_template
+    from gptcli.tokenizers import load_tokenizer, with_special_tokens
+
+    if (checkpoint is None) == (tokenizer is None):
+        raise OptionError("give either --checkpoint or --tokenizer (the tokenizer to render with)")
+    saved = None
+    if checkpoint is not None:
+        from gptcli.storage.checkpoint import TOKENIZER, read_config, resolve_checkpoint
+
+        directory = resolve_checkpoint(checkpoint)
+        saved = read_config(directory).get("chat_template")
+        tokenizer = directory / TOKENIZER
+    template = resolve_template(template_file, saved)
+    tok, added = with_special_tokens(load_tokenizer(tokenizer), template.special_tokens)
+    if added:
+        detail(f"special tokens added as fine-tuning adds them: {', '.join(added)}")
+    return tok, template
+
+
+def print_rendered(out: Console, where: str, rendered, tokenizer) -> None:
+    """A header line, then the text: trained stretches highlighted on a terminal, else in [[ ]]."""
+    from gptcli.chat.show import highlighted, plain, trained_pieces
+
+    pieces = trained_pieces(rendered, tokenizer)
+    header = f"--- {where}: {len(rendered.ids)} tokens, {rendered.n_trained} trained"
+    if out.is_terminal:
+        out.print(header, style="dim", markup=False)
+        out.print(highlighted(pieces))
+    else:
+        sys.stdout.write(f"{header}\n{plain(pieces)}\n")
 
 
 def describe(store) -> str:
