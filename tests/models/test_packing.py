@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import gptcli.models.gpt as gpt
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.models import GPT, LSTM
@@ -112,6 +114,19 @@ def test_one_document_per_row_is_the_plain_causal_forward():
     packed = model(idx, targets, doc_ids=torch.zeros_like(idx))
     torch.testing.assert_close(packed[0], plain[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(packed[1], plain[1], atol=1e-6, rtol=0)
+
+
+def test_without_doc_ids_the_plain_path_builds_no_mask_and_stays_is_causal(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw)
+    )
+    monkeypatch.setattr(gpt, "document_mask", lambda *a: pytest.fail("a mask built without doc_ids"))
+    model = make_model(pos_emb="rope", n_kv_head=2)
+    idx, targets, _, _ = packed_batch()
+    model(idx, targets)
+    assert len(calls) == 2 and all(kw.get("is_causal") and kw.get("attn_mask") is None for kw in calls)
 
 
 def test_flash_and_explicit_packed_attention_agree_in_training_mode_without_dropout():
