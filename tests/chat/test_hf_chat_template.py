@@ -1,0 +1,55 @@
+"""Our rendered ids equal Hugging Face's `apply_chat_template` on the exported tokenizer (built
+locally, no network): ChatML, several multi-turn conversations, with and without a system message
+and non-ASCII text, with and without the generation prompt, GPT-2's and GPT-4's split patterns."""
+
+import pytest
+
+from gptcli.chat.template import CHATML_JINJA, ChatTemplate, render
+from gptcli.tokenizers import with_special_tokens
+from gptcli.tokenizers.export import export_tokenizer
+from tests.chat.conftest import CONVERSATIONS, train
+
+transformers = pytest.importorskip("transformers")
+CHATML = ChatTemplate.chatml()
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gpt4"])
+def tokenizers(request, tmp_path_factory, base_bpe):
+    """(ours with ChatML's tokens, HF's from our export with them added by HF's add_special_tokens)."""
+    base = base_bpe if request.param == "gpt2" else train(pattern="gpt4")
+    folder = tmp_path_factory.mktemp(f"hf_{request.param}")
+    export_tokenizer(base, "hf", folder)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    hf.add_special_tokens({"additional_special_tokens": CHATML.special_tokens})
+    hf.chat_template = CHATML_JINJA
+    ours, _ = with_special_tokens(base, CHATML.special_tokens)
+    return ours, hf
+
+
+def hf_ids(hf, messages, add_generation_prompt):
+    return hf.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+    )
+
+
+@pytest.mark.parametrize(
+    "conversation", CONVERSATIONS, ids=["one-exchange", "system-non-ascii", "three-turns"]
+)
+def test_apply_chat_template_gives_our_ids(tokenizers, conversation):
+    ours, hf = tokenizers
+    assert len(hf) == ours.vocab_size
+    for prompt in (False, True):
+        messages = conversation[:-1] if prompt else conversation
+        expected = hf_ids(hf, messages, prompt)
+        assert render(messages, CHATML, ours, add_generation_prompt=prompt).ids == expected
+        jinja = ChatTemplate.from_jinja(CHATML_JINJA)
+        assert render(messages, jinja, ours, add_generation_prompt=prompt).ids == expected
+
+
+def test_our_export_with_the_chat_tokens_is_the_same_hf_tokenizer(tokenizers, tmp_path):
+    ours, hf = tokenizers
+    export_tokenizer(ours, "hf", tmp_path)  # the added tokens written by us, not added by HF
+    exported = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    exported.chat_template = CHATML_JINJA
+    for conversation in CONVERSATIONS:
+        assert hf_ids(exported, conversation, False) == render(conversation, CHATML, ours).ids
