@@ -153,9 +153,7 @@ def show(
     train_on_prompt: Annotated[
         bool, typer.Option("--train-on-prompt", help="Train every token, not only the replies.")
     ] = False,
-    limit: Annotated[
-        int, typer.Option("--limit", "-n", min=0, help="Show the first N records (0: all).")
-    ] = 10,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Show the first N records (0: all).")] = 10,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count bad records.")] = False,
     split: Annotated[
         str | None, typer.Option("--split", help="The split of an HF DatasetDict folder.")
@@ -222,8 +220,8 @@ def print_rendered(out: Console, where: str, rendered, tokenizer) -> None:
     pieces = trained_pieces(rendered, tokenizer)
     header = f"--- {where}: {len(rendered.ids)} tokens, {rendered.n_trained} trained"
     if out.is_terminal:
-        out.print(header, style="dim", markup=False)
-        out.print(highlighted(pieces))
+        out.print(header, style="dim", markup=False, highlight=False)
+        out.print(highlighted(pieces), highlight=False)
     else:
         sys.stdout.write(f"{header}\n{plain(pieces)}\n")
 
