@@ -25,6 +25,7 @@ Schedule = Literal["cosine", "wsd"]
 OptimizerName = Literal["adamw", "muon"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ExportFormat = Literal["hf", "tiktoken"]
+ChatFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt-completion"]
 EXPORT_FORMATS = get_args(ExportFormat)  # gpt tokenizer export --format
 DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
 DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
@@ -171,6 +172,29 @@ class ModelConfig(StrictModel):
 TRANSFORMER_ONLY = ("n_head", "pos_emb", "rope_base", "window", "norm", "norm_eps", "gelu")
 
 
+class ChatDataConfig(StrictModel):
+    """`gpt finetune`: the data are conversations, rendered by a chat template with a loss mask."""
+
+    format: ChatFormat = Field(
+        "auto",
+        description="The records' format: auto (detected per record), messages, sharegpt, alpaca or "
+        "prompt-completion.",
+    )
+    template: dict | None = Field(
+        None,
+        description="The chat template (gptcli.chat.template.ChatTemplate as JSON); None: ChatML.",
+    )
+    train_on_prompt: bool = Field(
+        False, description="Train on every token, not only the assistant's replies and their end tokens."
+    )
+    pack: bool = Field(
+        True, description="Pack short conversations into full blocks (attention stays in each)."
+    )
+    epochs: float | None = Field(
+        3.0, gt=0, description="Passes over the training conversations; sets max_iters when it is not given."
+    )
+
+
 class TrainConfig(StrictModel):
     """`gpt train`: data, model shape, optimization, evaluation, system. Written to RUN_DIR/config.json.
 
@@ -195,6 +219,9 @@ class TrainConfig(StrictModel):
         None, description="Tokenizer file/dir, or 'char' (default: ./tokenizer.json, else char)."
     )
     data_cache: Path | None = Field(None, description="Folder for token caches (default: ~/.cache/gptcli).")
+    chat: ChatDataConfig | None = Field(
+        None, description="Fine-tuning on conversations (gpt finetune); None: plain text."
+    )
     # model
     model: ModelConfig = Field(default_factory=ModelConfig)
     init_from: Path | None = Field(

@@ -8,6 +8,7 @@ from gptcli import __version__
 from gptcli.cli import data, tokenizer
 from gptcli.cli.common import GptGroup, command_clock
 from gptcli.cli.evaluate import eval_command, info_command
+from gptcli.cli.finetune import finetune_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
 from gptcli.cli.plot import plot_command
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(tokenizer.app, name="tokenizer")
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
+app.command("finetune")(finetune_command)
 app.command("generate")(generate_command)
 app.command("load-gpt2")(load_gpt2_command)
 app.command("export-hf")(export_hf_command)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import TrainConfig
-from gptcli.data.sampler import BatchSampler
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
+from gptcli.training.data_source import Sampler
 from gptcli.training.run_dir import checkpoint_path, prune_checkpoints, write_run_files
 from gptcli.training.train_state import RunState, optimizer_state, rng_state
 
@@ -24,6 +25,10 @@ class Checkpointer:
     def __init__(self, run_dir: Path, config: TrainConfig, tokenizer: Tokenizer, world: distributed.Dist):
         self.run_dir, self.config, self.tokenizer, self.world = run_dir, config, tokenizer, world
         self.wrote_run_files = False
+        # a fine-tune's checkpoints carry their chat template: generate, chat, serve and export read it
+        self.chat_info = {}
+        if config.chat is not None:
+            self.chat_info = {"chat_template": ChatTemplate.from_json(config.chat.template).to_json()}
 
     def due(self, step: int) -> bool:
         """Every eval_interval steps, and at the last one."""
@@ -38,7 +43,7 @@ class Checkpointer:
         losses: dict[str, float],
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        sampler: BatchSampler,
+        sampler: Sampler,
     ) -> Path:
         """Write the checkpoint of `state.step` (every rank calls this; all wait for rank 0)."""
         path = checkpoint_path(self.run_dir, state.step)
@@ -65,7 +70,12 @@ class Checkpointer:
             weights,
             self.config.model,
             self.tokenizer,
-            info={"step": state.step, "train_loss": losses.get("train"), "val_loss": losses.get("val")},
+            info={
+                "step": state.step,
+                "train_loss": losses.get("train"),
+                "val_loss": losses.get("val"),
+                **self.chat_info,
+            },
             state_tensors=state_tensors,
             state_json={**state.to_json(), "optimizer": opt_meta, "seed": self.config.seed},
         )

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import ModelConfig, TokenizerTrainConfig, TrainConfig
 from gptcli.data.store import TOKENIZER as STORE_TOKENIZER
 from gptcli.data.store import is_store
@@ -21,7 +22,7 @@ from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.checksums import CHECKSUMS
-from gptcli.tokenizers import load_tokenizer
+from gptcli.tokenizers import load_tokenizer, with_special_tokens
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training.run_dir import check_run_dir_free
 from gptcli.training.tensorboard import summary_writer_class
@@ -47,6 +48,8 @@ def plan_run(
     if config.init_from:
         init_config = ckpt.read_config(config.init_from)["model"]
     tokenizer = build_tokenizer(config)
+    if config.chat is not None:
+        config, tokenizer = prepare_chat(config, tokenizer, notes)
     model_config = build_model_config(config, tokenizer, init_config)
     if not overwrite:
         check_run_dir_free(run_dir)  # refuse early; clearing waits until every other check has passed
@@ -176,6 +179,24 @@ def build_tokenizer(config: TrainConfig) -> Tokenizer:
     return load_tokenizer(config.tokenizer)
 
 
+def prepare_chat(
+    config: TrainConfig, tokenizer: Tokenizer, notes: list[str]
+) -> tuple[TrainConfig, Tokenizer]:
+    """A fine-tune on conversations: its base is required, its chat template is resolved into the
+    config (the run records the template itself, not a path), and the template's special tokens
+    are added to the base's tokenizer (the model's new rows: gptcli.training.run_setup)."""
+    if config.init_from is None:
+        raise GptError("fine-tuning starts from a base model: give --checkpoint BASE")
+    template = ChatTemplate.from_json(config.chat.template)
+    tokenizer, added = with_special_tokens(tokenizer, template.special_tokens)
+    if added:
+        notes.append(
+            f"tokenizer: added {', '.join(added)} (their embedding rows start at the mean of the others)"
+        )
+    chat = config.chat.model_copy(update={"template": template.to_json()})
+    return config.model_copy(update={"chat": chat}), tokenizer
+
+
 def build_model_config(
     config: TrainConfig, tokenizer: Tokenizer, init_config: ModelConfig | None
 ) -> ModelConfig:
@@ -186,6 +207,8 @@ def build_model_config(
                 f"the config's vocab_size ({config.model.vocab_size}) does not match the tokenizer ({tokenizer.vocab_size})"
             )
         return config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+    if config.chat is not None and init_config.vocab_size < tokenizer.vocab_size:
+        init_config = init_config.model_copy(update={"vocab_size": tokenizer.vocab_size})  # grown
     if init_config.vocab_size != tokenizer.vocab_size:
         raise GptError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but --init-from's model has {init_config.vocab_size}"

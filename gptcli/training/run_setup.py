@@ -17,15 +17,17 @@ from typing import Any
 
 import torch
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import TrainConfig
-from gptcli.data.sampler import BatchSampler
 from gptcli.data.sources import SourceOptions
-from gptcli.data.token_cache import TokenData, prepare_data
+from gptcli.data.token_cache import prepare_data
 from gptcli.errors import GptError
-from gptcli.models import LanguageModel, build_model
+from gptcli.models import LanguageModel, build_model, resize_vocab
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
+from gptcli.training.chat_data import load_chat_data
+from gptcli.training.data_source import Sampler, TrainingData, has_val
 from gptcli.training.metrics import METRICS, truncate_metrics
 from gptcli.training.optimizer import Optimizer
 from gptcli.training.run_dir import clear_run_dir
@@ -37,9 +39,13 @@ SavedState = tuple[dict[str, torch.Tensor], dict[str, Any]]  # a checkpoint's tr
 
 def load_data(
     config: TrainConfig, tokenizer: Tokenizer, world: distributed.Dist, notes: list[str]
-) -> TokenData:
+) -> TrainingData:
     """The run's train and val ids (rank 0 tokenizes into the cache first; the others then read it).
-    A train split too small for one block is an error; a val split that small, a note."""
+    A train split too small for one block is an error; a val split that small, a note.
+    Conversations (config.chat) are read and rendered by every rank alike (gptcli.training.chat_data)."""
+    if config.chat is not None:
+        template = ChatTemplate.from_json(config.chat.template)
+        return load_chat_data(config, tokenizer, template, notes)
     block_size = config.model.block_size
     if not world.is_main:
         world.barrier()  # rank 0 tokenizes into the cache first; the others then read it
@@ -82,7 +88,13 @@ def initial_model(
                 f"{run_dir} is already at step {state.step}: raise --max-iters above {state.step} to train further"
             )
     elif config.init_from is not None:
-        ckpt.load_weights(Path(config.init_from), model)
+        base = ckpt.read_config(config.init_from)["model"]
+        if base.vocab_size != config.model.vocab_size:  # fine-tuning added special tokens
+            model = build_model(base)
+            ckpt.load_weights(Path(config.init_from), model)
+            resize_vocab(model, config.model.vocab_size)  # new rows: the old rows' mean
+        else:
+            ckpt.load_weights(Path(config.init_from), model)
     model.to(device)
     model.activation_checkpointing = config.activation_checkpointing
     return model, state, saved
@@ -92,7 +104,7 @@ def restore_training_state(
     resume_from: Path,
     saved: SavedState,
     optimizer: Optimizer,
-    sampler: BatchSampler,
+    sampler: Sampler,
     sharded: LanguageModel | None,
 ) -> None:
     """Load a resumed run's optimizer state (`sharded`: the FSDP model it belongs to) and the RNG
@@ -119,14 +131,14 @@ def prepare_run_dir(run_dir: Path, world: distributed.Dist, resumed: bool, step:
 
 
 def eval_shape(
-    config: TrainConfig, world: distributed.Dist, data: TokenData, model: LanguageModel
+    config: TrainConfig, world: distributed.Dist, data: TrainingData, model: LanguageModel
 ) -> EvalShape:
     """What an eval and a checkpoint of this run cost, in the units --max-time estimates them in
     (gptcli.training.time_budget)."""
     block_size = config.model.block_size
     params = sum(p.numel() for p in model.parameters())
     return EvalShape(
-        splits=1 + (len(data.val) >= block_size + 1),
+        splits=1 + has_val(data, block_size),
         micro_batches=max(1, config.grad_accum // world.world_size),
         batch_size=config.batch_size,
         block_size=block_size,

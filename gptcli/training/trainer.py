@@ -31,14 +31,14 @@ from typing import Any
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data.sampler import BatchSampler
-from gptcli.data.token_cache import TokenData
 from gptcli.errors import GptError
 from gptcli.models import LanguageModel
 from gptcli.runtime import autocast, mfu, peak_flops, resolve_device, resolve_precision
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
+from gptcli.training.chat_data import epoch_steps
 from gptcli.training.checkpointer import Checkpointer
+from gptcli.training.data_source import Sampler, TrainingData, split_sizes, train_sampler
 from gptcli.training.inputs import check_settings, plan_run
 from gptcli.training.interrupt import (
     STOP_SIGNALS,
@@ -102,8 +102,8 @@ class Trainer:
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16
     tokenizer: Tokenizer
-    data: TokenData
-    sampler: BatchSampler  # the training batches; its state is saved for resume
+    data: TrainingData  # plain text, or conversations (gpt finetune)
+    sampler: Sampler  # the training batches; its state is saved for resume
     raw_model: LanguageModel  # what is saved and sampled from (under FSDP: the sharded module itself)
     model: torch.nn.Module  # what the training step calls: raw_model wrapped by DDP and/or torch.compile
     optimizer: Optimizer  # AdamW, or Muon + AdamW (gptcli.training.optimizer)
@@ -161,9 +161,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         # the data, its training batches and the validator's fixed ones
         self.data = load_data(config, self.tokenizer, world, self.notes)
-        self.sampler = BatchSampler(
-            self.data.train, config.model.block_size, config.batch_size, seed=config.seed
-        )
+        if config.chat is not None and config.chat.epochs is not None and not resume:
+            # fine-tuning counts in epochs: the steps that pass over the packed rows that often
+            steps = epoch_steps(self.data.train, config.chat.epochs, config.batch_size, config.grad_accum)
+            self.config = config = config.model_copy(update={"max_iters": steps})
+        self.sampler = train_sampler(self.data, config)
         self.validator = Validator(self.data, config, self.device, self.precision)
         # the model (fresh, --init-from's weights, or the checkpoint resumed), wrapped, and its optimizer
         model, self.state, saved = initial_model(config, self.device, run_dir, resume_from)
@@ -213,6 +215,7 @@ class Trainer:
             self.metrics = MetricsLog(self.run_dir, tensorboard)
 
     def _report_start(self) -> None:
+        train_tokens, val_tokens = split_sizes(self.data)
         self.report(
             "info",
             {
@@ -222,8 +225,8 @@ class Trainer:
                 "device": str(self.device),
                 "precision": self.precision,
                 "params": self.raw_model.num_params(),
-                "train_tokens": len(self.data.train),
-                "val_tokens": len(self.data.val),
+                "train_tokens": train_tokens,
+                "val_tokens": val_tokens,
                 "tokens_per_step": self.tokens_per_step,
                 "start_step": self.state.step,
                 "max_iters": self.config.max_iters,
@@ -275,14 +278,12 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # AdamW's: the lr logged
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
-        for i, (x, y) in enumerate(micro_batches):
-            if self.device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for i, batch in enumerate(micro_batches):
+            x, y, *packed = (self._to_device(t) for t in batch if t is not None)  # packed: doc_ids
             last = i == len(micro_batches) - 1  # DDP/FSDP average gradients over ranks on the last one only
             with distributed.gradient_sync(self.model, world, config.fsdp, sync=last):
                 with autocast(self.device, self.precision):
-                    _, loss = self.model(x, y)
+                    _, loss = self.model(x, y, **({"doc_ids": packed[0]} if packed else {}))
                 self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach()
         if config.grad_clip > 0:
@@ -294,6 +295,11 @@ class Trainer:
         self.state.step += 1
         self.steps_since_log += 1
         return loss_sum, lr
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned host memory makes the copy truly asynchronous
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def is_log_step(self) -> bool:
         return self.state.step % self.config.log_interval == 0 or self.state.step == self.config.max_iters

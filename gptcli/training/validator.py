@@ -9,17 +9,18 @@ import math
 
 import torch
 
+from gptcli.chat.template import ChatTemplate, render
 from gptcli.config import SampleConfig, TrainConfig
-from gptcli.data.sampler import BatchSampler
-from gptcli.data.token_cache import TokenData
 from gptcli.generation import Engine
 from gptcli.models import LanguageModel
 from gptcli.runtime import autocast
 from gptcli.tokenizers.base import Tokenizer
+from gptcli.training.chat_data import ChatData
+from gptcli.training.data_source import TrainingData, eval_sampler, unpack
 
 
 class Validator:
-    def __init__(self, data: TokenData, config: TrainConfig, device: torch.device, precision: str):
+    def __init__(self, data: TrainingData, config: TrainConfig, device: torch.device, precision: str):
         self.data, self.config, self.device, self.precision = data, config, device, precision
 
     @torch.no_grad()
@@ -30,17 +31,16 @@ class Validator:
         batches = batches or config.eval_iters
         model.eval()
         out = {}
-        for offset, (split, tokens) in enumerate((("train", self.data.train), ("val", self.data.val))):
-            if len(tokens) < config.model.block_size + 1:
+        for offset, split in enumerate(("train", "val")):
+            sampler = eval_sampler(self.data, split, config, seed=config.seed + 1 + offset)
+            if sampler is None:
                 continue
-            sampler = BatchSampler(
-                tokens, config.model.block_size, config.batch_size, seed=config.seed + 1 + offset
-            )
             total = 0.0
             for _ in range(batches):
-                x, y = sampler.next_batch()
+                x, y, doc_ids = unpack(sampler.next_batch())
+                packed = {} if doc_ids is None else {"doc_ids": doc_ids.to(self.device)}
                 with autocast(self.device, self.precision):
-                    _, loss = model(x.to(self.device), y.to(self.device))
+                    _, loss = model(x.to(self.device), y.to(self.device), **packed)
                 total += loss.item()
             out[split] = total / batches
         model.train()
@@ -52,6 +52,8 @@ class Validator:
         tokens = self.config.sample_tokens if tokens is None else tokens
         if tokens == 0:
             return None
+        if isinstance(self.data, ChatData):
+            return self.reply(model, tokenizer, tokens)
         start = (
             [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
         )
@@ -61,6 +63,22 @@ class Validator:
         text = engine.generate(start, settings).samples[0].text
         model.train(was_training)
         return text
+
+    def reply(self, model: LanguageModel, tokenizer: Tokenizer, tokens: int) -> str | None:
+        """Fine-tuning's sample: the model's reply (greedy) to the first held-out conversation, up to
+        its last user turn, shown with that turn."""
+        if not self.data.held_out:
+            return None
+        conversation = self.data.held_out[0]
+        last_user = max(i for i, m in enumerate(conversation) if m["role"] == "user")
+        template = ChatTemplate.from_json(self.config.chat.template)
+        prompt = render(conversation[: last_user + 1], template, tokenizer, add_generation_prompt=True).ids
+        was_training = model.training
+        engine = Engine(model, tokenizer, relayout=False)
+        settings = SampleConfig(max_new_tokens=tokens, temperature=0.0, stop=[template.end_token])
+        text = engine.generate(prompt, settings).samples[0].text
+        model.train(was_training)
+        return f"user: {conversation[last_user]['content']}\nassistant: {text}"
 
 
 def all_finite(losses: dict[str, float]) -> bool:

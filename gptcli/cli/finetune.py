@@ -1,0 +1,158 @@
+"""`gpt finetune`: a base checkpoint + conversations -> an assistant, with the one Trainer of `gpt train`.
+
+    gpt finetune --checkpoint BASE --data chats.jsonl --out RUN [--format F] [--chat-template FILE.jinja]
+                 [--train-on-prompt] [--pack/--no-pack] [--skip-bad] [--epochs N]   (+ gpt train's options)
+
+The options are gpt train's (the same TrainConfig fields, the same help), less those a base fixes
+(its shape, its tokenizer) or plain text needs; the defaults suit fine-tuning (FINETUNE_DEFAULTS:
+a small learning rate, a few epochs, frequent evals). The conversations, their template and
+their loss mask become TrainConfig.chat (gptcli.training.chat_data does the rest).
+"""
+
+import inspect
+from pathlib import Path
+from typing import Annotated, get_args
+
+import typer
+
+from gptcli.cli.common import command_started, config_option, console, validate_options, with_default
+from gptcli.cli.train import DATA, STOPPED_BY, best_init_from, run_training, train_command
+from gptcli.config import ChatDataConfig, ChatFormat, TrainConfig
+from gptcli.errors import GptError
+from gptcli.presets import merge_config
+
+FINETUNE_DEFAULTS = {  # where fine-tuning differs from pre-training (gptcli.config.TrainConfig)
+    "lr": 1e-4,
+    "min_lr": 1e-5,
+    "warmup_iters": 10,
+    "batch_size": 8,
+    "eval_interval": 50,
+    "eval_iters": 10,
+    "sample_tokens": 64,
+    "weight_decay": 0.0,
+}
+# gpt train's options that a fine-tune takes from its base or does not read
+NOT_FOR_FINETUNE = {
+    "data", "tokenizer", "text_field", "data_cache", "init_from", "config", "skip_bad_records", "val_data",
+    "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "pos_emb", "window", "norm",
+}  # fmt: skip
+CHAT = "Conversations"
+
+
+def _chat(name: str, *names: str):
+    return config_option(ChatDataConfig, name, *names, rich_help_panel=CHAT)
+
+
+def finetune_options(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="The base model: a checkpoint, or a run directory (its newest).",
+            rich_help_panel=DATA,
+        ),
+    ],
+    data: Annotated[
+        list[str],
+        typer.Option(
+            "--data",
+            "-d",
+            help="Conversation files (JSONL, JSON, Parquet) or HF dataset folders.",
+            rich_help_panel=DATA,
+        ),
+    ],
+    format: Annotated[ChatFormat | None, _chat("format", "--format")] = None,
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(
+            "--chat-template",
+            metavar="FILE.jinja",
+            rich_help_panel=CHAT,
+            help="A Hugging Face-style Jinja chat template (default: ChatML).",
+        ),
+    ] = None,
+    train_on_prompt: Annotated[bool | None, _chat("train_on_prompt", "--train-on-prompt")] = None,
+    pack: Annotated[bool | None, _chat("pack", "--pack/--no-pack")] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            rich_help_panel=CHAT,
+            help="Passes over the training conversations (default: 3; --max-iters instead sets the steps).",
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Skip and count bad records instead of stopping at the first.",
+            rich_help_panel=DATA,
+        ),
+    ] = False,
+) -> None:
+    """(the signature only: its parameters join gpt train's in finetune_command's)"""  # fmt: skip
+
+
+def finetune(**options) -> None:
+    """Fine-tune a checkpoint on conversations (messages, ShareGPT, Alpaca, prompt/completion), with a
+    chat template and the loss on the assistant's replies."""
+    started = command_started()
+    chat_options = {k: options.pop(k) for k in ("format", "train_on_prompt", "pack")}
+    template_file, epochs = options.pop("chat_template"), options.pop("epochs")
+    checkpoint, skip_bad = options.pop("checkpoint"), options.pop("skip_bad")
+    resume, overwrite, best = options.pop("resume"), options.pop("overwrite"), options.pop("best")
+    quiet, out = options.pop("quiet"), options.pop("out")
+    options.pop("verbose")
+    if resume is not None:  # a fine-tune's run directory records everything: gpt train resumes it
+        if any(v is not None for v in chat_options.values()) or template_file or epochs or skip_bad:
+            raise GptError("--resume continues a fine-tune as it was: leave out the conversation options")
+        given = {k: v for k, v in options.items() if v is not None and k != "data"}
+        return train_command(resume=resume, quiet=quiet, out=out, overwrite=overwrite, best=best, **given)
+    chat = {k: v for k, v in chat_options.items() if v is not None}
+    if template_file is not None:
+        from gptcli.chat.template import ChatTemplate  # jinja loads only when a template is given
+
+        chat["template"] = ChatTemplate.from_file(template_file).to_json()
+    chat["epochs"] = None if options.get("max_iters") is not None else (epochs or 3.0)
+    flags = {**options, "data": options.get("data"), "init_from": checkpoint}
+    base = {**FINETUNE_DEFAULTS, "chat": chat, "skip_bad_records": skip_bad}
+    config = validate_options(TrainConfig, flags, merge_config(base, flags))
+    if best:
+        config = best_init_from(config)
+    run_dir = out or Path("out-finetune")
+    summary = run_training(config, run_dir, False, overwrite, quiet, started)
+    final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
+    if summary.val_loss is not None:
+        final += f", val {summary.val_loss:.4f}"
+    stopped = STOPPED_BY.get(summary.stop_reason, "")
+    console.print(f"done{stopped}: {summary.step} steps in {summary.seconds:.0f}s; {final}; "
+                  f"checkpoint {summary.last_checkpoint}")  # fmt: skip
+
+
+def _signature() -> inspect.Signature:
+    """finetune_options' parameters, then gpt train's that a fine-tune takes, with the defaults of
+    FINETUNE_DEFAULTS in their help."""
+    params = list(inspect.signature(finetune_options).parameters.values())
+    for name, param in inspect.signature(train_command).parameters.items():
+        if name in NOT_FOR_FINETUNE or name in {p.name for p in params}:
+            continue
+        if name in FINETUNE_DEFAULTS:
+            kind, info = get_args(param.annotation)
+            field = TrainConfig.model_fields[name]
+            help_text = with_default(field.description or "", str(FINETUNE_DEFAULTS[name]))
+            option = typer.Option(
+                *(info.param_decls or ()), help=help_text, rich_help_panel=info.rich_help_panel
+            )
+            param = param.replace(annotation=Annotated[kind, option])
+        params.append(param)
+    keyword_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    return inspect.Signature(keyword_only)
+
+
+def finetune_command(**options) -> None:
+    finetune(**options)
+
+
+finetune_command.__signature__ = _signature()  # what Typer reads: the options above
+finetune_command.__doc__ = finetune.__doc__
