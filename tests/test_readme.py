@@ -14,6 +14,7 @@ The README also has a length limit, and every relative link in the README and th
 point at a file (and heading) that exists.
 """
 
+import json
 import os
 import re
 import shlex
@@ -48,16 +49,24 @@ NOT_RUN = {
 PY_NOT_RUN = {
     "from openai import OpenAI": "needs the running server: tests/serving/test_api.py uses the openai client",
 }
-TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --max-iters 2 --warmup-iters 1 "
+TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 32 --batch-size 2 --max-iters 2 --warmup-iters 1 "
         "--eval-interval 2 --eval-iters 1 --log-interval 1 --sample-tokens 4 --device cpu")  # fmt: skip
-TINY_RESHAPE = "--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 "  # not for --init-from / --resume
+TINY_RESHAPE = "--n-layer 1 --n-head 2 --n-embd 16 --block-size 32 "  # not for --init-from / --resume
 # files a page's commands must have written, beyond exiting 0
 EXPECTED = {
     "tokenizers.md": ["hf_tok/tokenizer.json", "tt_tok/tokenizer.tiktoken"],
     "data.md": ["data/web_store/meta.json", "wiki/config.json"],
     "training.md": ["out/loss.png", "compare.png", "ddp/config.json", "out_py/config.json"],
     "gpt2-and-hf.md": ["finetune_hf/model.safetensors"],
+    "fine-tuning.md": ["chat/config.json", "chat_hf/model.safetensors"],
 }
+TINY_FINETUNE = ("--batch-size 2 --max-iters 2 --warmup-iters 1 --eval-interval 2 --eval-iters 1 --log-interval 1 "
+                 "--sample-tokens 4 --device cpu")  # fmt: skip
+CHATS = [  # docs/fine-tuning.md's example file, one record in each of three formats
+    {"messages": [{"role": "user", "content": "reverse abc"}, {"role": "assistant", "content": "cba"}]},
+    {"conversations": [{"from": "human", "value": "reverse dog"}, {"from": "gpt", "value": "god"}]},
+    {"instruction": "reverse", "input": "stone", "output": "enots"},
+]
 
 
 # ---- reading the pages
@@ -118,6 +127,8 @@ def made_runnable(command: str, hf_folder: Path | None) -> str:
         elif "--arch lstm" in command:
             flags = flags.replace("--n-head 2 ", "")
         command += " " + flags
+    if re.search(r"\bgpt finetune\b", command):
+        command += " " + TINY_FINETUNE
     return command
 
 
@@ -129,6 +140,7 @@ def scratch(tmp_path, monkeypatch):
     (tmp_path / "toy_data" / "shakespeare.txt").write_text(sonnets * 8)  # > 15,000 lines, as the real one
     (tmp_path / "toy_data" / "sonnets.txt").write_text(sonnets)
     write_datasets(tmp_path / "data", sonnets)
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CHATS * 4))
     for name, text in {
         "corpus.txt": sonnets,
         "my_corpus.txt": sonnets,
