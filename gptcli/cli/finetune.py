@@ -18,7 +18,7 @@ import typer
 from gptcli.cli.common import command_started, config_option, console, validate_options, with_default
 from gptcli.cli.train import DATA, STOPPED_BY, best_init_from, run_training, train_command
 from gptcli.config import ChatDataConfig, ChatFormat, TrainConfig
-from gptcli.errors import GptError
+from gptcli.errors import GptError, OptionError
 from gptcli.presets import merge_config
 
 FINETUNE_DEFAULTS = {  # where fine-tuning differs from pre-training (gptcli.config.TrainConfig)
@@ -45,23 +45,23 @@ def _chat(name: str, *names: str):
 
 def finetune_options(
     checkpoint: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--checkpoint",
             "-c",
             help="The base model: a checkpoint, or a run directory (its newest).",
             rich_help_panel=DATA,
         ),
-    ],
+    ] = None,
     data: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--data",
             "-d",
             help="Conversation files (JSONL, JSON, Parquet) or HF dataset folders.",
             rich_help_panel=DATA,
         ),
-    ],
+    ] = None,
     format: Annotated[ChatFormat | None, _chat("format", "--format")] = None,
     chat_template: Annotated[
         Path | None,
@@ -109,6 +109,8 @@ def finetune(**options) -> None:
             raise GptError("--resume continues a fine-tune as it was: leave out the conversation options")
         given = {k: v for k, v in options.items() if v is not None and k != "data"}
         return train_command(resume=resume, quiet=quiet, out=out, overwrite=overwrite, best=best, **given)
+    if checkpoint is None or not options.get("data"):
+        raise OptionError("a fine-tune needs --checkpoint BASE and --data FILES (or --resume RUN)")
     chat = {k: v for k, v in chat_options.items() if v is not None}
     if template_file is not None:
         from gptcli.chat.template import ChatTemplate  # jinja loads only when a template is given
