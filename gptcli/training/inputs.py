@@ -51,6 +51,11 @@ def plan_run(
     if config.chat is not None:
         config, tokenizer = prepare_chat(config, tokenizer, notes)
     model_config = build_model_config(config, tokenizer, init_config)
+    if config.chat is not None and config.chat.pack and model_config.arch != "gpt":
+        raise GptError(
+            f"packing several conversations in a row needs the gpt architecture: fine-tune this "
+            f"{model_config.arch} with --no-pack"
+        )
     if not overwrite:
         check_run_dir_free(run_dir)  # refuse early; clearing waits until every other check has passed
     if overwrite and config.init_from and run_dir.resolve() in Path(config.init_from).resolve().parents:
