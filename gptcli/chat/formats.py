@@ -120,11 +120,15 @@ def _from_prompt_completion(record: dict) -> list[Message]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
-def _field(record: dict, name: str) -> str:
+def _required(record: dict, name: str):
     if name not in record:
         keys = ", ".join(record) or "none"
         raise BadRecord(f'no "{name}" field (the record\'s keys: {keys})')
-    value = record[name]
+    return record[name]
+
+
+def _field(record: dict, name: str) -> str:
+    value = _required(record, name)
     if not isinstance(value, str):
         raise BadRecord(f'"{name}" is {kind(value)}, not a string')
     return value
@@ -132,10 +136,7 @@ def _field(record: dict, name: str) -> str:
 
 def _turns(record: dict, name: str) -> Iterator[tuple[int, object]]:
     """(1-based number, message) of the list in `record[name]`."""
-    if name not in record:
-        keys = ", ".join(record) or "none"
-        raise BadRecord(f'no "{name}" field (the record\'s keys: {keys})')
-    turns = record[name]
+    turns = _required(record, name)
     if not isinstance(turns, list):
         raise BadRecord(f'"{name}" is {kind(turns)}, not a list of messages')
     return enumerate(turns, 1)
