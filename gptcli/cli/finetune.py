@@ -62,6 +62,27 @@ def finetune_options(
             rich_help_panel=DATA,
         ),
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default: out-finetune).", rich_help_panel=DATA),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=0.99,
+            rich_help_panel=DATA,
+            help="Fraction of the conversations held out for validation and the samples (default: 0.1).",
+        ),
+    ] = None,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best",
+            rich_help_panel=DATA,
+            help="With --checkpoint RUN_DIR: its checkpoint with the lowest val loss (not its newest).",
+        ),
+    ] = False,
     format: Annotated[ChatFormat | None, _chat("format", "--format")] = None,
     chat_template: Annotated[
         Path | None,
