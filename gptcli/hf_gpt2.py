@@ -11,6 +11,11 @@ padded to our multiple of 64 with zero rows that can never be predicted.
     export_hf_gpt2("ckpt/gpt2", out="hf/")  -> config.json + model.safetensors (+ tokenizer files:
                                                a BPE's; a char tokenizer has no HF GPT-2 form)
 
+A fine-tuned checkpoint (its config.json records "chat_template") exports with it: tokenizer_config.json
+holds the template's Jinja and special tokens (gptcli.tokenizers.export.hf_tokenizer_config), and
+generation_config.json ends a reply at the template's end token (and at <|endoftext|>), so
+`apply_chat_template(..., add_generation_prompt=True)` then `generate` answers as `gpt chat` does.
+
 Weights are read tensor by tensor (model.safetensors without mmap, pytorch_model.bin with
 torch.load(weights_only=True, mmap=True)), so a big model never sits in memory twice.
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import HUB_NAMES, ModelConfig
 from gptcli.errors import GptError
 from gptcli.loading import load_checkpoint
@@ -212,10 +218,13 @@ def export_hf_gpt2(
 ) -> list[Path]:
     """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel
     loads. A tokenizer that is not BPE has no HF GPT-2 form: none is written, and `warn` (default:
-    Python's warnings) says so and how to use the model."""
+    Python's warnings) says so and how to use the model. A fine-tuned checkpoint's chat template goes
+    with it (the module docstring)."""
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
-    config = ckpt.read_config(directory)["model"]
+    saved = ckpt.read_config(directory)
+    config = saved["model"]
     check_gpt2_layout(config, directory)
+    template = ChatTemplate.from_json(saved["chat_template"]) if saved.get("chat_template") else None
     model, tokenizer, _ = load_checkpoint(directory)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,11 +232,22 @@ def export_hf_gpt2(
     write_safetensors(written[0], hf_weights(model, config), metadata={"format": "pt"})
     eot = tokenizer.eot_id if tokenizer.eot_id is not None else config.vocab_size - 1
     atomic_write_json(written[1], hf_config(config, eot))
+    if template is not None:
+        written.append(out / "generation_config.json")
+        atomic_write_json(written[-1], hf_generation_config(tokenizer, template, eot))
     if isinstance(tokenizer, BPETokenizer):
-        written += export_hf(tokenizer, out)
+        written += export_hf(tokenizer, out, chat_template=template, model_max_length=config.block_size)
     else:
         (warn or _python_warning)(no_hf_tokenizer_note(tokenizer, directory))
     return written
+
+
+def hf_generation_config(tokenizer: Tokenizer, template: ChatTemplate, eot: int) -> dict:
+    """generation_config.json of a chat model: a reply ends at the template's end token or at <|endoftext|>."""
+    if template.end_token not in tokenizer.special_tokens:
+        raise GptError(f"the tokenizer lacks the chat template's end token {template.end_token!r}")
+    stops = list(dict.fromkeys([tokenizer.special_tokens[template.end_token], eot]))
+    return {"bos_token_id": eot, "eos_token_id": stops, "pad_token_id": eot}
 
 
 def no_hf_tokenizer_note(tokenizer: Tokenizer, directory: Path) -> str:

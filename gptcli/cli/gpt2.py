@@ -42,7 +42,8 @@ def export_hf_command(
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Export a GPT-2-shaped checkpoint so transformers' GPT2LMHeadModel.from_pretrained loads it."""
+    """Export a GPT-2-shaped checkpoint so transformers' GPT2LMHeadModel.from_pretrained loads it; a
+    fine-tuned one with its chat template (for apply_chat_template) and its end token (generate stops there)."""
     from gptcli.hf_gpt2 import export_hf_gpt2  # torch loads only once a command runs
 
     written = export_hf_gpt2(checkpoint, out, best=best, warn=warn)  # a char tokenizer: says none is written

@@ -2,7 +2,10 @@
 
 - format "hf": vocab.json + merges.txt (GPT-2 layout, read by transformers' GPT2Tokenizer) and a
   tokenizer.json for HF `tokenizers` that carries our split pattern, so GPT-4-pattern tokenizers
-  load exactly too.
+  load exactly too. With a chat template (`gpt export-hf` of a fine-tuned model), also a
+  tokenizer_config.json: the template's Jinja as `chat_template`, every special token in
+  `added_tokens_decoder`, and `eos_token` = the template's end token, so that
+  `AutoTokenizer.from_pretrained(DIR).apply_chat_template(messages)` gives the ids we render.
 - format "tiktoken": `tokenizer.tiktoken` (base64 token, space, rank per line, tiktoken's own rank
   file format) + `tiktoken.json` with the split pattern and special tokens to build an Encoding:
 
@@ -16,13 +19,18 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gptcli.config import EXPORT_FORMATS
+from gptcli.config import ENDOFTEXT, EXPORT_FORMATS
 from gptcli.errors import GptError
 from gptcli.storage.files import atomic_write_json, atomic_write_text
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.gpt2 import gpt2_vocab
+from gptcli.tokenizers.patterns import GPT2_PATTERN
+
+if TYPE_CHECKING:
+    from gptcli.chat.template import ChatTemplate
 
 
 def export_tokenizer(tokenizer: Tokenizer, fmt: str, out_dir: str | Path) -> list[Path]:
@@ -37,13 +45,67 @@ def export_tokenizer(tokenizer: Tokenizer, fmt: str, out_dir: str | Path) -> lis
     raise GptError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-def export_hf(tokenizer: BPETokenizer, out_dir: Path) -> list[Path]:
+def export_hf(
+    tokenizer: BPETokenizer,
+    out_dir: Path,
+    chat_template: "ChatTemplate | None" = None,
+    model_max_length: int | None = None,
+) -> list[Path]:
     vocab, merges = gpt2_vocab(tokenizer)
     paths = [out_dir / "vocab.json", out_dir / "merges.txt", out_dir / "tokenizer.json"]
     atomic_write_json(paths[0], vocab, indent=None)
     atomic_write_text(paths[1], "#version: 0.2\n" + "".join(m + "\n" for m in merges))
     atomic_write_json(paths[2], hf_tokenizer_json(tokenizer, vocab, merges), indent=None)
+    if chat_template is not None:
+        paths.append(out_dir / "tokenizer_config.json")
+        atomic_write_json(paths[3], hf_tokenizer_config(tokenizer, chat_template, model_max_length))
     return paths
+
+
+def hf_tokenizer_config(
+    tokenizer: BPETokenizer, chat_template: "ChatTemplate", model_max_length: int | None = None
+) -> dict:
+    """transformers' tokenizer_config.json for a chat model (the layout transformers 4.x writes, which
+    5.x reads too). A Jinja template sees the tokenizer's `bos_token` and `eos_token`; ours renders
+    them as "" and <|endoftext|> (gptcli.chat.template), so a template that writes one gets that:
+    otherwise `eos_token` is the template's end token, where a reply ends."""
+    missing = [s for s in chat_template.special_tokens if s not in tokenizer.special_tokens]
+    if missing:
+        raise GptError(f"the tokenizer lacks the chat template's special token(s) {', '.join(missing)}")
+    jinja = chat_template.jinja()
+    eot = ENDOFTEXT if ENDOFTEXT in tokenizer.special_tokens else None
+    eos = ENDOFTEXT if "eos_token" in jinja and eot else chat_template.end_token
+    config = {
+        # GPT2Tokenizer reads tokenizer.json (fast) or vocab.json + merges.txt (slow): the same for
+        # GPT-2's pattern only; with another pattern only tokenizer.json is exact
+        "tokenizer_class": "GPT2Tokenizer"
+        if tokenizer.pattern == GPT2_PATTERN
+        else "PreTrainedTokenizerFast",
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "bos_token": None if "bos_token" in jinja else eot,
+        "eos_token": eos,
+        "unk_token": eot,
+        "pad_token": None,
+        "additional_special_tokens": list(chat_template.special_tokens),
+        "added_tokens_decoder": {
+            str(i): {
+                "content": s,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
+        },
+        "chat_template": jinja,
+        "clean_up_tokenization_spaces": False,  # decode gives back the text, spaces before punctuation too
+        "errors": "replace",
+    }
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    return config
 
 
 def hf_tokenizer_json(tokenizer: BPETokenizer, vocab: dict[str, int], merges: list[str]) -> dict:
