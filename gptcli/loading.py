@@ -99,7 +99,8 @@ def load_newest(
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress."""
+    """What a checkpoint or run directory holds (for `gpt info`): shape, size, tokenizer, progress, and a
+    fine-tune's chat template (ChatTemplate.to_json(), under "chat_template")."""
     path = Path(path)
     run = None
     if not is_checkpoint(path):
@@ -129,6 +130,10 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         **{k: v for k, v in config.items() if k not in ("format", "version", "tokenizer_kind")},
         "files": {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()},
     }
+    if config.get("chat_template") is not None:
+        from gptcli.chat.template import ChatTemplate  # checked: a damaged one is a one-line error
+
+        info["chat_template"] = ChatTemplate.from_json(config["chat_template"]).to_json()
     if run is not None:
         found = list_checkpoints(run)
         losses = val_losses(found)

@@ -149,7 +149,8 @@ def info_command(
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """What a checkpoint or run directory holds: model shape, parameters, tokenizer, step, losses, files."""
+    """What a checkpoint or run directory holds: model shape, parameters, tokenizer, chat template, step,
+    losses, files."""
     from gptcli.loading import describe_checkpoint  # torch loads only once a command runs
 
     if verify:
@@ -172,6 +173,13 @@ def info_command(
         f"parameters   {info['parameters']:,}",
         f"tokenizer    {info['tokenizer']['kind']}, {info['tokenizer']['vocab_size']:,} tokens",
     ]
+    chat = info.get("chat_template")
+    if chat is not None:  # a fine-tune's: how its conversations are written, and where a reply ends
+        kind = "ChatML" if chat["kind"] == "chatml" else f"Jinja ({len(chat['source']):,} characters)"
+        lines.append(
+            f"chat         {kind}, special tokens {' '.join(chat['special_tokens'])}, "
+            f"replies end with {chat['end_token']}"
+        )
     for key in ("step", "train_loss", "val_loss", "source"):
         if info.get(key) is not None:
             value = f"{info[key]:.4f}" if isinstance(info[key], float) else info[key]

@@ -106,3 +106,42 @@ def test_bad_input(run_dir, tmp_path, args, fragments):
     places = {"run": str(run), "missing": str(tmp_path / "missing.txt"), "one_char": str(tmp_path / "one.txt"),
               "unknown": str(tmp_path / "unknown.txt"), "nowhere": str(tmp_path / "nowhere")}  # fmt: skip
     assert_one_line_error(run_cli(*[a.format(**places) for a in args]), *fragments)
+
+
+JINJA = (
+    "{% for message in messages %}{{ '<|user|>' if message['role'] == 'user' else '<|bot|>' }}"
+    "{{ message['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|bot|>' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("kind", ["chatml", "jinja"])
+def test_info_shows_a_fine_tunes_chat_template(tmp_path, kind):
+    from gptcli.chat.template import ChatTemplate
+    from gptcli.tokenizers import with_special_tokens
+
+    template = ChatTemplate.chatml() if kind == "chatml" else ChatTemplate.from_jinja(JINJA)
+    base = CharTokenizer(sorted(set(TEXT)), {"<|endoftext|>": len(set(TEXT))})
+    tok, _ = with_special_tokens(base, template.special_tokens)
+    config = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    path = ckpt.save_checkpoint(tmp_path / "chat", GPT(config), config, tok,
+                                {"step": 5, "chat_template": template.to_json()})  # fmt: skip
+    data = json.loads(run_cli("info", str(path), "--json").stdout)
+    assert data["chat_template"] == template.to_json()  # the whole of it: the Jinja source too
+    assert ChatTemplate.from_json(data["chat_template"]) == template
+    text = run_cli("info", str(path)).stdout
+    chat = next(line for line in text.splitlines() if line.startswith("chat "))
+    if kind == "chatml":
+        assert (
+            chat == "chat         ChatML, special tokens <|im_start|> <|im_end|>, replies end with <|im_end|>"
+        )
+    else:
+        assert chat == (
+            f"chat         Jinja ({len(JINJA)} characters), special tokens <|user|> <|bot|> <|end|>, "
+            "replies end with <|end|>"
+        )
+
+
+def test_info_on_a_checkpoint_without_a_chat_template_has_no_chat_line(run_dir):
+    run, _, _ = run_dir
+    assert "chat_template" not in json.loads(run_cli("info", str(run), "--json").stdout)
+    assert not any(line.startswith("chat") for line in run_cli("info", str(run)).stdout.splitlines())
