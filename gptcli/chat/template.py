@@ -208,14 +208,47 @@ def _jinja_pieces(
     parts = PLACEHOLDERS.split(text)  # text, index, text, index, ..., text
     if len(parts[1::2]) != len(set(parts[1::2])):
         raise GptError(f"{name} writes a message's content more than once: cannot tell what to train")
+    order = [int(i) for i in parts[1::2]]
+    as_written = _contents_as_written(compiled, messages, add_generation_prompt, parts[0::2], order)
     pieces: list[tuple[str, str | None]] = []
     for i, part in enumerate(parts):
         if i % 2 == 0:
             pieces.append((part, None))
         else:
             role, content = contents[int(part)]
-            pieces.append((content, role))
+            pieces.append((as_written.get(int(part), content), role))
     return pieces
+
+
+def _contents_as_written(compiled, messages, add_generation_prompt, between: list[str], order: list[int]):
+    """{message index: its content as the template writes it}, for a template that filters contents
+    (Llama 3's `message['content'] | trim`): the text rendered with the real contents, cut at the
+    template's own text around each placeholder. {} where that text is not found in order (a
+    template whose other text depends on the contents): the contents are then used as given."""
+    try:
+        text = compiled.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+        )
+    except Exception:  # noqa: BLE001 - the placeholder render worked: keep its contents
+        return {}
+    if not text.startswith(between[0]):
+        return {}
+    found, at = {}, len(between[0])
+    for k, (n, after) in enumerate(zip(order, between[1:])):
+        content = str(messages[n].get("content", ""))
+        if text.startswith(content + after, at):
+            end = at + len(content)  # written as given (most contents: a filter like trim changes nothing)
+        elif after:
+            end = text.find(after, at)
+        else:  # nothing of the template's after it: the rest, if it is the last content
+            end = len(text) if k == len(order) - 1 else -1
+        if end < 0:
+            return {}
+        found[n], at = text[at:end], end + len(after)
+    return found if at == len(text) else {}
 
 
 @functools.lru_cache(maxsize=8)

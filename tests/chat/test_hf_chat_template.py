@@ -53,3 +53,28 @@ def test_our_export_with_the_chat_tokens_is_the_same_hf_tokenizer(tokenizers, tm
     exported.chat_template = CHATML_JINJA
     for conversation in CONVERSATIONS:
         assert hf_ids(exported, conversation, False) == render(conversation, CHATML, ours).ids
+
+
+def test_a_template_that_filters_the_content_gives_hf_ids(base_bpe, tmp_path):
+    """Llama 3's template trims each content (`message['content'] | trim`): what is encoded, and what is
+    trained, is the content as the template writes it."""
+    from tests.chat.test_template import LLAMA3
+
+    llama3 = ChatTemplate.from_jinja(LLAMA3)
+    ours, _ = with_special_tokens(base_bpe, llama3.special_tokens)
+    export_tokenizer(ours, "hf", tmp_path)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    hf.chat_template = LLAMA3
+    conversation = [
+        {"role": "system", "content": "You answer in one line.\n"},
+        {"role": "user", "content": "  Shall I compare thee to a summer's day?  "},
+        {"role": "assistant", "content": "\nThou art more lovely. \n"},
+    ]
+    for prompt in (False, True):
+        messages = conversation[:-1] if prompt else conversation
+        assert render(messages, llama3, ours, add_generation_prompt=prompt).ids == hf_ids(
+            hf, messages, prompt
+        )
+    rendered = render(conversation, llama3, ours)
+    trained = [i for i, t in zip(rendered.ids, rendered.trained) if t]
+    assert ours.decode(trained) == "Thou art more lovely.<|eot_id|>"
