@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gptcli.chat.formats import read_conversations
+from gptcli.chat.formats import iter_conversations, read_conversations
 from gptcli.chat.template import ChatTemplate, render
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
@@ -78,8 +78,14 @@ def load_chat_data(
     train, val = split_conversations(conversations, config.val_fraction, config.seed)
     block = config.model.block_size
 
+    def render_one(conversation: list[dict]):
+        try:
+            return render(conversation, template, tokenizer, train_on_prompt=chat.train_on_prompt)
+        except GptError as e:  # e.g. a character a char base does not know: say which record
+            raise GptError(f"{place_of(conversation, config)}: {e}") from None
+
     def rows(split: list[list[dict]], name: str) -> Rows:
-        rendered = [render(c, template, tokenizer, train_on_prompt=chat.train_on_prompt) for c in split]
+        rendered = [render_one(c) for c in split]
         packed, dropped = pack(
             [(r.ids, r.trained) for r in rendered], block, chat.pack, tokenizer.eot_id or 0
         )
@@ -100,6 +106,15 @@ def load_chat_data(
     if val_rows is not None and len(val_rows) == 0:
         val_rows = None
     return ChatData(train_rows, val_rows, val, notes)
+
+
+def place_of(conversation: list[dict], config: TrainConfig) -> str:
+    """Where a conversation of config.data was read (file and line or record), found by reading again:
+    only for an error message."""
+    for place, messages in iter_conversations(config.data, config.chat.format, True, config.split):
+        if messages == conversation:
+            return place
+    return "a conversation"
 
 
 def split_conversations(
