@@ -10,6 +10,7 @@ their loss mask become TrainConfig.chat (gptcli.training.chat_data does the rest
 """
 
 import inspect
+import re
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -31,6 +32,7 @@ FINETUNE_DEFAULTS = {  # where fine-tuning differs from pre-training (gptcli.con
     "sample_tokens": 64,
     "weight_decay": 0.0,
 }
+FINETUNE_HELP = {"max_iters": "Optimizer steps (default: those of --epochs)."}
 # gpt train's options that a fine-tune takes from its base or does not read
 NOT_FOR_FINETUNE = {
     "data", "tokenizer", "text_field", "data_cache", "init_from", "config", "skip_bad_records", "val_data",
@@ -137,7 +139,9 @@ def finetune(**options) -> None:
         from gptcli.chat.template import ChatTemplate  # jinja loads only when a template is given
 
         chat["template"] = ChatTemplate.from_file(template_file).to_json()
-    chat["epochs"] = None if options.get("max_iters") is not None else (epochs or 3.0)
+    if epochs is not None and epochs <= 0:
+        raise GptError(f"--epochs {epochs:g}: give a number of passes above 0 (or --max-iters for the steps)")
+    chat["epochs"] = None if options.get("max_iters") is not None else (3.0 if epochs is None else epochs)
     flags = {**options, "data": options.get("data"), "init_from": checkpoint}
     base = {**FINETUNE_DEFAULTS, "chat": chat, "skip_bad_records": skip_bad}
     config = validate_options(TrainConfig, flags, merge_config(base, flags))
@@ -160,10 +164,13 @@ def _signature() -> inspect.Signature:
     for name, param in inspect.signature(train_command).parameters.items():
         if name in NOT_FOR_FINETUNE or name in {p.name for p in params}:
             continue
-        if name in FINETUNE_DEFAULTS:
+        if name in FINETUNE_HELP or name in FINETUNE_DEFAULTS:
             kind, info = get_args(param.annotation)
             field = TrainConfig.model_fields[name]
-            help_text = with_default(field.description or "", str(FINETUNE_DEFAULTS[name]))
+            pretraining_default = re.compile(r" \(default: [^)]*\)")  # e.g. min_lr's "(default: lr/10)"
+            help_text = FINETUNE_HELP.get(name) or with_default(
+                pretraining_default.sub("", field.description or ""), str(FINETUNE_DEFAULTS[name])
+            )
             option = typer.Option(
                 *(info.param_decls or ()), help=help_text, rich_help_panel=info.rich_help_panel
             )

@@ -64,6 +64,8 @@ def test_help_lists_the_fine_tuning_options_and_not_those_a_base_fixes():
     for option in ("--n-layer", "--block-size", "--tokenizer", "--init-from", "--text-field"):
         assert option not in text, option
     assert "(default: 0.0001)" in text  # --lr: fine-tuning's default, not pre-training's
+    assert "(default: 1e-05)" in text and "lr/10" not in text  # --min-lr: fine-tuning's, and only it
+    assert "2000" not in text  # --max-iters: the steps of --epochs unless given
 
 
 def test_epochs_set_the_steps_and_max_iters_overrides_them(work, base):
@@ -80,6 +82,7 @@ def test_epochs_set_the_steps_and_max_iters_overrides_them(work, base):
     result = finetune(base, "--no-pack", "--batch-size", "6", "--out", "default", "-q")  # 3 epochs by default
     assert result.exit_code == 0, result.stderr
     assert read_run_config("default").max_iters == 9
+    assert_one_line_error(finetune(base, "--epochs", "0"), "--epochs 0", "above 0")  # not the default 3
 
 
 def test_resume_continues_a_fine_tune_and_takes_no_conversation_options(work, base):
