@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import TrainConfig
+from gptcli.storage import checkpoint as ckpt
+from gptcli.tokenizers import load_tokenizer
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import train
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
@@ -95,6 +98,34 @@ def test_resume_continues_a_fine_tune_and_takes_no_conversation_options(work, ba
     result = run_cli("finetune", "--resume", "run", "--max-iters", "4", "-q")
     assert result.exit_code == 0, result.stderr
     assert read_run_config("run").max_iters == 4 and read_run_config("run").chat is not None
+    result = run_cli("train", "--resume", "run", "--max-iters", "5", "-q")  # gpt train resumes it as well
+    assert result.exit_code == 0, result.stderr
+    config = read_run_config("run")
+    assert config.max_iters == 5 and config.chat is not None
+    assert ckpt.read_config(ckpt.list_checkpoints("run")[-1])["chat_template"] == config.chat.template
+
+
+LLAMA3 = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def test_a_jinja_chat_template_is_trained_with_and_saved(work, base):
+    Path("llama.jinja").write_text(LLAMA3, encoding="utf-8")
+    result = finetune(base, "--chat-template", "llama.jinja", "--max-iters", "1", "--out", "run", "-q")
+    assert result.exit_code == 0, result.stderr
+    newest = ckpt.list_checkpoints("run")[-1]
+    template = ChatTemplate.from_json(ckpt.read_config(newest)["chat_template"])
+    assert template.kind == "jinja" and template.source == LLAMA3 and template.end_token == "<|eot_id|>"
+    tokenizer = load_tokenizer(newest / ckpt.TOKENIZER)
+    added = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    assert template.special_tokens == added and set(added) <= set(tokenizer.special_tokens)
+    assert (
+        tokenizer.vocab_size
+        == load_tokenizer(ckpt.list_checkpoints(base)[-1] / ckpt.TOKENIZER).vocab_size + 3
+    )
 
 
 def test_no_base_is_an_error(work):
