@@ -88,9 +88,9 @@ def initial_model(
                 f"{run_dir} is already at step {state.step}: raise --max-iters above {state.step} to train further"
             )
     elif config.init_from is not None:
-        base = ckpt.read_config(config.init_from)["model"]
-        if base.vocab_size != config.model.vocab_size:  # fine-tuning added special tokens
-            model = build_model(base)
+        base_vocab = ckpt.read_config(config.init_from)["model"].vocab_size
+        if base_vocab != config.model.vocab_size:  # fine-tuning added special tokens
+            model = build_model(config.model.model_copy(update={"vocab_size": base_vocab}))  # its dropout
             ckpt.load_weights(Path(config.init_from), model)
             resize_vocab(model, config.model.vocab_size)  # new rows: the old rows' mean
         else:
