@@ -128,8 +128,16 @@ def finetune(**options) -> None:
     quiet, out = options.pop("quiet"), options.pop("out")
     options.pop("verbose")
     if resume is not None:  # a fine-tune's run directory records everything: gpt train resumes it
-        if any(v is not None for v in chat_options.values()) or template_file or epochs or skip_bad:
-            raise GptError("--resume continues a fine-tune as it was: leave out the conversation options")
+        fixed = {
+            "--checkpoint": checkpoint, "--data": options.get("data") or None, "--format": chat_options["format"],
+            "--chat-template": template_file, "--train-on-prompt": chat_options["train_on_prompt"],
+            "--pack/--no-pack": chat_options["pack"], "--epochs": epochs, "--skip-bad": skip_bad or None,
+        }  # fmt: skip
+        if refused := [name for name, value in fixed.items() if value is not None]:
+            raise GptError(
+                f"--resume continues a fine-tune as it was (its base, data and conversation options): "
+                f"leave out {', '.join(refused)}"
+            )
         given = {k: v for k, v in options.items() if v is not None and k != "data"}
         return train_command(resume=resume, quiet=quiet, out=out, overwrite=overwrite, best=best, **given)
     if checkpoint is None or not options.get("data"):

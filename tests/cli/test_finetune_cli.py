@@ -91,8 +91,10 @@ def test_epochs_set_the_steps_and_max_iters_overrides_them(work, base):
 def test_resume_continues_a_fine_tune_and_takes_no_conversation_options(work, base):
     result = finetune(base, "--max-iters", "2", "--out", "run", "-q")
     assert result.exit_code == 0, result.stderr
+    assert_one_line_error(run_cli("finetune", "--resume", "run", "--epochs", "3"), "leave out --epochs")
+    other = run_cli("finetune", "--resume", "run", "-c", str(base), "--data", "other.jsonl", "--no-pack")
     assert_one_line_error(
-        run_cli("finetune", "--resume", "run", "--epochs", "3"), "leave out the conversation"
+        other, "--resume continues a fine-tune as it was", "--checkpoint, --data, --pack/--no-pack"
     )
     assert_one_line_error(run_cli("finetune", "--resume", "run"), "already at step 2", "--max-iters")
     result = run_cli("finetune", "--resume", "run", "--max-iters", "4", "-q")
