@@ -87,7 +87,7 @@ def test_a_fine_tune_resumed_after_sigkill_equals_an_uninterrupted_one(tmp_path,
     data = write_jsonl(tmp_path / "chats.jsonl", reverse_task(task_words(3)[:80]))
     args = [
         "-c", str(char_base), "--data", str(data), "--epochs", "6", "--batch-size", "2", "--lr", "3e-3",
-        "--eval-interval", "3", "--sample-tokens", "4", *FAST,
+        "--dropout", "0.1", "--eval-interval", "3", "--sample-tokens", "4", *FAST,
     ]  # fmt: skip
     finetune(*args, "--out", str(tmp_path / "full"))
     max_iters = read_run_config(tmp_path / "full").max_iters
