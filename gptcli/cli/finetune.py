@@ -24,7 +24,6 @@ from gptcli.presets import merge_config
 
 FINETUNE_DEFAULTS = {  # where fine-tuning differs from pre-training (gptcli.config.TrainConfig)
     "lr": 1e-4,
-    "min_lr": 1e-5,
     "warmup_iters": 10,
     "batch_size": 8,
     "eval_interval": 50,

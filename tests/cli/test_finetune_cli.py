@@ -67,7 +67,7 @@ def test_help_lists_the_fine_tuning_options_and_not_those_a_base_fixes():
     for option in ("--n-layer", "--block-size", "--tokenizer", "--init-from", "--text-field"):
         assert option not in text, option
     assert "(default: 0.0001)" in text  # --lr: fine-tuning's default, not pre-training's
-    assert "(default: 1e-05)" in text and "lr/10" not in text  # --min-lr: fine-tuning's, and only it
+    assert "(default: lr/10)" in text  # --min-lr follows --lr, as in gpt train
     assert "2000" not in text  # --max-iters: the steps of --epochs unless given
 
 
