@@ -2,7 +2,7 @@
 on CPU, on the same GPT-2-shaped model, conversations, template, batch, steps and learning rate.
 
     python benchmarks/bench_finetune.py           # 6 layers x 384, block 256, batch 8: a few minutes on 2 cores
-    python benchmarks/bench_finetune.py --small   # 2 layers x 128, block 128: under 2 minutes
+    python benchmarks/bench_finetune.py --small   # 2 layers x 128, block 128, no quality part: ~2 minutes
     python benchmarks/bench_finetune.py --json    # + one JSON line with every number
 
 The model is a random-init HF GPT2LMHeadModel (no dropout), saved with our byte-level BPE tokenizer
@@ -27,8 +27,9 @@ RSS (VmHWM). Cases run alternately, `--repeats` times; each figure is the median
 - packing gain: ours packed / ours unpacked.
 
 Quality: ours fine-tuned (packed) from the same random-init base on the generated task (repeat,
-reverse, sort, first-and-last of a few words) for --quality-steps steps; exact match of the greedy
-reply on held-out prompts, before and after.
+reverse, sort, first-and-last of 2-6 words) for --quality-steps steps (default 400; --small skips
+it unless given: too few steps learn nothing); the base is --small's shape in both modes; exact
+match of the greedy reply (stopped at <|im_end|>) on held-out prompts, before and after.
 """
 
 import argparse
@@ -48,10 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 SONNETS = REPO / "toy_data" / "sonnets.txt"
 SIDES = Path(__file__).resolve().parent / "finetune_sides.py"
 SHAPES = {  # mode: model, data and run settings
-    "default": dict(n_layer=6, n_head=6, n_embd=384, block=256, vocab=4000, batch=8, steps=16,
+    "default": dict(n_layer=6, n_head=6, n_embd=384, block=256, vocab=4000, batch=8, steps=12,
                     conversations=2000, max_words=60, max_turns=3, quality_steps=400),
     "small": dict(n_layer=2, n_head=2, n_embd=128, block=128, vocab=1000, batch=8, steps=10,
-                  conversations=600, max_words=25, max_turns=2, quality_steps=60),
+                  conversations=600, max_words=25, max_turns=2, quality_steps=0),
 }  # fmt: skip
 
 
@@ -209,7 +210,9 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="2 layers x 128, block 128: under 2 minutes")
+    parser.add_argument(
+        "--small", action="store_true", help="2 layers x 128, block 128, no quality part: ~2 minutes"
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: by mode)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side and case, alternating")
