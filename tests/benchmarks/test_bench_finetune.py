@@ -1,5 +1,6 @@
 """benchmarks/bench_finetune.py end to end at its tiniest: both sides (ours, TRL's SFTTrainer) run in
-their own processes, a few steps each, the quality fine-tune too, and the table and JSON line come out."""
+their own processes, two steps each, and the table and JSON line come out (the quality part, a
+fourth process and greedy replies, is left out to keep it to seconds)."""
 
 import json
 import subprocess
@@ -13,9 +14,8 @@ pytest.importorskip("trl")
 
 
 def test_the_tiniest_run_prints_every_figure():
-    argv = [sys.executable, "benchmarks/bench_finetune.py", "--small", "--steps", "3", "--warmup", "1",
-            "--repeats", "1", "--quality-steps", "2", "--quality-prompts", "2", "--quality-conversations",
-            "50", "--json"]  # fmt: skip
+    argv = [sys.executable, "benchmarks/bench_finetune.py", "--small", "--steps", "2", "--warmup", "1",
+            "--repeats", "1", "--quality-steps", "0", "--json"]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout.splitlines()[-1])
@@ -24,5 +24,5 @@ def test_the_tiniest_run_prints_every_figure():
     assert all(f[k]["tokens_per_s"][0] > 0 and f[k]["peak_rss_mb"][0] > 50 for k in f)
     # the same conversations in the same order, unpacked: both sides train the same tokens per step
     assert f["ours_unpacked"]["trained_per_step"] == f["trl_unpacked"]["trained_per_step"]
-    assert 0 <= r["quality"]["before"] <= 1 and r["quality"]["held_out"] == 2
+    assert "quality" not in r
     assert "packing gain" in done.stdout and "trl 1." in done.stdout
