@@ -52,7 +52,12 @@ class Rows:
 
     def batch(self, index: list[int]) -> Batch:
         x, y = torch.from_numpy(self.x[index]), torch.from_numpy(self.y[index])
-        return x, y, torch.from_numpy(self.doc_ids[index]) if self.packed else None
+        if self.packed:
+            return x, y, torch.from_numpy(self.doc_ids[index])
+        # one conversation a row, then padding: the columns of padding every row has are cut (no
+        # loss, no attention lost: the padding comes after each conversation)
+        width = max(1, int((self.doc_ids[index] == 0).sum(axis=1).max()))
+        return x[:, :width].contiguous(), y[:, :width].contiguous(), None
 
 
 @dataclass

@@ -33,8 +33,9 @@ def test_without_packing_each_conversation_has_its_row():
     assert dropped == 0 and len(rows) == 2 and not rows.packed
     assert rows.x.tolist() == [[1, 2, 9, 9], [4, 9, 9, 9]]
     assert rows.y.tolist() == [[2, 3, -1, -1], [5, -1, -1, -1]]
-    x, y, doc_ids = rows.batch([1, 0])
-    assert doc_ids is None and x.tolist() == [[4, 9, 9, 9], [1, 2, 9, 9]]
+    x, y, doc_ids = rows.batch([1, 0])  # cut to the longer conversation: 2 positions
+    assert doc_ids is None and x.tolist() == [[4, 9], [1, 2]] and y.tolist() == [[5, -1], [2, 3]]
+    assert rows.batch([1])[0].tolist() == [[4]]
 
 
 def test_the_sampler_passes_over_every_row_once_per_epoch_and_resumes_exactly():
