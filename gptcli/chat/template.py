@@ -197,12 +197,7 @@ def _jinja_pieces(
     stand_ins = [{**m, "content": PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
     compiled = _compiled(source)
     try:
-        text = compiled.render(
-            messages=stand_ins,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-        )
+        text = _render(compiled, stand_ins, add_generation_prompt)
     except Exception as e:  # TemplateError from raise_exception, or the template's own bugs
         raise GptError(f"{name} failed to render the conversation: {e}") from None
     parts = PLACEHOLDERS.split(text)  # text, index, text, index, ..., text
@@ -220,18 +215,22 @@ def _jinja_pieces(
     return pieces
 
 
+def _render(compiled, messages: list[dict], add_generation_prompt: bool) -> str:
+    return compiled.render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+    )
+
+
 def _contents_as_written(compiled, messages, add_generation_prompt, between: list[str], order: list[int]):
     """{message index: its content as the template writes it}, for a template that filters contents
     (Llama 3's `message['content'] | trim`): the text rendered with the real contents, cut at the
     template's own text around each placeholder. {} where that text is not found in order (a
     template whose other text depends on the contents): the contents are then used as given."""
     try:
-        text = compiled.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-        )
+        text = _render(compiled, messages, add_generation_prompt)
     except Exception:  # noqa: BLE001 - the placeholder render worked: keep its contents
         return {}
     if not text.startswith(between[0]):
