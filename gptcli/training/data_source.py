@@ -7,6 +7,10 @@ Both samplers give the micro-batches of a step with `next_step`, one batch with 
 save and restore their whole state as one tensor (resume is exact for both).
 """
 
+from collections.abc import Callable
+
+from torch import Tensor
+
 from gptcli.config import TrainConfig
 from gptcli.data.sampler import BatchSampler
 from gptcli.data.token_cache import TokenData
@@ -47,6 +51,8 @@ def split_sizes(data: TrainingData) -> tuple[int, int]:
     return len(data.train), len(data.val)
 
 
-def unpack(batch: tuple) -> tuple:
-    """(x, y) or (x, y, doc_ids) -> (x, y, doc_ids or None)."""
-    return (*batch, None)[:3]
+def model_inputs(batch: tuple, to: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """A sampler's (x, y) or (x, y, doc_ids) -> x, y and the forward's other arguments (doc_ids for
+    packed rows), each moved by `to` (to the device)."""
+    x, y, doc_ids = (*batch, None)[:3]
+    return to(x), to(y), {} if doc_ids is None else {"doc_ids": to(doc_ids)}

@@ -38,7 +38,7 @@ from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
 from gptcli.training.chat_data import epoch_steps
 from gptcli.training.checkpointer import Checkpointer
-from gptcli.training.data_source import Sampler, TrainingData, split_sizes, train_sampler
+from gptcli.training.data_source import Sampler, TrainingData, model_inputs, split_sizes, train_sampler
 from gptcli.training.inputs import check_settings, plan_run
 from gptcli.training.interrupt import (
     STOP_SIGNALS,
@@ -279,11 +279,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
         for i, batch in enumerate(micro_batches):
-            x, y, *packed = (self._to_device(t) for t in batch if t is not None)  # packed: doc_ids
+            x, y, packed = model_inputs(batch, self._to_device)  # packed: doc_ids, for packed rows
             last = i == len(micro_batches) - 1  # DDP/FSDP average gradients over ranks on the last one only
             with distributed.gradient_sync(self.model, world, config.fsdp, sync=last):
                 with autocast(self.device, self.precision):
-                    _, loss = self.model(x, y, **({"doc_ids": packed[0]} if packed else {}))
+                    _, loss = self.model(x, y, **packed)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach()
         if config.grad_clip > 0:

@@ -16,7 +16,7 @@ from gptcli.models import LanguageModel
 from gptcli.runtime import autocast
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training.chat_data import ChatData
-from gptcli.training.data_source import TrainingData, eval_sampler, unpack
+from gptcli.training.data_source import TrainingData, eval_sampler, model_inputs
 
 
 class Validator:
@@ -37,10 +37,9 @@ class Validator:
                 continue
             total = 0.0
             for _ in range(batches):
-                x, y, doc_ids = unpack(sampler.next_batch())
-                packed = {} if doc_ids is None else {"doc_ids": doc_ids.to(self.device)}
+                x, y, packed = model_inputs(sampler.next_batch(), lambda t: t.to(self.device))
                 with autocast(self.device, self.precision):
-                    _, loss = model(x.to(self.device), y.to(self.device), **packed)
+                    _, loss = model(x, y, **packed)
                 total += loss.item()
             out[split] = total / batches
         model.train()
