@@ -16,8 +16,8 @@ from typing import Annotated, get_args
 
 import typer
 
-from gptcli.cli.common import command_started, config_option, console, validate_options, with_default
-from gptcli.cli.train import DATA, STOPPED_BY, best_init_from, run_training, train_command
+from gptcli.cli.common import command_started, config_option, validate_options, with_default
+from gptcli.cli.train import DATA, best_init_from, print_summary, run_training, train_command
 from gptcli.config import ChatDataConfig, ChatFormat, TrainConfig
 from gptcli.errors import GptError, OptionError
 from gptcli.presets import merge_config
@@ -154,14 +154,7 @@ def finetune(**options) -> None:
     config = validate_options(TrainConfig, flags, merge_config(base, flags))
     if best:
         config = best_init_from(config)
-    run_dir = out or Path("out-finetune")
-    summary = run_training(config, run_dir, False, overwrite, quiet, started)
-    final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
-    if summary.val_loss is not None:
-        final += f", val {summary.val_loss:.4f}"
-    stopped = STOPPED_BY.get(summary.stop_reason, "")
-    console.print(f"done{stopped}: {summary.step} steps in {summary.seconds:.0f}s; {final}; "
-                  f"checkpoint {summary.last_checkpoint}")  # fmt: skip
+    print_summary(run_training(config, out or Path("out-finetune"), False, overwrite, quiet, started))
 
 
 def _signature() -> inspect.Signature:

@@ -158,7 +158,11 @@ def train_command(
     train_config = validate_options(TrainConfig, flags, merge_config(base, flags))
     if best:
         train_config = best_init_from(train_config)
-    summary = run_training(train_config, run_dir, resume is not None, overwrite, quiet, started)
+    print_summary(run_training(train_config, run_dir, resume is not None, overwrite, quiet, started))
+
+
+def print_summary(summary) -> None:
+    """The run's closing line: steps, time, final losses, best val loss, last checkpoint."""
     best = f", best val {summary.best_val_loss:.4f}" if summary.best_val_loss is not None else ""
     final = f"train {summary.train_loss:.4f}" if summary.train_loss is not None else "no eval"
     if summary.val_loss is not None:
