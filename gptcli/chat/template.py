@@ -176,6 +176,14 @@ def render(
     return _encode(_mark(pieces, template.end_token, train_on_prompt), template.special_tokens, tokenizer)
 
 
+def end_ids(template: ChatTemplate, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Where a reply ends: the template's end token, and end-of-text where the tokenizer has it."""
+    ids = [_special_id(tokenizer, template.end_token)]
+    if tokenizer.eot_id is not None and tokenizer.eot_id not in ids:
+        ids.append(tokenizer.eot_id)
+    return tuple(ids)
+
+
 # ---- 1) a conversation -> pieces: (text, the role whose content it is, or None for template text)
 
 

@@ -57,12 +57,24 @@ class Decoder:
     @torch.no_grad()
     def prefill(self, rows: list[list[int]]) -> Tensor:
         """Start over from these rows (B lists of ids of one length) -> (B, V) logits of their last token."""
+        return self.extend(rows, 0)
+
+    @torch.no_grad()
+    def extend(self, rows: list[list[int]], start: int) -> Tensor:
+        """Keep the first `start` cached tokens of every row and feed these rows (B lists of ids of one
+        length) after them -> (B, V) logits of their last token. What was cached past `start` is
+        forgotten: a chat's next turn (or a prefix cache hit) prefills only what is new. A model
+        without a fixed-shape step (a recurrent state cannot go back) continues only from where it is."""
         if len(rows) != self.batch_size or len({len(r) for r in rows}) != 1:
             raise GptError(f"prefill takes {self.batch_size} rows of one length")
-        self.cache.reset()
+        if start == 0:
+            self.cache.reset()
+        elif not self.static and start != self.cache.pos:
+            raise GptError(f"{type(self.model).__name__} can continue only from its {self.cache.pos} tokens")
+        self.cache.pos = start
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)  # (B, T)
         logits, _ = self.model(idx, cache=self.cache, last_only=True)
-        self.positions.fill_(idx.size(1))  # the next token of every row goes here
+        self.positions.fill_(start + idx.size(1))  # the next token of every row goes here
         return logits[:, -1, :]
 
     @torch.no_grad()

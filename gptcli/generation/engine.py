@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from gptcli.chat.template import ChatTemplate
 from gptcli.config import SampleConfig
 from gptcli.errors import GptError
 from gptcli.generation.cpu_matmul import prepare_for_cpu, torch_threads, uses_openblas
@@ -125,6 +126,7 @@ class Engine:
         checkpoint: Path | None = None,
         compile: bool = False,
         relayout: bool = True,
+        chat_template: ChatTemplate | None = None,
     ):
         self.model = model.eval()
         if precision in ("bf16", "fp16"):
@@ -139,6 +141,7 @@ class Engine:
         self.compile = compile
         self.block_size = model.config.block_size
         self.checkpoint = checkpoint  # the directory the model was loaded from, if any
+        self.chat_template = chat_template  # a fine-tune's (see gptcli.chat): how to talk to it; None: a base model
         self.decoders: dict[tuple[int, int], Decoder] = {}  # (batch, cache length): kept, compiled once
 
     @classmethod
@@ -155,8 +158,11 @@ class Engine:
         """A checkpoint dir, or a run dir: its newest (or best) intact checkpoint; a damaged one is
         passed over with a warning through `warn` (with strict: an error)."""
         torch_device = resolve_device(device)
-        model, tokenizer, _, directory = load_newest(path, torch_device, best, strict, warn)
-        return cls(model, tokenizer, resolve_precision(precision, torch_device), directory, compile)
+        model, tokenizer, config, directory = load_newest(path, torch_device, best, strict, warn)
+        saved = config.get("chat_template")
+        template = None if saved is None else ChatTemplate.from_json(saved)
+        precision = resolve_precision(precision, torch_device)
+        return cls(model, tokenizer, precision, directory, compile, chat_template=template)
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Prompt text (or ids) -> ids; an empty prompt starts from end-of-text when the tokenizer has it."""

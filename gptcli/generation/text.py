@@ -13,6 +13,7 @@ progress (its text, its ids, why it ended), shared by `gpt generate` and the ser
 """
 
 import codecs
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 
@@ -63,10 +64,11 @@ class SampleState:
     ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
-    def take(self, token: int, tokenizer, eos: int | None) -> str:
+    def take(self, token: int, tokenizer, eos: "int | Collection[int] | None") -> str:
         """The next token -> the text it makes printable. The sample ends at `eos` (the end-of-text
-        id, not kept; None: never), reason "eos", and at a stop string, reason "stop"."""
-        if token == eos:
+        id, or several, such as a chat template's end token and end-of-text; never kept; None:
+        never), reason "eos", and at a stop string, reason "stop"."""
+        if token == eos or (eos is not None and not isinstance(eos, int) and token in eos):
             self.finish_reason = "eos"
             return self.text.add(b"", final=True)
         self.ids.append(token)

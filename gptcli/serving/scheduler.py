@@ -75,7 +75,9 @@ class Job:
     config: SampleConfig
     emit: Callable[[ChoiceDelta | JobEnd], None]  # called in the scheduler's thread
     first_index: int = 0
+    end_ids: tuple[int, ...] | None = None  # where a choice ends (a chat template's end token); None: end-of-text
     cancelled: bool = False  # the client went away: the job leaves the batch at the next round
+    cached_tokens: int = 0  # set on admission: prompt tokens whose keys and values the prefix cache gave
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -333,7 +335,8 @@ class Scheduler:
 
     def _add_token(self, run: _Running, choice: _Choice, token: int) -> None:
         config, tokenizer = run.job.config, self.engine.tokenizer
-        text = choice.take(token, tokenizer, None if config.ignore_eos else tokenizer.eot_id)
+        eos = run.job.end_ids if run.job.end_ids is not None else tokenizer.eot_id
+        text = choice.take(token, tokenizer, None if config.ignore_eos else eos)
         if choice.finish_reason == "eos":  # OpenAI says "stop" for the end of text too
             return self._finish(run, choice, "stop", text)
         self.stats.tokens += 1
