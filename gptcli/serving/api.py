@@ -179,7 +179,7 @@ class Completions:
             if delta.finish_reason is not None:
                 reasons[delta.index], tokens = delta.finish_reason, tokens + delta.tokens
         choices = [protocol.choice_body(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons))]
-        usage = protocol.usage_body(sum(len(j.prompt_ids) for j in jobs), tokens)
+        usage = self.usage(jobs, tokens)
         self._log(request, usage, started, "")
         return protocol.completion_body(meta, choices, usage)
 
@@ -187,7 +187,7 @@ class Completions:
         """Server-sent events: a chunk per delta (the first with the context note, if any), the usage
         if asked for, then `data: [DONE]`."""
         meta, started = protocol.Meta.new(self.model_id, self.context_note(jobs)), time.perf_counter()
-        usage = protocol.usage_body(sum(len(j.prompt_ids) for j in jobs), 0)
+        usage, tokens = self.usage(jobs, 0), 0
         note = "; the client went away"
         try:
             if request.echo:
@@ -195,7 +195,8 @@ class Completions:
                     yield sse(protocol.chunk_body(meta, i, request.prompts[i // request.n]))
                     meta.context_note = None  # said once, in the first chunk
             async for delta in self.events(jobs, outbox, None):
-                usage = protocol.usage_body(usage["prompt_tokens"], usage["completion_tokens"] + delta.tokens)
+                tokens += delta.tokens
+                usage = self.usage(jobs, tokens)
                 yield sse(protocol.chunk_body(meta, delta.index, delta.text, delta.finish_reason))
                 meta.context_note = None
             if request.stream_options is not None and request.stream_options.include_usage:
@@ -207,6 +208,12 @@ class Completions:
             yield sse(protocol.error_body(e.message, e.type, e.param, e.code))
         finally:
             self._log(request, usage, started, note, streamed=True)
+
+    @staticmethod
+    def usage(jobs: list[Job], completion_tokens: int) -> dict:
+        """OpenAI's usage of these jobs (cached_tokens: what the prefix cache gave, known once admitted)."""
+        prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+        return protocol.usage_body(prompt_tokens, completion_tokens, sum(job.cached_tokens for job in jobs))
 
     def _log(self, request, usage: dict, started: float, note: str, streamed: bool = False) -> None:
         if self.log is not None:

@@ -57,3 +57,24 @@ def sse_events(response: http.client.HTTPResponse) -> Iterator[str]:
         line = line.decode().rstrip("\r\n")
         if line.startswith("data: "):
             yield line[len("data: ") :]
+
+
+IM_START, IM_END = 257, 258  # the chat checkpoint's ChatML tokens
+
+
+def save_tiny_chat_checkpoint(directory: Path, seed: int = 0, block_size: int = 128, **shape) -> Path:
+    """save_tiny_checkpoint's model with ChatML's tokens added and its template saved, as `gpt
+    finetune` leaves a checkpoint: what `gpt chat` and /v1/chat/completions need. The model is random
+    (replies are varied bytes); `end_after_bias` tests bias its head instead of training it."""
+    from gptcli.chat.template import ChatTemplate
+
+    torch.manual_seed(seed)
+    special = {"<|endoftext|>": EOT, "<|im_start|>": IM_START, "<|im_end|>": IM_END}
+    tokenizer = BPETokenizer([], special_tokens=special)
+    config = dict(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    config.update(dropout=0.0, tie_weights=False, **shape)
+    model = GPT(ModelConfig(**config))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    info = {"step": 1, "chat_template": ChatTemplate.chatml().to_json()}
+    return ckpt.save_checkpoint(directory, model, model.config, tokenizer, info)
