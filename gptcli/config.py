@@ -383,6 +383,12 @@ class ServeConfig(StrictModel):
         "slides, as in gpt generate).",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, in bytes.")
+    prefix_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory (MiB) for keys and values of prompts seen before, reused by a prompt that starts "
+        "with one (a chat's history); least recently used go first; 0 = off.",
+    )
     drain_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM or Ctrl-C: how long requests in flight may take to finish."
     )

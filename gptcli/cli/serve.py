@@ -44,6 +44,7 @@ def serve_command(
     max_batch: Annotated[int | None, _serve("max_batch", "--max-batch")] = None,
     max_tokens_limit: Annotated[int | None, _serve("max_tokens_limit", "--max-tokens-limit")] = None,
     max_body_bytes: Annotated[int | None, _serve("max_body_bytes", "--max-body-bytes")] = None,
+    prefix_cache_mb: Annotated[float | None, _serve("prefix_cache_mb", "--prefix-cache-mb")] = None,
     drain_seconds: Annotated[float | None, _serve("drain_seconds", "--drain-seconds")] = None,
     model_name: Annotated[str | None, _serve("model_name", "--model-name")] = None,
     device: Annotated[str, device_option()] = "auto",
@@ -65,7 +66,8 @@ def serve_command(
         raise GptError("gpt serve needs the serve extra: pip install 'gptcli[serve]'") from None
     given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile, quiet=quiet,
                  host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
-                 max_body_bytes=max_body_bytes, drain_seconds=drain_seconds, model_name=model_name)  # fmt: skip
+                 max_body_bytes=max_body_bytes, prefix_cache_mb=prefix_cache_mb, drain_seconds=drain_seconds,
+                 model_name=model_name)  # fmt: skip
     config = validate_options(ServeConfig, given)
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 

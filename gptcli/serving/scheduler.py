@@ -11,7 +11,8 @@ and its own position. One round of the loop (`iterate`):
 
 1. admit: jobs waiting in the inbox (a thread-safe queue) take free slots, first come first served;
    each prompt is prefilled apart from the batch (a few of one length together) and its row copied
-   into its slots (one per choice).
+   into its slots (one per choice). The prefix cache (gptcli.serving.prefix_cache) gives the keys
+   and values of the prompt's leading blocks seen before: only the rest is prefilled.
 2. choose: each row's next token from its own logits: one argmax for the greedy rows, and per job
    a draw from its own seeded generator with its own temperature / top-k / top-p
    (gptcli.generation.sampling's pick_next, its filtering batched over the jobs that share
@@ -19,7 +20,8 @@ and its own position. One round of the loop (`iterate`):
 3. hand out: token bytes -> text (gptcli.generation.text.SampleText: UTF-8 and stop strings);
    a choice ends at end-of-text ("stop"), a stop string ("stop") or max_new_tokens ("length").
 4. retire: a job whose choices have all ended, whose client went away (`Job.cancel`) or that failed
-   leaves at once; its slots are free for the next round.
+   leaves at once; its slots are free for the next round. What its rows hold (prompt and generated
+   tokens) goes to the prefix cache: a chat's next turn repeats them.
 5. step: one decode step of the first rows in use (a power of two of them) over the cache positions
    in use (a multiple of 64). A row whose context is full is prefilled again from its last 3/4, as
    the engine does; free rows run along, held in place.
@@ -33,10 +35,9 @@ jobs in the batch, and the loop goes on.
 import queue
 import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +48,7 @@ from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine, keep_tokens
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
 from gptcli.generation.text import SampleState, SampleText
+from gptcli.serving.prefix_cache import Block, PrefixCache, PrefixCacheStats
 
 PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
 
@@ -75,7 +77,7 @@ class Job:
     config: SampleConfig
     emit: Callable[[ChoiceDelta | JobEnd], None]  # called in the scheduler's thread
     first_index: int = 0
-    end_ids: tuple[int, ...] | None = None  # where a choice ends (a chat template's end token); None: end-of-text
+    end_ids: tuple[int, ...] | None = None  # where a choice ends (a chat template's end); None: end-of-text
     cancelled: bool = False  # the client went away: the job leaves the batch at the next round
     cached_tokens: int = 0  # set on admission: prompt tokens whose keys and values the prefix cache gave
 
@@ -91,6 +93,7 @@ class SchedulerStats:
     steps: int = 0
     jobs_done: int = 0
     tokens: int = 0  # generated, all jobs
+    prefix_cache: PrefixCacheStats = field(default_factory=PrefixCacheStats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class _Running:
 class Scheduler:
     """The batch loop: slots, admit, choose, hand out, retire, step (see the module docstring)."""
 
-    def __init__(self, engine: Engine, max_batch: int = 16):
+    def __init__(self, engine: Engine, max_batch: int = 16, prefix_cache_mb: float = 0.0):
         model = engine.model
         if not getattr(model, "static_decode", False):
             raise GptError(
@@ -135,7 +138,8 @@ class Scheduler:
         self.running: list[_Running] = []
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
-        self.stats = SchedulerStats()
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))  # 0 MiB: off
+        self.stats = SchedulerStats(prefix_cache=self.prefix_cache.stats)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()  # finish what is in flight, then end
         self._abort = threading.Event()  # end now: what is in flight fails
@@ -213,16 +217,14 @@ class Scheduler:
 
     def _take_all(self) -> list[Job]:
         jobs = []
-        while True:
-            try:
-                jobs.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return jobs
+        while not self.inbox.empty():  # (this thread alone takes from it: get_nowait finds a job)
+            jobs.append(self.inbox.get_nowait())
+        return jobs
 
     def _admit(self) -> None:
-        """Waiting jobs, in order, while the first one's choices fit in the free slots; prompts of one
-        length are prefilled together, PREFILL_ROWS at a time (one read of the weights for all)."""
-        by_length: dict[int, list[tuple[Job, list[int]]]] = {}
+        """Waiting jobs, in order, while the first one's choices fit in the free slots; prompts of one length
+        and cached length are prefilled together, PREFILL_ROWS at a time (one read of the weights for all)."""
+        groups: dict[tuple[int, int], list[tuple[Job, list[int], list[Block]]]] = {}
         while self.waiting and (
             self.waiting[0].cancelled or len(self.free) >= self.waiting[0].config.num_samples
         ):
@@ -231,28 +233,31 @@ class Scheduler:
                 self._send(job, JobEnd("cancelled"))
                 continue
             slots = [self.free.pop(0) for _ in range(job.config.num_samples)]  # the lowest free rows
-            by_length.setdefault(len(self._visible(job)), []).append((job, slots))
-        for group in by_length.values():
+            visible = self._visible(job)
+            job.cached_tokens, blocks = self.prefix_cache.lookup(visible[:-1])  # the last one gives logits
+            groups.setdefault((job.cached_tokens, len(visible)), []).append((job, slots, blocks))
+        for group in groups.values():
             for i in range(0, len(group), PREFILL_ROWS):
                 self._prefill(group[i : i + PREFILL_ROWS])
 
     def _visible(self, job: Job) -> list[int]:
         return list(job.prompt_ids[-self.block_size :])  # a longer prompt: the model sees its end
 
-    def _prefill(self, group: list[tuple[Job, list[int]]]) -> None:
+    def _prefill(self, group: list[tuple[Job, list[int], list[Block]]]) -> None:
         """Prefill these jobs together and start them; if that fails, each alone, so that only a job
         that fails by itself fails."""
         try:
-            self._load([slots for _, slots in group], [self._visible(job) for job, _ in group])
+            slots, rows, blocks = zip(*[(s, self._visible(job), b) for job, s, b in group])
+            self._load(slots, rows, blocks)
         except Exception as e:
             if len(group) > 1:
                 for one in group:
                     self._prefill([one])
                 return
-            job, slots = group[0]
+            job, slots, _ = group[0]
             self._release(slots)
             return self._send(job, JobEnd(f"prefill failed: {type(e).__name__}: {e}"))
-        for job, slots in group:
+        for job, slots, _ in group:
             self.running.append(self._start(job, slots))
 
     def _start(self, job: Job, slots: list[int]) -> _Running:
@@ -267,10 +272,14 @@ class Scheduler:
         ]
         return _Running(job, choices, generator)
 
-    def _load(self, slots: list[list[int]], rows: list[list[int]]) -> None:
-        """Prefill rows of one length together; row i's cache and logits go to each slot of slots[i]."""
+    def _load(self, slots: list[list[int]], rows: list[list[int]], blocks: list[list[Block]]) -> None:
+        """Prefill rows of one length together after their cached blocks (as many for each), then keep
+        their blocks; row i's cache and logits go to each slot of slots[i]."""
         prefiller = self._view(len(rows), self.prefiller, self.prefill_views)
-        logits = prefiller.prefill(rows)  # (len(rows), V)
+        start = [self.prefix_cache.load(prefiller.cache, i, b) for i, b in enumerate(blocks)][0]  # alike
+        logits = prefiller.extend([row[start:] for row in rows], start)  # (len(rows), V)
+        for i, row in enumerate(rows):
+            self.prefix_cache.store(row, prefiller.cache, i)
         if self.logits is None:
             self.logits = torch.zeros(self.max_batch, logits.size(-1), dtype=logits.dtype, device=self.device)
         for i, targets in enumerate(slots):
@@ -385,7 +394,7 @@ class Scheduler:
             group = full[i : i + PREFILL_ROWS]  # all of one length: `keep`
             for choice in group:
                 choice.visible = choice.visible[-self.keep :]
-            self._load([[c.slot] for c in group], [c.visible for c in group])
+            self._load([[c.slot] for c in group], [c.visible for c in group], [[]] * len(group))
         return {c.slot: self.logits[c.slot].clone() for c in full}
 
     def _rows_in_use(self) -> int:
@@ -420,6 +429,10 @@ class Scheduler:
         if run not in self.running:
             return
         self.running.remove(run)
+        if self.prefix_cache.enabled and (error is None or run.job.cancelled):  # (a failed step: unsure)
+            held = self.batch.positions[[c.slot for c in run.choices]].tolist()  # tokens in each row's cache
+            for choice, n in zip(run.choices, held):  # (the last token chosen was never fed)
+                self.prefix_cache.store(choice.visible[:n], self.batch.cache, choice.slot)
         self._release([c.slot for c in run.choices])
         self.stats.jobs_done += 1
         self._send(run.job, JobEnd(error))
@@ -433,13 +446,3 @@ class Scheduler:
             job.emit(event)
         except Exception:  # nobody is listening any more (the client's event loop is gone)
             job.cancel()
-
-
-def wait_until_idle(scheduler: Scheduler, timeout: float = 10.0) -> bool:
-    """True once no job runs or waits (tests and benchmarks)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not scheduler.running and not scheduler.waiting and scheduler.inbox.empty():
-            return True
-        time.sleep(0.01)
-    return False

@@ -69,7 +69,7 @@ class Server:
     def __init__(self, engine: Engine, config: ServeConfig, log: Log | None = None):
         self.engine, self.config = engine, config
         self.model_id = config.model_name or Path(config.checkpoint).resolve().name or "gpt"
-        self.scheduler = Scheduler(engine, config.max_batch)
+        self.scheduler = Scheduler(engine, config.max_batch, config.prefix_cache_mb)
         self.app = create_app(self.scheduler, config, self.model_id, None if config.quiet else log)
         settings = uvicorn.Config(
             self.app,
@@ -100,7 +100,8 @@ class Server:
         return (
             f"gpt serve: listening on {self.url} (playground at /, API at /v1){key}\n"
             f"model {self.model_id!r}: {engine.checkpoint}, {params / 1e6:.2f}M parameters, context "
-            f"{engine.block_size}, on {engine.device} ({engine.precision}); batch of {config.max_batch}"
+            f"{engine.block_size}, on {engine.device} ({engine.precision}); batch of {config.max_batch}, "
+            f"prefix cache {config.prefix_cache_mb:g} MiB"
         )
 
     def run(self) -> None:
