@@ -66,9 +66,8 @@ class PrefixCache:
         """The chained key of every full block of ids: keys[i] names ids[: (i + 1) * block_tokens]."""
         keys, parent, b = [], b"", self.block_tokens
         for start in range(0, len(ids) - b + 1, b):
-            parent = hashlib.blake2b(
-                parent + array("q", ids[start : start + b]).tobytes(), digest_size=16
-            ).digest()
+            block = array("q", ids[start : start + b]).tobytes()  # 8 bytes an id
+            parent = hashlib.blake2b(parent + block, digest_size=16).digest()
             keys.append(parent)
         return keys
 
@@ -90,9 +89,9 @@ class PrefixCache:
 
     def load(self, cache: KVCache, row: int, blocks: list[Block]) -> int:
         """Copy blocks (from lookup) into positions 0 .. n-1 of a cache's row -> n, the tokens loaded."""
-        n = len(blocks) * self.block_tokens
         if not blocks:
             return 0
+        n = len(blocks) * self.block_tokens
         k = torch.cat([block.k for block in blocks], dim=2)  # (n_layer, nkv, n, hs)
         v = torch.cat([block.v for block in blocks], dim=2)
         for layer in range(len(cache.k)):
