@@ -6,6 +6,7 @@ import typer
 
 from gptcli import __version__
 from gptcli.cli import data, tokenizer
+from gptcli.cli.chat import chat_command
 from gptcli.cli.common import GptGroup, command_clock
 from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.finetune import finetune_command
@@ -27,6 +28,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
 app.command("generate")(generate_command)
+app.command("chat")(chat_command)
 app.command("load-gpt2")(load_gpt2_command)
 app.command("export-hf")(export_hf_command)
 app.command("eval")(eval_command)

@@ -33,7 +33,7 @@ def read_prompt(prompt: str) -> str:
     return read_text_file(Path(prompt[5:]), "prompt file") if prompt.startswith("FILE:") else prompt
 
 
-def _sample(name: str, *names: str, **options):
+def sample_option(name: str, *names: str, **options):
     """The option that sets SampleConfig.<name>."""
     return config_option(SampleConfig, name, *names, **options)
 
@@ -46,14 +46,14 @@ def generate_command(
     checkpoint: CheckpointOption = Path("out"),
     best: BestOption = False,
     strict: StrictOption = False,
-    num_samples: Annotated[int | None, _sample("num_samples", "--num-samples", "-n")] = None,
-    max_new_tokens: Annotated[int | None, _sample("max_new_tokens")] = None,
-    temperature: Annotated[float | None, _sample("temperature")] = None,
-    top_k: Annotated[int | None, _sample("top_k")] = None,
-    top_p: Annotated[float | None, _sample("top_p")] = None,
-    seed: Annotated[int | None, _sample("seed")] = None,
-    stop: Annotated[list[str] | None, _sample("stop")] = None,
-    ignore_eos: Annotated[bool | None, _sample("ignore_eos", "--ignore-eos")] = None,
+    num_samples: Annotated[int | None, sample_option("num_samples", "--num-samples", "-n")] = None,
+    max_new_tokens: Annotated[int | None, sample_option("max_new_tokens")] = None,
+    temperature: Annotated[float | None, sample_option("temperature")] = None,
+    top_k: Annotated[int | None, sample_option("top_k")] = None,
+    top_p: Annotated[float | None, sample_option("top_p")] = None,
+    seed: Annotated[int | None, sample_option("seed")] = None,
+    stop: Annotated[list[str] | None, sample_option("stop")] = None,
+    ignore_eos: Annotated[bool | None, sample_option("ignore_eos", "--ignore-eos")] = None,
     device: Annotated[str, device_option()] = "auto",
     precision: Annotated[Precision, precision_option()] = "auto",
     compile: Annotated[

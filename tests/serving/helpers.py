@@ -62,10 +62,13 @@ def sse_events(response: http.client.HTTPResponse) -> Iterator[str]:
 IM_START, IM_END = 257, 258  # the chat checkpoint's ChatML tokens
 
 
-def save_tiny_chat_checkpoint(directory: Path, seed: int = 0, block_size: int = 128, **shape) -> Path:
+def save_tiny_chat_checkpoint(
+    directory: Path, seed: int = 0, block_size: int = 128, printable: bool = False, **shape
+) -> Path:
     """save_tiny_checkpoint's model with ChatML's tokens added and its template saved, as `gpt
     finetune` leaves a checkpoint: what `gpt chat` and /v1/chat/completions need. The model is random
-    (replies are varied bytes); `end_after_bias` tests bias its head instead of training it."""
+    (replies are varied bytes). printable: its head is cut to printable ASCII (the rows of other ids
+    zeroed: their logit 0 never wins a greedy pick), so a greedy reply's text encodes back to its ids."""
     from gptcli.chat.template import ChatTemplate
 
     torch.manual_seed(seed)
@@ -76,5 +79,8 @@ def save_tiny_chat_checkpoint(directory: Path, seed: int = 0, block_size: int = 
     model = GPT(ModelConfig(**config))
     with torch.no_grad():
         model.lm_head.weight.mul_(20)
+        if printable:
+            model.lm_head.weight[:32] = 0
+            model.lm_head.weight[127:] = 0
     info = {"step": 1, "chat_template": ChatTemplate.chatml().to_json()}
     return ckpt.save_checkpoint(directory, model, model.config, tokenizer, info)
