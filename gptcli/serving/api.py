@@ -3,7 +3,8 @@
     app = create_app(scheduler, ServeConfig(api_key="sk-local"), model_id="out", log=print)
 
 Routes: `GET /` the playground page, `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`,
-`POST /v1/completions` (JSON, or server-sent events with `stream: true`). How a completion goes:
+`POST /v1/completions` and `POST /v1/chat/completions` (gptcli.serving.chat_api), JSON or server-sent
+events with `stream: true`, both through the same scheduler. How a completion goes:
 the body is checked (gptcli.serving.protocol), each prompt is encoded and becomes a Job with its
 own n rows, the jobs go to the scheduler's inbox, and the handler reads their events from an
 Outbox (an asyncio queue the scheduler's thread feeds) into one JSON answer or a stream of chunks.
@@ -94,15 +95,21 @@ class Outbox:
 
 
 class Completions:
-    """POST /v1/completions: a checked request -> jobs -> one answer, or a stream of chunks."""
+    """POST /v1/completions: a checked request -> jobs -> one answer, or a stream of chunks.
+
+    gptcli.serving.chat_api's ChatCompletions is this with its own request, jobs and bodies (the
+    methods under "what a completion says"); checks, the scheduler, streaming and logging are these."""
+
+    Request: type[protocol.SamplingRequest] = protocol.CompletionRequest
+    OBJECT, CHUNK_OBJECT, ID_PREFIX = "text_completion", "text_completion", "cmpl"
 
     def __init__(self, scheduler: Scheduler, model_id: str, max_tokens: int, log: Log | None):
         self.scheduler, self.model_id, self.max_tokens, self.log = scheduler, model_id, max_tokens, log
         self.engine = scheduler.engine
 
-    def parse(self, body: bytes) -> protocol.CompletionRequest:
+    def parse(self, body: bytes) -> protocol.SamplingRequest:
         try:
-            request = protocol.CompletionRequest.model_validate_json(body)
+            request = self.Request.model_validate_json(body)
         except ValidationError as e:
             raise ApiError(400, *protocol.validation_error(e)) from None
         if request.model != self.model_id:
@@ -110,31 +117,14 @@ class Completions:
                            "model", code="model_not_found")  # fmt: skip
         if name := request.unsupported():
             raise ApiError(400, f"{name} is not supported by this server", name)
-        if request.max_tokens is not None and request.max_tokens > self.max_tokens:
+        name, asked = request.asked_tokens()
+        if asked is not None and asked > self.max_tokens:
             raise ApiError(
-                400,
-                f"max_tokens must be at most {self.max_tokens} on this server (--max-tokens-limit)",
-                "max_tokens",
+                400, f"{name} must be at most {self.max_tokens} on this server (--max-tokens-limit)", name
             )
         if request.n > self.scheduler.max_batch:
             raise ApiError(400, f"n must be at most {self.scheduler.max_batch} (the batch size)", "n")
         return request
-
-    def jobs(self, request: protocol.CompletionRequest, outbox: Outbox) -> list[Job]:
-        """One job per prompt; prompt text is only ever text (no FILE: reading here)."""
-        config = SampleConfig(
-            num_samples=request.n, max_new_tokens=request.max_tokens or 16, temperature=request.temperature,
-            top_k=request.top_k, top_p=None if request.top_p == 1.0 else request.top_p, seed=request.seed,
-            stop=request.stops, ignore_eos=request.ignore_eos,
-        )  # fmt: skip
-        jobs = []
-        for i, prompt in enumerate(request.prompts):
-            try:
-                ids = self.engine.encode_prompt(prompt)
-            except GptError as e:
-                raise ApiError(400, str(e), "prompt") from None
-            jobs.append(Job(ids, config, outbox.put, first_index=i * request.n))
-        return jobs
 
     def submit(self, jobs: list[Job]) -> None:
         try:
@@ -163,43 +153,43 @@ class Completions:
             for job in jobs:  # ended jobs ignore it; the others leave the batch at the next round
                 job.cancel()
 
-    def context_note(self, jobs: list[Job]) -> str | None:
+    def meta(self, jobs: list[Job], streamed: bool) -> protocol.Meta:
         """Past the context the window slides, as in `gpt generate`: said of the longest prompt."""
         longest = max(len(job.prompt_ids) for job in jobs)
-        return context_note(longest, jobs[0].config.max_new_tokens, self.scheduler.block_size)
+        note = context_note(longest, jobs[0].config.max_new_tokens, self.scheduler.block_size)
+        kind = self.CHUNK_OBJECT if streamed else self.OBJECT
+        return protocol.Meta.new(self.model_id, note, kind, self.ID_PREFIX)
 
     async def answer(self, request, jobs: list[Job], outbox: Outbox, http: Request) -> dict:
-        meta, started = protocol.Meta.new(self.model_id, self.context_note(jobs)), time.perf_counter()
-        n = request.n
-        texts = [request.prompts[i // n] if request.echo else "" for i in range(len(jobs) * n)]
+        meta, started = self.meta(jobs, streamed=False), time.perf_counter()
+        texts = [""] * (len(jobs) * request.n)
         reasons: list[str | None] = [None] * len(texts)
         tokens = 0
         async for delta in self.events(jobs, outbox, http):
             texts[delta.index] += delta.text
             if delta.finish_reason is not None:
                 reasons[delta.index], tokens = delta.finish_reason, tokens + delta.tokens
-        choices = [protocol.choice_body(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons))]
         usage = self.usage(jobs, tokens)
         self._log(request, usage, started, "")
-        return protocol.completion_body(meta, choices, usage)
+        return self.answer_body(request, meta, texts, reasons, usage)
 
     async def stream(self, request, jobs: list[Job], outbox: Outbox) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per delta (the first with the context note, if any), the usage
-        if asked for, then `data: [DONE]`."""
-        meta, started = protocol.Meta.new(self.model_id, self.context_note(jobs)), time.perf_counter()
+        """Server-sent events: the opening chunks and a chunk or two per delta (the first with the
+        context note, if any), the usage if asked for, then `data: [DONE]`."""
+        meta, started = self.meta(jobs, streamed=True), time.perf_counter()
         usage, tokens = self.usage(jobs, 0), 0
         note = "; the client went away"
         try:
-            if request.echo:
-                for i in range(len(jobs) * request.n):
-                    yield sse(protocol.chunk_body(meta, i, request.prompts[i // request.n]))
-                    meta.context_note = None  # said once, in the first chunk
+            for body in self.opening_chunks(request, meta, len(jobs) * request.n):
+                yield sse(body)
+                meta.context_note = None  # said once, in the first chunk
             async for delta in self.events(jobs, outbox, None):
                 tokens += delta.tokens
                 usage = self.usage(jobs, tokens)
-                yield sse(protocol.chunk_body(meta, delta.index, delta.text, delta.finish_reason))
-                meta.context_note = None
-            if request.stream_options is not None and request.stream_options.include_usage:
+                for body in self.delta_chunks(meta, delta):
+                    yield sse(body)
+                    meta.context_note = None
+            if request.include_usage:
                 yield sse({**meta.head(), "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
             note = ""
@@ -219,9 +209,53 @@ class Completions:
         if self.log is not None:
             seconds = time.perf_counter() - started
             self.log(
-                f"completion: {len(request.prompts)} prompt(s) x {request.n}, {usage['prompt_tokens']} prompt + "
-                f"{usage['completion_tokens']} completion tokens in {seconds:.2f} s{', streamed' if streamed else ''}{note}"
+                f"{self.describe(request)}, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} "
+                f"completion tokens in {seconds:.2f} s{', streamed' if streamed else ''}{note}"
             )
+
+    # --- what a completion says ----------------------------------------------------------------
+
+    def jobs(self, request: protocol.CompletionRequest, outbox: Outbox) -> list[Job]:
+        """One job per prompt; prompt text is only ever text (no FILE: reading here)."""
+        config = sample_config(request, request.max_tokens or 16, request.ignore_eos)
+        jobs = []
+        for i, prompt in enumerate(request.prompts):
+            try:
+                ids = self.engine.encode_prompt(prompt)
+            except GptError as e:
+                raise ApiError(400, str(e), "prompt") from None
+            jobs.append(Job(ids, config, outbox.put, first_index=i * request.n))
+        return jobs
+
+    def answer_body(self, request, meta: protocol.Meta, texts: list[str], reasons: list, usage: dict) -> dict:
+        n = request.n
+        echoed = [request.prompts[i // n] if request.echo else "" for i in range(len(texts))]
+        choices = [
+            protocol.choice_body(i, e + t, r) for i, (e, t, r) in enumerate(zip(echoed, texts, reasons))
+        ]
+        return protocol.completion_body(meta, choices, usage)
+
+    def opening_chunks(self, request, meta: protocol.Meta, choices: int) -> list[dict]:
+        """What a stream says before any token: the prompts, with echo."""
+        n = request.n
+        return [protocol.chunk_body(meta, i, request.prompts[i // n]) for i in range(choices) if request.echo]
+
+    def delta_chunks(self, meta: protocol.Meta, delta: ChoiceDelta) -> list[dict]:
+        return [protocol.chunk_body(meta, delta.index, delta.text, delta.finish_reason)]
+
+    def describe(self, request) -> str:
+        return f"completion: {len(request.prompts)} prompt(s) x {request.n}"
+
+
+def sample_config(
+    request: protocol.SamplingRequest, max_new_tokens: int, ignore_eos: bool = False
+) -> SampleConfig:
+    """How a request samples, as `gpt generate` would (top_p 1 is no top-p)."""
+    return SampleConfig(
+        num_samples=request.n, max_new_tokens=max_new_tokens, temperature=request.temperature,
+        top_k=request.top_k, top_p=None if request.top_p == 1.0 else request.top_p, seed=request.seed,
+        stop=request.stops, ignore_eos=ignore_eos,
+    )  # fmt: skip
 
 
 def sse(body: dict) -> str:
@@ -252,8 +286,11 @@ class EventStream(StreamingResponse):
 def create_app(scheduler: Scheduler, config: ServeConfig, model_id: str, log: Log | None = None) -> FastAPI:
     """The FastAPI app; the scheduler's thread is started and stopped by whoever runs the app."""
     app = FastAPI(title="gpt serve", docs_url=None, redoc_url=None, openapi_url=None)  # nothing from a CDN
+    from gptcli.serving.chat_api import ChatCompletions  # here: chat_api builds on this module's Completions
+
     # past the context the window slides (the scheduler re-prefills a full row), as gpt generate does
     completions = Completions(scheduler, model_id, config.max_tokens_limit, log)
+    chats = ChatCompletions(scheduler, model_id, config.max_tokens_limit, log)
     page, created = playground_page(), int(time.time())
 
     @app.get("/", include_in_schema=False)
@@ -275,18 +312,25 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_id: str, log: Lo
             raise ApiError(404, f"the model {model!r} does not exist", "model", code="model_not_found")
         return protocol.model_body(model_id, created)
 
-    @app.post("/v1/completions")
-    async def complete(http: Request) -> Response:
-        request = completions.parse(await http.body())
+    async def respond(handler: Completions, http: Request) -> Response:
+        request = handler.parse(await http.body())
         outbox = Outbox()
-        jobs = completions.jobs(request, outbox)
-        completions.submit(jobs)
+        jobs = handler.jobs(request, outbox)
+        handler.submit(jobs)
         if request.stream:
-            return EventStream(completions.stream(request, jobs, outbox), jobs)
+            return EventStream(handler.stream(request, jobs, outbox), jobs)
         try:
-            return JSONResponse(await completions.answer(request, jobs, outbox, http))
+            return JSONResponse(await handler.answer(request, jobs, outbox, http))
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the jobs are cancelled
+
+    @app.post("/v1/completions")
+    async def complete(http: Request) -> Response:
+        return await respond(completions, http)
+
+    @app.post("/v1/chat/completions")
+    async def chat(http: Request) -> Response:
+        return await respond(chats, http)
 
     install_error_handlers(app, log)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)

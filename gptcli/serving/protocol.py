@@ -1,4 +1,5 @@
-"""OpenAI's completions API as data: the request model, and the bodies of answers, chunks and errors.
+"""OpenAI's completions API as data: the request model, and the bodies of answers, chunks and errors
+(chat's own request and bodies: gptcli.serving.chat_protocol, on this module's SamplingRequest and Meta).
 
     request = CompletionRequest(model="out", prompt="Once upon a time", max_tokens=50, stream=True)
     completion_body(meta, choices, usage)       # {"id", "object": "text_completion", "choices", "usage", ...}
@@ -14,6 +15,7 @@ does not implement are accepted only at their neutral value (logprobs null, pena
 import time
 import uuid
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,16 +29,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions."""
+class SamplingRequest(BaseModel):
+    """What completions and chat completions share: the model, how to sample, how to answer."""
 
     model_config = STRICT
+    NEUTRAL: ClassVar[dict[str, tuple]] = dict(
+        presence_penalty=(0.0,), frequency_penalty=(0.0,), logit_bias=(None, {})
+    )  # OpenAI's fields this server does not do -> the values that mean "not used"
 
     model: str
-    prompt: str | list[str] = Field(description="A text, or a list of texts (each gets its own n choices).")
-    max_tokens: int | None = Field(
-        16, ge=1, description="Tokens to generate per choice (OpenAI's default: 16)."
-    )
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, description="Extension: sample from the k most likely tokens only.")
@@ -45,23 +46,10 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    echo: bool = False
-    ignore_eos: bool = Field(False, description="Extension: do not end a choice at <|endoftext|>.")
     user: str | None = None  # accepted, unused
-    # OpenAI's, accepted only at their neutral value
-    best_of: int | None = None
-    logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
-            raise ValueError("the list of prompts is empty")
-        return v
 
     @field_validator("stop")
     @classmethod
@@ -75,17 +63,52 @@ class CompletionRequest(BaseModel):
 
     def unsupported(self) -> str | None:
         """The first OpenAI field set to something this server does not do, if any."""
-        neutral = dict(best_of=(None, 1), logprobs=(None, 0), presence_penalty=(0.0,), frequency_penalty=(0.0,),
-                       logit_bias=(None, {}), suffix=(None,))  # fmt: skip
-        return next((name for name, values in neutral.items() if getattr(self, name) not in values), None)
+        return next(
+            (name for name, values in self.NEUTRAL.items() if getattr(self, name) not in values), None
+        )
 
-    @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def asked_tokens(self) -> tuple[str, int | None]:
+        """The field that says how many tokens a choice may have, and its value (None: not given)."""
+        raise NotImplementedError
 
     @property
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions."""
+
+    NEUTRAL = dict(best_of=(None, 1), logprobs=(None, 0), **SamplingRequest.NEUTRAL, suffix=(None,))
+
+    prompt: str | list[str] = Field(description="A text, or a list of texts (each gets its own n choices).")
+    max_tokens: int | None = Field(
+        16, ge=1, description="Tokens to generate per choice (OpenAI's default: 16)."
+    )
+    echo: bool = False
+    ignore_eos: bool = Field(False, description="Extension: do not end a choice at <|endoftext|>.")
+    # OpenAI's, accepted only at their neutral value
+    best_of: int | None = None
+    logprobs: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("the list of prompts is empty")
+        return v
+
+    def asked_tokens(self) -> tuple[str, int | None]:
+        return "max_tokens", self.max_tokens
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,19 +119,27 @@ class CompletionRequest(BaseModel):
 class Meta:
     """What every chunk of one answer repeats; `context_note` (an extension, only when a prompt and
     max_tokens exceed the model's context: the window slides, as in `gpt generate`) is in the answer,
-    or in a stream's first chunk."""
+    or in a stream's first chunk. `object`: "text_completion", or chat's "chat.completion" (an
+    answer) and "chat.completion.chunk" (a stream)."""
 
     id: str
     created: int
     model: str
     context_note: str | None = None
+    object: str = "text_completion"
 
     @classmethod
-    def new(cls, model: str, context_note: str | None = None) -> "Meta":
-        return cls(f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model, context_note)
+    def new(
+        cls,
+        model: str,
+        context_note: str | None = None,
+        object: str = "text_completion",
+        prefix: str = "cmpl",
+    ) -> "Meta":
+        return cls(f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model, context_note, object)
 
     def head(self) -> dict:
-        head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+        head = {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
         return head | ({"context_note": self.context_note} if self.context_note else {})
 
 
