@@ -192,3 +192,42 @@ def test_on_a_terminal_ctrl_c_stops_a_reply_and_the_session_goes_on(tmp_path):
             term.proc.kill()
     reply = json.loads(saved.read_text())["messages"][1]
     assert reply["role"] == "assistant" and 20 <= len(reply["content"]) < 1800
+
+
+def test_greedy_replies_equal_the_servers_chat_completions(tmp_path):
+    """The same conversation through `gpt chat` (its cache kept between turns) and through
+    /v1/chat/completions (the whole history sent each turn, the prefix cache on): the same replies,
+    or, where the two computations part, a tie in the model's own logits (assert_greedy)."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from gptcli.chat.template import render
+    from gptcli.config import ServeConfig
+    from gptcli.serving.server import Server
+    from tests.generation.test_engine import assert_greedy
+
+    checkpoint = save_tiny_chat_checkpoint(tmp_path / "tiny", block_size=256, printable=True)
+    lines = ["Shall I compare thee?", "Thou art lovely.", "And temperate?"]  # all within the context
+    result = chat(checkpoint, lines, *GREEDY, "--max-new-tokens", "12", "--json", "--system", "Sonnets.")
+    assert result.exit_code == 0, result.stderr
+    ours = [turn["reply"] for turn in turns(result)]
+    engine = Engine.from_checkpoint(checkpoint, device="cpu")
+    server = Server(engine, ServeConfig(checkpoint=checkpoint, port=0, quiet=True)).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        messages, theirs = [{"role": "system", "content": "Sonnets."}], []
+        for line, reply in zip(lines, ours):
+            messages.append({"role": "user", "content": line})
+            answer = client.chat.completions.create(
+                model="tiny", messages=messages, max_tokens=12, temperature=0
+            )
+            theirs.append(answer.choices[0].message.content)
+            if theirs[-1] != reply:  # parted: each must still be greedy on this conversation
+                prompt = render(
+                    messages, engine.chat_template, engine.tokenizer, add_generation_prompt=True
+                ).ids
+                for text in (reply, theirs[-1]):
+                    assert_greedy(engine.tokenizer.encode(text), engine.model, prompt)
+            messages.append({"role": "assistant", "content": reply})  # go on with gpt chat's
+        assert answer.usage.prompt_tokens + 12 <= 256 and answer.usage.prompt_tokens_details.cached_tokens > 0
+    finally:
+        server.stop()
