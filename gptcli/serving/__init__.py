@@ -9,5 +9,6 @@ chat_api.py       /v1/chat/completions: messages rendered by the chat template, 
 server.py         Server: the app under uvicorn on a bound socket, the scheduler's thread, graceful stop
 page.html         the playground at `/` (completion and chat tabs; one self-contained page)
 
-Only scheduler.py and prefix_cache.py work without the `serve` extra (FastAPI, uvicorn): import the others directly.
+Only scheduler.py and prefix_cache.py work without the `serve` extra (FastAPI, uvicorn): import the
+others directly.
 """
