@@ -141,7 +141,9 @@ class Engine:
         self.compile = compile
         self.block_size = model.config.block_size
         self.checkpoint = checkpoint  # the directory the model was loaded from, if any
-        self.chat_template = chat_template  # a fine-tune's (see gptcli.chat): how to talk to it; None: a base model
+        self.chat_template = (
+            chat_template  # a fine-tune's (see gptcli.chat): how to talk to it; None: a base model
+        )
         self.decoders: dict[tuple[int, int], Decoder] = {}  # (batch, cache length): kept, compiled once
 
     @classmethod
