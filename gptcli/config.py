@@ -195,6 +195,21 @@ class ChatDataConfig(StrictModel):
     )
 
 
+class LoraConfig(StrictModel):
+    """`gpt finetune --lora`: small adapters trained beside a frozen base (gptcli.models.lora)."""
+
+    r: int = Field(8, ge=1, description="The adapters' rank.")
+    alpha: float = Field(16.0, gt=0, description="The adapters' update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    targets: list[Literal["attn", "proj", "mlp"]] = Field(
+        ["attn"], min_length=1, description="Layers given adapters: attn (the attention's input "
+        "projection), proj (its output projection), mlp (both MLP layers).",
+    )  # fmt: skip
+    base_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="The frozen base's weights in memory."
+    )
+
+
 class TrainConfig(StrictModel):
     """`gpt train`: data, model shape, optimization, evaluation, system. Written to RUN_DIR/config.json.
 
@@ -222,6 +237,7 @@ class TrainConfig(StrictModel):
     chat: ChatDataConfig | None = Field(
         None, description="Fine-tuning on conversations (gpt finetune); None: plain text."
     )
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters on a frozen --init-from base.")
     # model
     model: ModelConfig = Field(default_factory=ModelConfig)
     init_from: Path | None = Field(
@@ -304,6 +320,10 @@ class TrainConfig(StrictModel):
             raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.fsdp and self.model.arch != "gpt":
             raise ValueError("fsdp shards transformer blocks: train the LSTM baseline without it")
+        if self.lora is not None and (self.init_from is None or self.model.arch != "gpt" or self.fsdp):
+            raise ValueError(
+                "LoRA adapts a GPT base (init_from: gpt finetune --checkpoint BASE), without fsdp"
+            )
         return self
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from gptcli.config import ModelConfig
+from gptcli.config import LoraConfig, ModelConfig
 from gptcli.errors import GptError
-from gptcli.models import build_model
+from gptcli.models import build_model, resize_vocab
+from gptcli.models.lora import adapter_parameters, add_lora, fold_new_rows
 from gptcli.storage.checkpoint import (
     CONFIG,
     TOKENIZER,
@@ -38,6 +39,7 @@ from gptcli.storage.checkpoint import (
     warn_unverified,
 )
 from gptcli.storage.checksums import verify_file
+from gptcli.storage.files import sha256_file
 from gptcli.storage.tensorfile import SafetensorsReader
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.base import Tokenizer
@@ -59,8 +61,11 @@ def load_checkpoint(
                 f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
                 f"{config['model'].vocab_size}"
             )
-        model = build_model(config["model"], empty=True)  # every weight is filled from the file below
-        load_weights(directory, model)
+        if "lora" in config:  # an adapter: its base, checked, with the adapters on it
+            model = adapter_model(directory, config, warn)
+        else:
+            model = build_model(config["model"], empty=True)  # every weight is filled from the file below
+            load_weights(directory, model)
     except DamagedCheckpoint:
         raise
     except GptError as e:  # a file that does not parse: damage, if its checksum says so
@@ -72,6 +77,36 @@ def load_checkpoint(
         for name in (CONFIG, TOKENIZER):
             verify_file(directory / name, digests)
     return model.to(device).eval(), tokenizer, config
+
+
+def base_reference(base: Path) -> dict[str, str]:
+    """What an adapter checkpoint records of its base: its path and the sha256 of its weights."""
+    digests = checkpoint_digests(base)
+    digest = digests[WEIGHTS] if digests else sha256_file(base / WEIGHTS).hexdigest()
+    return {"path": str(Path(base).resolve()), "sha256": digest}
+
+
+def adapter_model(directory: Path, config: dict, warn: Warn | None = None) -> torch.nn.Module:
+    """A LoRA checkpoint's model: its base (which must be the one it was trained on), grown to the
+    adapter's vocabulary, the adapters on it unmerged, the tokens' trained rows written in."""
+    base = Path(config["base"]["path"])
+    if not is_checkpoint(base):
+        raise GptError(f"{directory} is a LoRA adapter whose base {base} is not there: put it back, or merge "
+                       "the adapter where it is (gpt merge-lora)")  # fmt: skip
+    expected, actual = config["base"]["sha256"], base_reference(base)["sha256"]
+    if actual != expected:
+        raise GptError(f"{directory} is a LoRA adapter of another base: {base}'s weights have sha256 {actual}, "
+                       f"the adapter was trained on {expected}")  # fmt: skip
+    model, _, _ = load_checkpoint(base, "cpu", warn)
+    base_vocab = model.config.vocab_size
+    resize_vocab(model, config["model"].vocab_size)
+    lora = LoraConfig.model_validate(config["lora"]).model_copy(update={"base_precision": "fp32"})
+    add_lora(model, lora, new_rows=(base_vocab, config["model"].vocab_size))
+    load_weights(directory, model, adapter_parameters(model))
+    fold_new_rows(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def load_newest(

@@ -12,13 +12,13 @@ their loss mask become TrainConfig.chat (gptcli.training.chat_data does the rest
 import inspect
 import re
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Literal, get_args
 
 import typer
 
 from gptcli.cli.common import command_started, config_option, validate_options, with_default
 from gptcli.cli.train import DATA, best_init_from, print_summary, run_training, train_command
-from gptcli.config import ChatDataConfig, ChatFormat, TrainConfig
+from gptcli.config import ChatDataConfig, ChatFormat, LoraConfig, TrainConfig
 from gptcli.errors import GptError, OptionError
 from gptcli.presets import merge_config
 
@@ -31,17 +31,27 @@ FINETUNE_DEFAULTS = {  # where fine-tuning differs from pre-training (gptcli.con
     "sample_tokens": 64,
     "weight_decay": 0.0,
 }
+LoraPrecision = Literal["fp32", "bf16"]
+LORA_TARGETS_HELP = (
+    "Layers given adapters, comma-separated: attn (the attention's input projection), proj (its "
+    "output projection), mlp (both MLP layers)."
+)
 FINETUNE_HELP = {"max_iters": "Optimizer steps (default: those of --epochs)."}
 # gpt train's options that a fine-tune takes from its base or does not read
 NOT_FOR_FINETUNE = {
     "data", "tokenizer", "text_field", "data_cache", "init_from", "config", "skip_bad_records", "val_data",
     "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "pos_emb", "window", "norm",
 }  # fmt: skip
-CHAT = "Conversations"
+CHAT, LORA = "Conversations", "LoRA"
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "base_precision")
 
 
 def _chat(name: str, *names: str):
     return config_option(ChatDataConfig, name, *names, rich_help_panel=CHAT)
+
+
+def _lora(name: str, *names: str, **options):
+    return config_option(LoraConfig, name, *names, rich_help_panel=LORA, **options)
 
 
 def finetune_options(
@@ -112,6 +122,21 @@ def finetune_options(
             rich_help_panel=DATA,
         ),
     ] = False,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora",
+            rich_help_panel=LORA,
+            help="Train LoRA adapters on the frozen base (a small checkpoint).",
+        ),
+    ] = False,
+    lora_r: Annotated[int | None, _lora("r", "--lora-r")] = None,
+    lora_alpha: Annotated[float | None, _lora("alpha", "--lora-alpha")] = None,
+    lora_dropout: Annotated[float | None, _lora("dropout", "--lora-dropout")] = None,
+    lora_targets: Annotated[
+        str | None, _lora("targets", "--lora-targets", metavar="attn,proj,mlp", help=LORA_TARGETS_HELP)
+    ] = None,
+    base_precision: Annotated[LoraPrecision | None, _lora("base_precision", "--base-precision")] = None,
 ) -> None:
     """(the signature only: its parameters join gpt train's in finetune_command's)"""  # fmt: skip
 
@@ -125,12 +150,14 @@ def finetune(**options) -> None:
     checkpoint, skip_bad = options.pop("checkpoint"), options.pop("skip_bad")
     resume, overwrite, best = options.pop("resume"), options.pop("overwrite"), options.pop("best")
     quiet, out = options.pop("quiet"), options.pop("out")
+    lora, lora_options = options.pop("lora"), {k: options.pop(k) for k in LORA_OPTIONS}
     options.pop("verbose")
     if resume is not None:  # a fine-tune's run directory records everything: gpt train resumes it
         fixed = {
             "--checkpoint": checkpoint, "--data": options.get("data") or None, "--format": chat_options["format"],
             "--chat-template": template_file, "--train-on-prompt": chat_options["train_on_prompt"],
             "--pack/--no-pack": chat_options["pack"], "--epochs": epochs, "--skip-bad": skip_bad or None,
+            "--lora": lora or None, **{f"--{k.replace('_', '-')}": v for k, v in lora_options.items()},
         }  # fmt: skip
         if refused := [name for name, value in fixed.items() if value is not None]:
             raise GptError(
@@ -150,11 +177,31 @@ def finetune(**options) -> None:
         raise GptError(f"--epochs {epochs:g}: give a number of passes above 0 (or --max-iters for the steps)")
     chat["epochs"] = None if options.get("max_iters") is not None else (3.0 if epochs is None else epochs)
     flags = {**options, "data": options.get("data"), "init_from": checkpoint}
-    base = {**FINETUNE_DEFAULTS, "chat": chat, "skip_bad_records": skip_bad}
+    base = {
+        **FINETUNE_DEFAULTS,
+        "chat": chat,
+        "skip_bad_records": skip_bad,
+        "lora": lora_config(lora, lora_options),
+    }
     config = validate_options(TrainConfig, flags, merge_config(base, flags))
     if best:
         config = best_init_from(config)
     print_summary(run_training(config, out or Path("out-finetune"), False, overwrite, quiet, started))
+
+
+def lora_config(lora: bool, options: dict) -> dict | None:
+    """--lora and its options -> TrainConfig.lora (None without --lora)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not lora:
+        if given:
+            raise OptionError(f"--{next(iter(given)).replace('_', '-')} sets up LoRA: add --lora")
+        return None
+    fields = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_targets": "targets"}
+    config = {fields.get(k, k): v for k, v in given.items()}
+    if "targets" in config:
+        config["targets"] = [t.strip() for t in config["targets"].split(",") if t.strip()]
+    flags = {f: given.get(k) for k, f in fields.items()} | {"base_precision": given.get("base_precision")}
+    return validate_options(LoraConfig, flags, config).model_dump(mode="json")
 
 
 def _signature() -> inspect.Signature:

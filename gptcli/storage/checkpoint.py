@@ -218,15 +218,18 @@ def default_warn(message: str) -> None:
 Warn = Callable[[str], None]
 
 
-def load_weights(directory: Path, model: torch.nn.Module) -> None:
+def load_weights(
+    directory: Path, model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None = None
+) -> None:
     """Load model.safetensors into `model` tensor by tensor, checking every key and shape, then the
-    file's checksum (hashed in a worker thread from the bytes just read)."""
+    file's checksum (hashed in a worker thread from the bytes just read). `tensors`: the model's
+    tensors the file holds, by name, when it holds only some (a LoRA adapter's: lora.adapter_weights)."""
     path = Path(directory) / WEIGHTS
     digests = checkpoint_digests(Path(directory))
     if digests is None:
-        return _read_weights(path, model)
+        return _read_weights(path, model, tensors=tensors)
     hasher = StreamHash()
-    hashed = _read_weights(path, model, hasher.feed)
+    hashed = _read_weights(path, model, hasher.feed, tensors)
     actual = hasher.result()
     if not hashed:  # the bytes read were not the whole file in order: hash the file itself
         actual = sha256_file(path).hexdigest()
@@ -234,12 +237,15 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
 
 
 def _read_weights(
-    path: Path, model: torch.nn.Module, feed: Callable[[memoryview], None] | None = None
+    path: Path,
+    model: torch.nn.Module,
+    feed: Callable[[memoryview], None] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> bool:
     """Read every tensor into the model, in file order; with `feed`, hand it the file's bytes as
     they are read. -> whether the bytes fed make up the whole file."""
     model = unwrap(model)
-    expected = model_weights(model)  # name -> the model's own tensor (tied weights once)
+    expected = model_weights(model) if tensors is None else tensors  # name -> the tensor to fill
     with SafetensorsReader(path) as reader:
         names = reader.keys()
         missing = [k for k in expected if k not in names]

@@ -13,6 +13,8 @@ import torch
 from gptcli.chat.template import ChatTemplate
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
+from gptcli.loading import base_reference
+from gptcli.models.lora import adapter_weights
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
@@ -29,6 +31,9 @@ class Checkpointer:
         self.chat_info = {}
         if config.chat is not None:
             self.chat_info = {"chat_template": ChatTemplate.from_json(config.chat.template).to_json()}
+        if config.lora is not None:  # an adapter's checkpoint names its base, which must not change
+            base = Path(config.init_from)
+            self.chat_info |= {"lora": config.lora.model_dump(mode="json"), "base": base_reference(base)}
 
     def due(self, step: int) -> bool:
         """Every eval_interval steps, and at the last one."""
@@ -49,6 +54,8 @@ class Checkpointer:
         path = checkpoint_path(self.run_dir, state.step)
         sharded = model if self.config.fsdp else None
         weights = distributed.full_weights(model) if sharded else model
+        if self.config.lora is not None:
+            weights = adapter_weights(ckpt.unwrap(model))  # the adapters alone: the base stays where it is
         opt_tensors, opt_meta = optimizer_state(optimizer, sharded)
         if self.world.is_main:
             if isinstance(weights, dict) and self.config.model.tie_weights:

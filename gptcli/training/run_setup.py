@@ -23,6 +23,7 @@ from gptcli.data.sources import SourceOptions
 from gptcli.data.token_cache import prepare_data
 from gptcli.errors import GptError
 from gptcli.models import LanguageModel, build_model, resize_vocab
+from gptcli.models.lora import adapter_parameters, add_lora
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training import distributed
@@ -77,27 +78,51 @@ def initial_model(
 ) -> tuple[LanguageModel, RunState, SavedState | None]:
     """The model to train, on `device`: fresh, with --init-from's weights, or with the weights of the
     checkpoint resumed (then also its RunState and its saved training state)."""
-    model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
+    if config.lora is not None:  # the frozen base + adapters; a resumed run's adapters loaded below
+        model = lora_model(config)
+    elif config.init_from is not None and resume_from is None:
+        model = base_model(Path(config.init_from), config.model.vocab_size, config.model)
+    else:
+        model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
     state, saved = RunState(), None
     if resume_from is not None:
-        ckpt.load_weights(resume_from, model)
+        if config.lora is not None:
+            ckpt.load_weights(resume_from, model, adapter_parameters(model))
+        else:
+            ckpt.load_weights(resume_from, model)
         saved = read_train_state(resume_from)
         state = RunState.from_json(saved[1])
         if state.step >= config.max_iters:
             raise GptError(
                 f"{run_dir} is already at step {state.step}: raise --max-iters above {state.step} to train further"
             )
-    elif config.init_from is not None:
-        base_vocab = ckpt.read_config(config.init_from)["model"].vocab_size
-        if base_vocab != config.model.vocab_size:  # fine-tuning added special tokens
-            model = build_model(config.model.model_copy(update={"vocab_size": base_vocab}))  # its dropout
-            ckpt.load_weights(Path(config.init_from), model)
-            resize_vocab(model, config.model.vocab_size)  # new rows: the old rows' mean
-        else:
-            ckpt.load_weights(Path(config.init_from), model)
     model.to(device)
     model.activation_checkpointing = config.activation_checkpointing
     return model, state, saved
+
+
+def base_model(base: Path, vocab_size: int, model_config=None) -> LanguageModel:
+    """A base checkpoint's weights in a model of `model_config` (default: the base's own; its dropout
+    may differ), grown to `vocab_size` tokens when fine-tuning added special tokens (new rows: the
+    old rows' mean)."""
+    saved = ckpt.read_config(base)
+    if "lora" in saved:
+        raise GptError(f"{base} is a LoRA adapter, not a full model: merge it first (gpt merge-lora {base})")
+    base_config = (model_config or saved["model"]).model_copy(
+        update={"vocab_size": saved["model"].vocab_size}
+    )
+    model = build_model(base_config)
+    ckpt.load_weights(base, model)
+    return resize_vocab(model, vocab_size)
+
+
+def lora_model(config: TrainConfig) -> LanguageModel:
+    """The frozen base of a LoRA run with its adapters (fresh: B at zero, a no-op) and the rows of
+    the tokens it gained trainable (gptcli.models.lora)."""
+    base = Path(config.init_from)
+    base_vocab = ckpt.read_config(base)["model"].vocab_size
+    model = base_model(base, config.model.vocab_size, config.model)
+    return add_lora(model, config.lora, new_rows=(base_vocab, config.model.vocab_size))
 
 
 def restore_training_state(
