@@ -19,6 +19,7 @@ SHARD_TOKENS = 100_000_000  # tokens per token-store shard (200 MB of uint16): t
 # configs' field types, so a --config file or a saved run is checked against the same values
 TokenizerKind = Literal["bpe", "char"]
 Arch = Literal["gpt", "lstm"]
+LoraTarget = Literal["attn", "proj", "mlp"]
 PosEmb = Literal["learned", "rope", "sinusoidal", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
 Schedule = Literal["cosine", "wsd"]
@@ -201,13 +202,10 @@ class LoraConfig(StrictModel):
     r: int = Field(8, ge=1, description="The adapters' rank.")
     alpha: float = Field(16.0, gt=0, description="The adapters' update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
-    targets: list[Literal["attn", "proj", "mlp"]] = Field(
-        ["attn"], min_length=1, description="Layers given adapters: attn (the attention's input "
-        "projection), proj (its output projection), mlp (both MLP layers).",
-    )  # fmt: skip
-    base_precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="The frozen base's weights in memory."
+    targets: list[LoraTarget] = Field(
+        ["attn"], min_length=1, description="Layers given adapters (attn, proj, mlp)."
     )
+    base_precision: Literal["fp32", "bf16"] = Field("fp32", description="The frozen base's weights.")
 
 
 class TrainConfig(StrictModel):
@@ -234,9 +232,7 @@ class TrainConfig(StrictModel):
         None, description="Tokenizer file/dir, or 'char' (default: ./tokenizer.json, else char)."
     )
     data_cache: Path | None = Field(None, description="Folder for token caches (default: ~/.cache/gptcli).")
-    chat: ChatDataConfig | None = Field(
-        None, description="Fine-tuning on conversations (gpt finetune); None: plain text."
-    )
+    chat: ChatDataConfig | None = Field(None, description="Conversations (gpt finetune); None: plain text.")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters on a frozen --init-from base.")
     # model
     model: ModelConfig = Field(default_factory=ModelConfig)

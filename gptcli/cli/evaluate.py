@@ -180,6 +180,12 @@ def info_command(
             f"chat         {kind}, special tokens {' '.join(chat['special_tokens'])}, "
             f"replies end with {chat['end_token']}"
         )
+    if "lora" in info:  # an adapter: what it adapts, and the base it needs
+        lora = info["lora"]
+        lines.append(
+            f"adapter      LoRA r {lora['r']}, alpha {lora['alpha']:g} on {','.join(lora['targets'])}; "
+            f"base {info['base']['path']} (sha256 {info['base']['sha256'][:12]}...)"
+        )
     for key in ("step", "train_loss", "val_loss", "source"):
         if info.get(key) is not None:
             value = f"{info[key]:.4f}" if isinstance(info[key], float) else info[key]

@@ -18,7 +18,7 @@ import typer
 
 from gptcli.cli.common import command_started, config_option, validate_options, with_default
 from gptcli.cli.train import DATA, best_init_from, print_summary, run_training, train_command
-from gptcli.config import ChatDataConfig, ChatFormat, LoraConfig, TrainConfig
+from gptcli.config import ChatDataConfig, ChatFormat, LoraConfig, LoraTarget, TrainConfig
 from gptcli.errors import GptError, OptionError
 from gptcli.presets import merge_config
 
@@ -200,6 +200,13 @@ def lora_config(lora: bool, options: dict) -> dict | None:
     config = {fields.get(k, k): v for k, v in given.items()}
     if "targets" in config:
         config["targets"] = [t.strip() for t in config["targets"].split(",") if t.strip()]
+        if (
+            unknown := [t for t in config["targets"] if t not in get_args(LoraTarget)]
+            or not config["targets"]
+        ):
+            raise OptionError(
+                f"--lora-targets: {unknown[0] if unknown else 'none given'}: name attn, proj or mlp"
+            )
     flags = {f: given.get(k) for k, f in fields.items()} | {"base_precision": given.get("base_precision")}
     return validate_options(LoraConfig, flags, config).model_dump(mode="json")
 

@@ -121,7 +121,8 @@ def add_lora(
     for parent, attr, linear in targeted(model, config.targets):
         if dtype is not None:
             linear.to(dtype)  # the frozen base at half the bytes; the adapter stays fp32
-        setattr(parent, attr, LoRALinear(linear, config.r, config.alpha, config.dropout))
+        lora = LoRALinear(linear, config.r, config.alpha, config.dropout)
+        setattr(parent, attr, lora.train(linear.training))  # in the mode the model is in (eval: no dropout)
     if new_rows is not None and new_rows[1] > new_rows[0]:
         wte, lm_head = token_layers(model)
         tied = wte.weight is lm_head.weight
