@@ -31,6 +31,7 @@ from gptcli.config import HUB_NAMES, ModelConfig
 from gptcli.errors import GptError
 from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
+from gptcli.models.lora import has_lora, merge_lora
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.files import atomic_write_json, read_json
 from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
@@ -219,13 +220,28 @@ def export_hf_gpt2(
     """`gpt export-hf`: a GPT-2-shaped checkpoint (or a run's newest/best) -> a folder GPT2LMHeadModel
     loads. A tokenizer that is not BPE has no HF GPT-2 form: none is written, and `warn` (default:
     Python's warnings) says so and how to use the model. A fine-tuned checkpoint's chat template goes
-    with it (the module docstring)."""
+    with it (the module docstring); a LoRA adapter's exports merged into its base."""
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     saved = ckpt.read_config(directory)
-    config = saved["model"]
-    check_gpt2_layout(config, directory)
-    template = ChatTemplate.from_json(saved["chat_template"]) if saved.get("chat_template") else None
+    check_gpt2_layout(saved["model"], directory)
     model, tokenizer, _ = load_checkpoint(directory)
+    return write_hf_gpt2(
+        merge_lora(model) if has_lora(model) else model, tokenizer, saved, directory, out, warn
+    )
+
+
+def write_hf_gpt2(
+    model: GPT,
+    tokenizer: Tokenizer,
+    saved: dict,
+    directory: Path,
+    out: str | Path,
+    warn: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """A plain GPT-2-shaped model and its tokenizer -> an HF folder (export_hf_gpt2's files). `saved`:
+    the config (read_config) of `directory`, the checkpoint it came from. -> the files written"""
+    config = saved["model"]
+    template = ChatTemplate.from_json(saved["chat_template"]) if saved.get("chat_template") else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "model.safetensors", out / "config.json"]
@@ -262,7 +278,7 @@ def no_hf_tokenizer_note(tokenizer: Tokenizer, directory: Path) -> str:
 
 
 def _python_warning(message: str) -> None:
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=4)  # past write_hf_gpt2 and export_*: the caller
 
 
 def check_gpt2_layout(config: ModelConfig, directory: Path) -> None:

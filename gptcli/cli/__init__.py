@@ -12,6 +12,7 @@ from gptcli.cli.evaluate import eval_command, info_command
 from gptcli.cli.finetune import finetune_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
+from gptcli.cli.lora import export_peft_command, merge_lora_command
 from gptcli.cli.plot import plot_command
 from gptcli.cli.serve import serve_command
 from gptcli.cli.train import train_command
@@ -31,6 +32,8 @@ app.command("generate")(generate_command)
 app.command("chat")(chat_command)
 app.command("load-gpt2")(load_gpt2_command)
 app.command("export-hf")(export_hf_command)
+app.command("merge-lora")(merge_lora_command)
+app.command("export-peft")(export_peft_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 app.command("plot")(plot_command)
