@@ -58,7 +58,13 @@ EXPECTED = {
     "data.md": ["data/web_store/meta.json", "wiki/config.json"],
     "training.md": ["out/loss.png", "compare.png", "ddp/config.json", "out_py/config.json"],
     "gpt2-and-hf.md": ["finetune_hf/model.safetensors"],
-    "fine-tuning.md": ["chat/config.json", "chat_hf/model.safetensors"],
+    "fine-tuning.md": [
+        "chat/config.json",
+        "chat_hf/model.safetensors",
+        "chat-merged/config.json",
+        "chat-peft/adapter_model.safetensors",
+        "chat-peft/base/model.safetensors",
+    ],
     "chat.md": ["replies.txt", "turns.jsonl", "conversation.json"],
 }
 TINY_FINETUNE = ("--batch-size 2 --max-iters 2 --warmup-iters 1 --eval-interval 2 --eval-iters 1 --log-interval 1 "
