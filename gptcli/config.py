@@ -395,8 +395,7 @@ class ServeConfig(StrictModel):
     max_tokens_limit: int = Field(
         4096,
         ge=1,
-        description="Largest max_tokens a request may ask for (past the model's context the window "
-        "slides, as in gpt generate).",
+        description="Largest max_tokens a request may ask for (past the context the window slides).",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, in bytes.")
     prefix_cache_mb: float = Field(
@@ -413,10 +412,11 @@ class ServeConfig(StrictModel):
     )
     device: str = Field("auto", description=DEVICE_HELP)
     precision: Precision = Field("auto", description=PRECISION_HELP)
-    compile: bool = Field(
-        False, description="Compile the decode step (torch.compile; a CUDA graph on a GPU)."
-    )
+    compile: bool = Field(False, description="Compile the decode step (torch.compile; CUDA graph on a GPU).")
     quiet: bool = Field(False, description="No log line per request.")
+    adapters: dict[str, Path] = Field(
+        default_factory=dict, description="LoRA adapters of the checkpoint, by model id: --adapter NAME=RUN."
+    )
 
     @field_validator("device")
     @classmethod

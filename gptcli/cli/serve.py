@@ -21,14 +21,33 @@ from gptcli.cli.common import (
 )
 from gptcli.cli.generate import load_engine
 from gptcli.config import Precision, ServeConfig
-from gptcli.errors import GptError
+from gptcli.errors import GptError, OptionError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ADAPTER_HELP = (
+    "A LoRA adapter of the checkpoint (RUN: its gpt finetune --lora run), served beside it in the same "
+    "batch to requests whose model is NAME; repeatable. Adapters served together share one tokenizer."
+)
 
 
 def _serve(name: str, *names: str, **options):
     """The option that sets ServeConfig.<name>."""
     return config_option(ServeConfig, name, *names, **options)
+
+
+def parse_adapters(values: list[str]) -> dict[str, Path]:
+    """--adapter NAME=RUN, repeated -> {NAME: RUN}; a one-line error for a bad one."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, run = (part.strip() for part in value.partition("="))
+        if not sep or not name or not run:
+            raise OptionError(
+                f"--adapter {value!r}: expected NAME=RUN (the model id clients use, a LoRA run)"
+            )
+        if name in adapters:
+            raise OptionError(f"--adapter: {name!r} is given twice")
+        adapters[name] = Path(run)
+    return adapters
 
 
 def log_request(message: str) -> None:
@@ -47,6 +66,9 @@ def serve_command(
     prefix_cache_mb: Annotated[float | None, _serve("prefix_cache_mb", "--prefix-cache-mb")] = None,
     drain_seconds: Annotated[float | None, _serve("drain_seconds", "--drain-seconds")] = None,
     model_name: Annotated[str | None, _serve("model_name", "--model-name")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", metavar="NAME=RUN", help=ADAPTER_HELP)
+    ] = None,
     device: Annotated[str, device_option()] = "auto",
     precision: Annotated[Precision, precision_option()] = "auto",
     compile: Annotated[bool, _serve("compile", "--compile/--no-compile")] = False,
@@ -56,6 +78,7 @@ def serve_command(
     """Serve a checkpoint over HTTP: OpenAI's /v1/completions, continuously batched; a playground at /.
 
     Example: gpt serve -c out --port 8000, then open http://127.0.0.1:8000 (the API is under /v1).
+    With adapters: gpt serve -c base --adapter chat=runs/chat --adapter sql=runs/sql (model "chat", ...).
 
     SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish, exit 0.
     """
@@ -67,7 +90,7 @@ def serve_command(
     given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile, quiet=quiet,
                  host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                  max_body_bytes=max_body_bytes, prefix_cache_mb=prefix_cache_mb, drain_seconds=drain_seconds,
-                 model_name=model_name)  # fmt: skip
+                 model_name=model_name, adapters=parse_adapters(adapter or []) or None)  # fmt: skip
     config = validate_options(ServeConfig, given)
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 

@@ -1,6 +1,6 @@
 """The HTTP side: a FastAPI app in front of the scheduler.
 
-    app = create_app(scheduler, ServeConfig(api_key="sk-local"), model_id="out", log=print)
+    app = create_app(scheduler, ServeConfig(api_key="sk-local"), models, log=print)   # models: {id: ServedModel}
 
 Routes: `GET /` the playground page, `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`,
 `POST /v1/completions` and `POST /v1/chat/completions` (gptcli.serving.chat_api), JSON or server-sent
@@ -9,6 +9,8 @@ the body is checked (gptcli.serving.protocol), each prompt is encoded and become
 own n rows, the jobs go to the scheduler's inbox, and the handler reads their events from an
 Outbox (an asyncio queue the scheduler's thread feeds) into one JSON answer or a stream of chunks.
 A client that goes away cancels its jobs: their rows are free at the scheduler's next round.
+A request's `model` is the base's id or an adapter's (gpt serve --adapter NAME=RUN,
+gptcli.serving.adapters): its prompt is encoded, and its rows decoded, as that model's.
 
 Every error is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad body
 (FastAPI's 422 is not used), 401 without the API key, 404, 413 for a body over the limit, 500 when
@@ -33,6 +35,7 @@ from gptcli.config import SampleConfig, ServeConfig
 from gptcli.errors import GptError
 from gptcli.generation.engine import context_note
 from gptcli.serving import protocol
+from gptcli.serving.adapters import ServedModel
 from gptcli.serving.scheduler import ChoiceDelta, Job, JobEnd, Scheduler
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole answer is still there
@@ -103,18 +106,19 @@ class Completions:
     Request: type[protocol.SamplingRequest] = protocol.CompletionRequest
     OBJECT, CHUNK_OBJECT, ID_PREFIX = "text_completion", "text_completion", "cmpl"
 
-    def __init__(self, scheduler: Scheduler, model_id: str, max_tokens: int, log: Log | None):
-        self.scheduler, self.model_id, self.max_tokens, self.log = scheduler, model_id, max_tokens, log
-        self.engine = scheduler.engine
+    def __init__(
+        self, scheduler: Scheduler, models: dict[str, ServedModel], max_tokens: int, log: Log | None
+    ):
+        self.scheduler, self.models, self.max_tokens, self.log = scheduler, models, max_tokens, log
 
     def parse(self, body: bytes) -> protocol.SamplingRequest:
         try:
             request = self.Request.model_validate_json(body)
         except ValidationError as e:
             raise ApiError(400, *protocol.validation_error(e)) from None
-        if request.model != self.model_id:
-            raise ApiError(404, f"the model {request.model!r} does not exist; this server has {self.model_id!r}",
-                           "model", code="model_not_found")  # fmt: skip
+        if request.model not in self.models:
+            raise ApiError(404, f"the model {request.model!r} does not exist; this server has "
+                           f"{', '.join(map(repr, self.models))}", "model", code="model_not_found")  # fmt: skip
         if name := request.unsupported():
             raise ApiError(400, f"{name} is not supported by this server", name)
         name, asked = request.asked_tokens()
@@ -153,15 +157,15 @@ class Completions:
             for job in jobs:  # ended jobs ignore it; the others leave the batch at the next round
                 job.cancel()
 
-    def meta(self, jobs: list[Job], streamed: bool) -> protocol.Meta:
+    def meta(self, request, jobs: list[Job], streamed: bool) -> protocol.Meta:
         """Past the context the window slides, as in `gpt generate`: said of the longest prompt."""
         longest = max(len(job.prompt_ids) for job in jobs)
         note = context_note(longest, jobs[0].config.max_new_tokens, self.scheduler.block_size)
         kind = self.CHUNK_OBJECT if streamed else self.OBJECT
-        return protocol.Meta.new(self.model_id, note, kind, self.ID_PREFIX)
+        return protocol.Meta.new(request.model, note, kind, self.ID_PREFIX)
 
     async def answer(self, request, jobs: list[Job], outbox: Outbox, http: Request) -> dict:
-        meta, started = self.meta(jobs, streamed=False), time.perf_counter()
+        meta, started = self.meta(request, jobs, streamed=False), time.perf_counter()
         texts = [""] * (len(jobs) * request.n)
         reasons: list[str | None] = [None] * len(texts)
         tokens = 0
@@ -176,7 +180,7 @@ class Completions:
     async def stream(self, request, jobs: list[Job], outbox: Outbox) -> AsyncIterator[str]:
         """Server-sent events: the opening chunks and a chunk or two per delta (the first with the
         context note, if any), the usage if asked for, then `data: [DONE]`."""
-        meta, started = self.meta(jobs, streamed=True), time.perf_counter()
+        meta, started = self.meta(request, jobs, streamed=True), time.perf_counter()
         usage, tokens = self.usage(jobs, 0), 0
         note = "; the client went away"
         try:
@@ -218,13 +222,13 @@ class Completions:
     def jobs(self, request: protocol.CompletionRequest, outbox: Outbox) -> list[Job]:
         """One job per prompt; prompt text is only ever text (no FILE: reading here)."""
         config = sample_config(request, request.max_tokens or 16, request.ignore_eos)
-        jobs = []
+        model, jobs = self.models[request.model], []
         for i, prompt in enumerate(request.prompts):
             try:
-                ids = self.engine.encode_prompt(prompt)
+                ids = model.engine.encode_prompt(prompt)  # the model's own tokenizer
             except GptError as e:
                 raise ApiError(400, str(e), "prompt") from None
-            jobs.append(Job(ids, config, outbox.put, first_index=i * request.n))
+            jobs.append(Job(ids, config, outbox.put, first_index=i * request.n, adapter=model.adapter))
         return jobs
 
     def answer_body(self, request, meta: protocol.Meta, texts: list[str], reasons: list, usage: dict) -> dict:
@@ -283,15 +287,22 @@ class EventStream(StreamingResponse):
 # the app
 
 
-def create_app(scheduler: Scheduler, config: ServeConfig, model_id: str, log: Log | None = None) -> FastAPI:
-    """The FastAPI app; the scheduler's thread is started and stopped by whoever runs the app."""
+def create_app(
+    scheduler: Scheduler, config: ServeConfig, models: dict[str, ServedModel], log: Log | None = None
+) -> FastAPI:
+    """The FastAPI app for these models (the base first); whoever runs the app starts and stops the
+    scheduler's thread."""
     app = FastAPI(title="gpt serve", docs_url=None, redoc_url=None, openapi_url=None)  # nothing from a CDN
     from gptcli.serving.chat_api import ChatCompletions  # here: chat_api builds on this module's Completions
 
     # past the context the window slides (the scheduler re-prefills a full row), as gpt generate does
-    completions = Completions(scheduler, model_id, config.max_tokens_limit, log)
-    chats = ChatCompletions(scheduler, model_id, config.max_tokens_limit, log)
-    page, created = playground_page(), int(time.time())
+    completions = Completions(scheduler, models, config.max_tokens_limit, log)
+    chats = ChatCompletions(scheduler, models, config.max_tokens_limit, log)
+    page, created, base_id = playground_page(), int(time.time()), next(iter(models))
+
+    def model_body(model: ServedModel) -> dict:  # an adapter names its base as its parent, as vLLM does
+        parent = {} if model.adapter is None else {"parent": base_id}
+        return {**protocol.model_body(model.id, created), **parent}
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -300,17 +311,18 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_id: str, log: Lo
     @app.get("/health")
     async def health() -> dict:
         limits = {"max_batch": scheduler.max_batch, "max_tokens_limit": completions.max_tokens}
-        return {"status": "ok", "model": model_id, **limits, **asdict(scheduler.stats)}
+        adapters = [m.id for m in models.values() if m.adapter is not None]
+        return {"status": "ok", "model": base_id, "adapters": adapters, **limits, **asdict(scheduler.stats)}
 
     @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [protocol.model_body(model_id, created)]}
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_body(m) for m in models.values()]}
 
     @app.get("/v1/models/{model}")
-    async def model(model: str) -> dict:
-        if model != model_id:
+    async def one_model(model: str) -> dict:
+        if model not in models:
             raise ApiError(404, f"the model {model!r} does not exist", "model", code="model_not_found")
-        return protocol.model_body(model_id, created)
+        return model_body(models[model])
 
     async def respond(handler: Completions, http: Request) -> Response:
         request = handler.parse(await http.body())

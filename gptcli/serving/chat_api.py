@@ -1,7 +1,7 @@
 """POST /v1/chat/completions: a conversation, rendered by the model's chat template, answered
 through the same scheduler (and batch) as completions.
 
-    chats = ChatCompletions(scheduler, model_id="out", max_tokens=4096, log=print)  # create_app does this
+    chats = ChatCompletions(scheduler, models, max_tokens=4096, log=print)  # create_app does this
 
 The messages are rendered with gptcli.chat.template's `render` (the one renderer that training
 and `gpt chat` use), with the generation prompt, into one job whose choices end at the template's
@@ -12,7 +12,8 @@ it the window slides, and the answer's context_note says so), and at most --max-
 
 Everything else (checks, submitting, cancelling when the client goes away, streaming, usage, the
 log) is Completions' (gptcli.serving.api); this class says what differs. A model that was never
-fine-tuned for chat has no template: its chat requests get a 400 that says so.
+fine-tuned for chat has no template: its chat requests get a 400 that says so. Each model has its
+own template (an adapter its fine-tune's, the base its own or none: gptcli.serving.adapters).
 """
 
 from gptcli.chat.template import end_ids, render
@@ -37,12 +38,13 @@ class ChatCompletions(Completions):
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         request = super().parse(body)
-        if self.engine.chat_template is None:
+        if self.models[request.model].engine.chat_template is None:
             raise ApiError(400, NO_TEMPLATE, "model", code="no_chat_template")
         return request
 
     def jobs(self, request: ChatCompletionRequest, outbox: Outbox) -> list[Job]:
-        template, tokenizer = self.engine.chat_template, self.engine.tokenizer
+        model = self.models[request.model]
+        template, tokenizer = model.engine.chat_template, model.engine.tokenizer
         try:
             ids = render(request.messages, template, tokenizer, add_generation_prompt=True).ids
             ends = end_ids(template, tokenizer)
@@ -50,7 +52,7 @@ class ChatCompletions(Completions):
             raise ApiError(400, str(e), "messages") from None
         _, asked = request.asked_tokens()
         config = sample_config(request, asked or self.default_max_tokens(len(ids)))
-        return [Job(ids, config, outbox.put, end_ids=ends)]
+        return [Job(ids, config, outbox.put, end_ids=ends, adapter=model.adapter)]
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         """What the context has left, at least a quarter of it (see the module docstring)."""

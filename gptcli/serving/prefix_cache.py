@@ -5,6 +5,7 @@
     cache.load(decoder.cache, row, blocks)               # into positions 0 .. n-1 of that row
     logits = decoder.extend([prompt[n:]], n)             # prefill only the rest
     cache.store(prompt, decoder.cache, row)              # its full blocks, for the next prompt
+    cache.lookup(prompt[:-1], namespace="chat")          # an adapter's blocks (gpt serve --adapter): its own
 
 A chat sends its whole history every turn; with this cache the server prefills only the new turn.
 The cache holds blocks of `block_tokens` tokens: each block's keys and values for every layer. A
@@ -12,6 +13,8 @@ block's key is a hash chained from position 0, blake2b(parent's key + the block'
 names the whole prefix up to the end of its block. That is what makes a block valid: the keys are
 stored after the rotary rotation at absolute positions, and every key and value depends on all the
 tokens before it, so the same 16 ids after another prefix (or at another offset) are another block.
+The same ids through another LoRA adapter have other keys and values too: a namespace (the
+adapter's name; None for the base) is hashed into the chain's root.
 
 Blocks are shared by every prompt that starts with them and evicted least recently used under
 `max_bytes`. A chain is always touched from its leaf back to its root, so a parent is more recent than
@@ -62,22 +65,23 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def keys(self, ids: list[int]) -> list[bytes]:
+    def keys(self, ids: list[int], namespace: str | None = None) -> list[bytes]:
         """The chained key of every full block of ids: keys[i] names ids[: (i + 1) * block_tokens]."""
-        keys, parent, b = [], b"", self.block_tokens
+        keys, b = [], self.block_tokens
+        parent = hashlib.blake2b(namespace.encode(), digest_size=16).digest() if namespace else b""
         for start in range(0, len(ids) - b + 1, b):
             block = array("q", ids[start : start + b]).tobytes()  # 8 bytes an id
             parent = hashlib.blake2b(parent + block, digest_size=16).digest()
             keys.append(parent)
         return keys
 
-    def lookup(self, ids: list[int]) -> tuple[int, list[Block]]:
+    def lookup(self, ids: list[int], namespace: str | None = None) -> tuple[int, list[Block]]:
         """The longest run of ids' leading full blocks held -> (its length in tokens, its blocks).
         Pass a prompt less its last token: that one must be prefilled, for the next token's logits."""
         if not self.enabled:
             return 0, []
         keys = []
-        for key in self.keys(ids):
+        for key in self.keys(ids, namespace):
             if key not in self.blocks:
                 break
             keys.append(key)
@@ -99,14 +103,14 @@ class PrefixCache:
             cache.v[layer][row, :, :n] = v[layer]
         return n
 
-    def store(self, ids: list[int], cache: KVCache, row: int) -> None:
+    def store(self, ids: list[int], cache: KVCache, row: int, namespace: str | None = None) -> None:
         """Keep the full blocks of a cache's row that holds ids (its positions 0 .. len(ids)-1), those not
         held yet, evicting the least recently used blocks of other prefixes to make room."""
         if not self.enabled:
             return
         k0 = cache.k[0]  # (B, nkv, max_len, hs)
         block_bytes = 2 * len(cache.k) * k0.size(1) * self.block_tokens * k0.size(3) * k0.element_size()
-        keys = self.keys(ids)[: self.max_bytes // block_bytes]  # a chain that fits whole, root first
+        keys = self.keys(ids, namespace)[: self.max_bytes // block_bytes]  # a chain that fits, root first
         self._touch([key for key in keys if key in self.blocks])  # its held blocks are not evicted now
         b = self.block_tokens
         for i, key in enumerate(keys):

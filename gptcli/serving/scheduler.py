@@ -11,8 +11,8 @@ and its own position. One round of the loop (`iterate`):
 
 1. admit: jobs waiting in the inbox (a thread-safe queue) take free slots, first come first served;
    each prompt is prefilled apart from the batch (a few of one length together) and its row copied
-   into its slots (one per choice). The prefix cache (gptcli.serving.prefix_cache) gives the keys
-   and values of the prompt's leading blocks seen before: only the rest is prefilled.
+   into its slots (one per choice, with its LoRA adapter). The prefix cache (gptcli.serving.prefix_cache)
+   gives the keys and values of the prompt's leading blocks seen before: only the rest is prefilled.
 2. choose: each row's next token from its own logits: one argmax for the greedy rows, and per job
    a draw from its own seeded generator with its own temperature / top-k / top-p
    (gptcli.generation.sampling's pick_next, its filtering batched over the jobs that share
@@ -48,6 +48,7 @@ from gptcli.generation.decoder import Decoder
 from gptcli.generation.engine import Engine, keep_tokens
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, candidates, draw, draw_noise
 from gptcli.generation.text import SampleState, SampleText
+from gptcli.models.multi_lora import bank_of
 from gptcli.serving.prefix_cache import Block, PrefixCache, PrefixCacheStats
 
 PREFILL_ROWS = 4  # prompts of one length prefilled together (its cache: this many rows of the context)
@@ -80,6 +81,7 @@ class Job:
     end_ids: tuple[int, ...] | None = None  # where a choice ends (a chat template's end); None: end-of-text
     cancelled: bool = False  # the client went away: the job leaves the batch at the next round
     cached_tokens: int = 0  # set on admission: prompt tokens whose keys and values the prefix cache gave
+    adapter: str | None = None  # the LoRA adapter its rows apply (gpt serve --adapter NAME); None: the base
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -123,9 +125,8 @@ class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 16, prefix_cache_mb: float = 0.0):
         model = engine.model
         if not getattr(model, "static_decode", False):
-            raise GptError(
-                f"gpt serve batches requests through a fixed-shape decode step; {type(model).__name__} has none"
-            )
+            raise GptError(f"gpt serve batches requests through a fixed-shape decode step; "
+                           f"{type(model).__name__} has none")  # fmt: skip
         self.engine, self.max_batch = engine, max_batch
         self.block_size, self.device = engine.block_size, engine.device
         self.keep = keep_tokens(self.block_size)  # tokens kept when a row's context is full, as the engine
@@ -133,6 +134,7 @@ class Scheduler:
         self.views: dict[tuple[int, int], Decoder] = {}  # (rows, positions) -> a view of the batch
         self.prefiller = Decoder(model, min(max_batch, PREFILL_ROWS), self.block_size)
         self.prefill_views: dict[tuple[int, int], Decoder] = {}
+        self.adapters = bank_of(model, max_batch, self.device)  # each row's adapter (--adapter)
         self.logits: torch.Tensor | None = None  # (max_batch, V): each row's logits for its next token
         self.free = list(range(max_batch))
         self.running: list[_Running] = []
@@ -151,9 +153,8 @@ class Scheduler:
         if self._stopping.is_set():
             raise GptError("the server is shutting down")
         if job.config.num_samples > self.max_batch:
-            raise GptError(
-                f"a job of {job.config.num_samples} choices does not fit a batch of {self.max_batch}"
-            )
+            raise GptError(f"a job of {job.config.num_samples} choices does not fit a batch of "
+                           f"{self.max_batch}")  # fmt: skip
         self.inbox.put(job)
 
     def start(self) -> None:
@@ -234,7 +235,7 @@ class Scheduler:
                 continue
             slots = [self.free.pop(0) for _ in range(job.config.num_samples)]  # the lowest free rows
             visible = self._visible(job)
-            job.cached_tokens, blocks = self.prefix_cache.lookup(visible[:-1])  # the last one gives logits
+            job.cached_tokens, blocks = self.prefix_cache.lookup(visible[:-1], job.adapter)  # -1: for logits
             groups.setdefault((job.cached_tokens, len(visible)), []).append((job, slots, blocks))
         for group in groups.values():
             for i in range(0, len(group), PREFILL_ROWS):
@@ -247,8 +248,8 @@ class Scheduler:
         """Prefill these jobs together and start them; if that fails, each alone, so that only a job
         that fails by itself fails."""
         try:
-            slots, rows, blocks = zip(*[(s, self._visible(job), b) for job, s, b in group])
-            self._load(slots, rows, blocks)
+            slots, rows, blocks, adapters = zip(*[(s, self._visible(j), b, j.adapter) for j, s, b in group])
+            self._load(slots, rows, blocks, adapters)
         except Exception as e:
             if len(group) > 1:
                 for one in group:
@@ -272,14 +273,15 @@ class Scheduler:
         ]
         return _Running(job, choices, generator)
 
-    def _load(self, slots: list[list[int]], rows: list[list[int]], blocks: list[list[Block]]) -> None:
-        """Prefill rows of one length together after their cached blocks (as many for each), then keep
-        their blocks; row i's cache and logits go to each slot of slots[i]."""
+    def _load(self, slots: list[list[int]], rows: list[list[int]], blocks: list, adapters: list) -> None:
+        """Prefill rows of one length together after their cached blocks (as many for each), each with its
+        adapter, then keep their blocks; row i's cache, logits and adapter go to each slot of slots[i]."""
         prefiller = self._view(len(rows), self.prefiller, self.prefill_views)
         start = [self.prefix_cache.load(prefiller.cache, i, b) for i, b in enumerate(blocks)][0]  # alike
-        logits = prefiller.extend([row[start:] for row in rows], start)  # (len(rows), V)
+        with self.adapters.prefilling(adapters, slots):  # then slots[i] apply adapters[i]
+            logits = prefiller.extend([row[start:] for row in rows], start)  # (len(rows), V)
         for i, row in enumerate(rows):
-            self.prefix_cache.store(row, prefiller.cache, i)
+            self.prefix_cache.store(row, prefiller.cache, i, adapters[i])
         if self.logits is None:
             self.logits = torch.zeros(self.max_batch, logits.size(-1), dtype=logits.dtype, device=self.device)
         for i, targets in enumerate(slots):
@@ -394,7 +396,8 @@ class Scheduler:
             group = full[i : i + PREFILL_ROWS]  # all of one length: `keep`
             for choice in group:
                 choice.visible = choice.visible[-self.keep :]
-            self._load([[c.slot] for c in group], [c.visible for c in group], [[]] * len(group))
+            adapters = [self.adapters.slots[c.slot] for c in group]
+            self._load([[c.slot] for c in group], [c.visible for c in group], [[]] * len(group), adapters)
         return {c.slot: self.logits[c.slot].clone() for c in full}
 
     def _rows_in_use(self) -> int:
@@ -404,9 +407,8 @@ class Scheduler:
         return min(self.max_batch, 1 << (top - 1).bit_length())
 
     def _length_in_use(self) -> int:
-        """How many cache positions a step reads: past every running row's newest token, rounded up
-        to a multiple of 64 (a short context does not pay for attending over the whole buffer).
-        Compiled, always the whole context: one compilation per number of rows is enough."""
+        """Cache positions a step reads: past every running row's newest token, rounded up to a multiple
+        of 64 (a short context does not pay for the whole buffer); compiled, all (one shape per row count)."""
         if self.batch.compiled:
             return self.block_size
         # a row's newest token goes at len(visible) - 1; a held (re-prefilled) row writes at len(visible)
@@ -432,7 +434,7 @@ class Scheduler:
         if self.prefix_cache.enabled and (error is None or run.job.cancelled):  # (a failed step: unsure)
             held = self.batch.positions[[c.slot for c in run.choices]].tolist()  # tokens in each row's cache
             for choice, n in zip(run.choices, held):  # (the last token chosen was never fed)
-                self.prefix_cache.store(choice.visible[:n], self.batch.cache, choice.slot)
+                self.prefix_cache.store(choice.visible[:n], self.batch.cache, choice.slot, run.job.adapter)
         self._release([c.slot for c in run.choices])
         self.stats.jobs_done += 1
         self._send(run.job, JobEnd(error))

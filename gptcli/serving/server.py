@@ -24,6 +24,7 @@ import uvicorn
 from gptcli.config import ServeConfig
 from gptcli.errors import GptError
 from gptcli.generation.engine import Engine
+from gptcli.serving.adapters import serve_adapters
 from gptcli.serving.api import Log, create_app
 from gptcli.serving.scheduler import Scheduler
 
@@ -69,8 +70,9 @@ class Server:
     def __init__(self, engine: Engine, config: ServeConfig, log: Log | None = None):
         self.engine, self.config = engine, config
         self.model_id = config.model_name or Path(config.checkpoint).resolve().name or "gpt"
+        self.models = serve_adapters(engine, config.adapters, self.model_id)  # the base, then its adapters
         self.scheduler = Scheduler(engine, config.max_batch, config.prefix_cache_mb)
-        self.app = create_app(self.scheduler, config, self.model_id, None if config.quiet else log)
+        self.app = create_app(self.scheduler, config, self.models, None if config.quiet else log)
         settings = uvicorn.Config(
             self.app,
             host=config.host,
@@ -101,8 +103,11 @@ class Server:
             f"gpt serve: listening on {self.url} (playground at /, API at /v1){key}\n"
             f"model {self.model_id!r}: {engine.checkpoint}, {params / 1e6:.2f}M parameters, context "
             f"{engine.block_size}, on {engine.device} ({engine.precision}); batch of {config.max_batch}, "
-            f"prefix cache {config.prefix_cache_mb:g} MiB"
+            f"prefix cache {config.prefix_cache_mb:g} MiB{self.adapter_lines()}"
         )
+
+    def adapter_lines(self) -> str:
+        return "".join(f"\nadapter {name!r}: {run}" for name, run in self.config.adapters.items())
 
     def run(self) -> None:
         """Serve until SIGTERM / Ctrl-C (or stop()), then finish what is in flight and return."""
