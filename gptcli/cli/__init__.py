@@ -9,6 +9,7 @@ from gptcli.cli import data, tokenizer
 from gptcli.cli.chat import chat_command
 from gptcli.cli.common import GptGroup, command_clock
 from gptcli.cli.evaluate import eval_command, info_command
+from gptcli.cli.export_gguf import export_gguf_command
 from gptcli.cli.finetune import finetune_command
 from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
@@ -32,6 +33,7 @@ app.command("generate")(generate_command)
 app.command("chat")(chat_command)
 app.command("load-gpt2")(load_gpt2_command)
 app.command("export-hf")(export_hf_command)
+app.command("export-gguf")(export_gguf_command)
 app.command("merge-lora")(merge_lora_command)
 app.command("export-peft")(export_peft_command)
 app.command("eval")(eval_command)
