@@ -271,3 +271,25 @@ def test_an_adapter_of_another_base_is_refused(runs, tmp_path, monkeypatch):
     config = ServeConfig(checkpoint=other, port=0, quiet=True, adapters=adapters(runs))
     with pytest.raises(GptError, match="LoRA adapter of another base"):
         Server(engine, config)
+
+
+ZEPHYR = """{% for m in messages %}<|{{ m['role'] }}|>
+{{ m['content'] }}<|end|>
+{% endfor %}{% if add_generation_prompt %}<|assistant|>
+{% endif %}"""
+
+
+def test_adapters_with_other_added_tokens_are_refused_together(runs, tmp_path, monkeypatch):
+    """Another template adds other tokens: the batch could not decode both adapters' ids with one tokenizer."""
+    monkeypatch.setenv("GPTCLI_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "zephyr.jinja").write_text(ZEPHYR, encoding="utf-8")
+    result = run_cli(
+        "finetune", "-c", str(runs / "base"), "--data", str(runs / "chats.jsonl"), "--lora", "--max-iters", "1",
+        "--chat-template", str(tmp_path / "zephyr.jinja"), "--out", str(tmp_path / "zephyr"), *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    engine = Engine.from_checkpoint(runs / "base", device="cpu")
+    with pytest.raises(
+        GptError, match=f"adapters {runs / 'rev'} and {tmp_path / 'zephyr'} have different tokenizers"
+    ):
+        serve_adapters(engine, {"rev": runs / "rev", "zephyr": tmp_path / "zephyr"}, "base")
