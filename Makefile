@@ -10,7 +10,7 @@ BASE_STAMP := $(VENV)/.installed-base
 GPT := $(BIN)/gpt
 DEMO := out/demo
 
-.PHONY: install test test-any-cpu demo data bench lint clean gpu-wheels gpu-check
+.PHONY: install test test-any-cpu demo data bench lint clean gpu-wheels gpu-check gguf-check
 
 install: $(STAMP)
 
@@ -92,6 +92,25 @@ gpu-check:
 		|| for w in .whl/*.whl; do $(GPU_PYTHON) -m zipfile -e $$w $(GPU_SITE) || exit 1; done; \
 	fi
 	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_REPORT) $(GPU_CHECK_ARGS)
+
+# llama.cpp loads what `gpt export-gguf` writes (tests/test_gguf_llama_cpp.py). PyPI has llama-cpp-python
+# only as source: the first run builds it (a CPU build, ~15 min on 2 cores) into LLAMA_CPP_DIR, its own
+# folder beside .venv; later runs reuse it. Not part of `make test`: there those tests skip, and
+# tests/test_gguf.py checks the files with gguf's reader and an independent numpy forward pass.
+LLAMA_CPP_DIR := .llama-cpp
+LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
+LLAMA_CPP_CMAKE ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+
+$(LLAMA_CPP_DIR)/.built: | $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install \
+		--no-binary llama-cpp-python --target $(LLAMA_CPP_DIR) --upgrade "$(LLAMA_CPP_PYTHON)" "diskcache>=5.6" \
+		--no-deps
+	touch $@
+
+gguf-check: $(LLAMA_CPP_DIR)/.built
+	PYTHONPATH=$(CURDIR)/$(LLAMA_CPP_DIR) $(BIN)/python -m pytest tests/test_gguf_llama_cpp.py -rs
 
 lint: install
 	$(BIN)/ruff check gptcli tests benchmarks scripts

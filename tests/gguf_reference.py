@@ -7,7 +7,7 @@ that differ from ours; and it encodes text from the file's tokens and merges wit
     model.forward([5, 9, 2])        -> (T, V) logits, float64
     GgufBpe(model).encode(text)     -> ids, special tokens' text matched as theirs
 
-Also the tiny checkpoints the GGUF tests export (tiny_checkpoint).
+Also what the GGUF tests export: MODELS, tiny_checkpoint, export_models.
 """
 
 import math
@@ -186,6 +186,40 @@ class GgufBpe:
 
 # ---------------------------------------------------------------------------------------------------
 # What the tests export
+
+# name -> the model's shape: learned positions (gpt2) and rotary (starcoder2), GQA, tied and untied heads
+MODELS = {
+    "gpt2": dict(pos_emb="learned"),
+    "gpt2-gqa-untied-nobias": dict(pos_emb="learned", n_kv_head=2, tie_weights=False, bias=False),
+    "rope-gqa": dict(pos_emb="rope", n_kv_head=1, rope_base=500.0),
+    "rope-untied-nobias": dict(pos_emb="rope", tie_weights=False, bias=False),
+}
+# special tokens, non-ASCII, a tab, blank lines, and whitespace after a newline at the end
+SPECIAL_TEXT = (
+    "<|im_start|>user\nCombien coûte un café ? 日本語 🎉 naïve — «ok»<|im_end|>\n"
+    "<|im_start|>assistant\n  Shall I compare thee\tto a summer's day?\n\n<|endoftext|>x \n  "
+)
+
+
+def chat_tokenizer():
+    """A GPT-2-pattern BPE of 400 tokens trained on the sonnets, with ChatML's tokens (as fine-tuning adds them)."""
+    from gptcli.tokenizers import with_special_tokens
+    from tests.chat.conftest import train
+
+    return with_special_tokens(train(pattern="gpt2"), ["<|im_start|>", "<|im_end|>"])[0]
+
+
+def export_models(root: Path, tokenizer, dtypes) -> dict[tuple[str, str], tuple[Path, Path]]:
+    """Every model of MODELS (the first fine-tuned, with ChatML) saved and exported in every dtype:
+    (name, dtype) -> (checkpoint dir, GGUF file)."""
+    from gptcli.gguf_export import export_gguf
+
+    out = {}
+    for i, (name, shape) in enumerate(MODELS.items()):
+        directory = tiny_checkpoint(root / name, tokenizer, seed=i, chat=i == 0, **shape)
+        for dtype in dtypes:
+            out[name, dtype] = directory, export_gguf(directory, root / f"{name}-{dtype}.gguf", dtype=dtype)
+    return out
 
 
 def tiny_checkpoint(directory: Path, tokenizer, seed: int = 0, chat: bool = False, **shape) -> Path:

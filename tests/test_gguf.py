@@ -18,21 +18,20 @@ from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 from tests.chat.conftest import CONVERSATIONS
 from tests.chat.conftest import train as train_bpe
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
-from tests.gguf_reference import LLAMA_CPP_PRE, GgufBpe, GgufModel, split_pieces, tiny_checkpoint
+from tests.gguf_reference import (
+    LLAMA_CPP_PRE,
+    MODELS,
+    SPECIAL_TEXT,
+    GgufBpe,
+    GgufModel,
+    export_models,
+    split_pieces,
+    tiny_checkpoint,
+)
+from tests.gguf_reference import chat_tokenizer as reference_tokenizer
 
 gguf = pytest.importorskip("gguf")
 
-# name -> the model's shape: learned positions (gpt2) and rotary (starcoder2), GQA, tied and untied heads
-MODELS = {
-    "gpt2": dict(pos_emb="learned"),
-    "gpt2-gqa-untied-nobias": dict(pos_emb="learned", n_kv_head=2, tie_weights=False, bias=False),
-    "rope-gqa": dict(pos_emb="rope", n_kv_head=1, rope_base=500.0),
-    "rope-untied-nobias": dict(pos_emb="rope", tie_weights=False, bias=False),
-}
-SPECIAL_TEXT = (
-    "<|im_start|>user\nCombien coûte un café ? 日本語 🎉 naïve — «ok»<|im_end|>\n"
-    "<|im_start|>assistant\n  Shall I compare thee\tto a summer's day?\n\n<|endoftext|>x \n  "
-)
 # text the tokenizer must split as llama.cpp does: the sonnets, conversations, code, odd whitespace
 REAL_TEXT = (
     [SONNETS.read_text(encoding="utf-8")[:20000], SPECIAL_TEXT]
@@ -43,22 +42,13 @@ REAL_TEXT = (
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    """A GPT-2-pattern BPE trained on the sonnets, with ChatML's tokens (as fine-tuning adds them)."""
-    from gptcli.tokenizers import with_special_tokens
-
-    return with_special_tokens(train_bpe(pattern="gpt2"), ["<|im_start|>", "<|im_end|>"])[0]
+    return reference_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, chat_tokenizer):
     """(name, dtype) -> (checkpoint dir, GGUF path), for every model of MODELS and every dtype."""
-    root = tmp_path_factory.mktemp("gguf")
-    out = {}
-    for i, (name, shape) in enumerate(MODELS.items()):
-        directory = tiny_checkpoint(root / name, chat_tokenizer, seed=i, chat=name == "gpt2", **shape)
-        for dtype in ("f32", "f16", "q8_0"):
-            out[name, dtype] = directory, export_gguf(directory, root / f"{name}-{dtype}.gguf", dtype=dtype)
-    return out
+    return export_models(tmp_path_factory.mktemp("gguf"), chat_tokenizer, ("f32", "f16", "q8_0"))
 
 
 def expected_tensors(config: ModelConfig, arch: str) -> dict[str, tuple[int, ...]]:
