@@ -16,11 +16,17 @@ What the file holds (llama.cpp's `gpt2` tokenizer model, the one its converter w
     tokenizer.chat_template        a fine-tuned model's template, as Jinja
 
 **Pre-tokenizers.** llama.cpp splits a text by the regex its named pre-tokenizer stands for, then
-merges inside each piece. Only where that split is ours is the encoding ours: our `gpt2` pattern
-(tiktoken's r50k form) splits as llama.cpp's `gpt-2` does; tests/test_gguf.py proves it on real text.
-Our `gpt4` pattern (cl100k) has no exact twin: `llama-bpe`, the nearest, cuts whitespace that ends a
-text after a newline in two ('x \\n  ' -> ' \\n', '  '), which an indented code prompt hits, so it is
-refused with that reason, as is any custom regex and the char tokenizer.
+merges inside each piece. Only where that split is ours is the encoding ours, so a pattern maps only
+to a pre-tokenizer that splits real text as it does (tests/test_gguf.py proves each on the sonnets,
+conversations, code and non-ASCII text):
+
+    gpt2 (tiktoken's r50k)   -> gpt-2       the same split everywhere
+    gpt4 (tiktoken's cl100k) -> llama-bpe   Llama 3's regex: the same split, except where a text ends
+                                            in whitespace holding a newline and then more whitespace:
+                                            'x \\n  ' -> ' \\n', '  ' where ours keeps ' \\n  ' (cl100k's
+                                            `\\s++$`), so such a prompt's last tokens may differ
+
+Any other regex is refused (a GGUF file cannot carry one), as is the char tokenizer.
 """
 
 from dataclasses import dataclass
@@ -30,15 +36,10 @@ from gptcli.errors import GptError
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe import BPETokenizer
 from gptcli.tokenizers.gpt2 import gpt2_vocab, token_to_str
-from gptcli.tokenizers.patterns import GPT2_PATTERN
+from gptcli.tokenizers.patterns import GPT2_PATTERN, GPT4_PATTERN
 
-# our split pattern -> the llama.cpp pre-tokenizer that splits every text exactly as it does
-PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2"}
-# what a pattern we cannot map is told (the named ones; a custom regex gets the general reason)
-UNMAPPED = {
-    "gpt4": "llama.cpp's nearest pre-tokenizer (llama-bpe) splits whitespace that ends a text after a "
-    "newline differently ('x \\n  ' -> ' \\n', '  ' where ours keeps ' \\n  ')",
-}
+# our split pattern -> the llama.cpp pre-tokenizer that splits real text as it does (the docstring)
+PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", GPT4_PATTERN: "llama-bpe"}
 NORMAL, CONTROL = 1, 3  # gguf.TokenType values (llama.cpp's llama_token_type)
 
 
@@ -81,13 +82,9 @@ def pre_tokenizer(tokenizer: Tokenizer) -> str:
         )
     if tokenizer.pattern in PRE_TOKENIZERS:
         return PRE_TOKENIZERS[tokenizer.pattern]
-    name = tokenizer.pattern_name
-    reason = UNMAPPED.get(
-        name, "GGUF names a pre-tokenizer instead of carrying a regex, and none splits as it"
-    )
     raise GptError(
-        f"the tokenizer's split pattern ({name}) has no exact llama.cpp pre-tokenizer: {reason}; "
-        "a tokenizer trained with --pattern gpt2 exports"
+        f"the tokenizer's split pattern ({tokenizer.pattern_name}) has no llama.cpp pre-tokenizer: GGUF "
+        "names one instead of carrying a regex; tokenizers trained with --pattern gpt2 or gpt4 export"
     )
 
 

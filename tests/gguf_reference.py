@@ -18,7 +18,8 @@ import regex
 import torch
 
 # llama.cpp's regex for each named pre-tokenizer (src/llama-vocab.cpp, llama_vocab::impl::load);
-# text no alternative matches is a piece of its own there, as here
+# text no alternative matches is a piece of its own there, as here. llama-bpe also sets ignore_merges:
+# a piece that is a token as a whole is that token (tiktoken does the same)
 LLAMA_CPP_PRE = {
     "gpt-2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
     "llama-bpe": r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
@@ -148,6 +149,7 @@ class GgufBpe:
         keys = model.keys
         assert keys["tokenizer.ggml.model"] == "gpt2"
         self.pattern = LLAMA_CPP_PRE[keys["tokenizer.ggml.pre"]]
+        self.ignore_merges = keys["tokenizer.ggml.pre"] == "llama-bpe"
         tokens, types = keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"]
         self.ids = {t: i for i, t in enumerate(tokens)}
         self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(keys["tokenizer.ggml.merges"])}
@@ -166,6 +168,8 @@ class GgufBpe:
         ids = []
         for piece in split_pieces(self.pattern, text):
             word = [self.char[b] for b in piece.encode("utf-8")]
+            if self.ignore_merges and "".join(word) in self.ids:
+                word = ["".join(word)]
             while len(word) > 1:
                 pairs = set(zip(word, word[1:]))
                 best = min(pairs, key=lambda p: self.ranks.get(p, math.inf))
@@ -187,35 +191,42 @@ class GgufBpe:
 # ---------------------------------------------------------------------------------------------------
 # What the tests export
 
-# name -> the model's shape: learned positions (gpt2) and rotary (starcoder2), GQA, tied and untied heads
+# name -> the model's shape: learned positions (gpt2) and rotary (starcoder2), GQA, tied and untied heads;
+# and its tokenizer's split pattern (default gpt2)
 MODELS = {
     "gpt2": dict(pos_emb="learned"),
     "gpt2-gqa-untied-nobias": dict(pos_emb="learned", n_kv_head=2, tie_weights=False, bias=False),
-    "rope-gqa": dict(pos_emb="rope", n_kv_head=1, rope_base=500.0),
+    "rope-gqa-gpt4": dict(pos_emb="rope", n_kv_head=1, rope_base=500.0, pattern="gpt4"),
     "rope-untied-nobias": dict(pos_emb="rope", tie_weights=False, bias=False),
 }
-# special tokens, non-ASCII, a tab, blank lines, and whitespace after a newline at the end
+# special tokens, non-ASCII, a tab, blank lines
 SPECIAL_TEXT = (
     "<|im_start|>user\nCombien coûte un café ? 日本語 🎉 naïve — «ok»<|im_end|>\n"
-    "<|im_start|>assistant\n  Shall I compare thee\tto a summer's day?\n\n<|endoftext|>x \n  "
+    "<|im_start|>assistant\n  Shall I compare thee\tto a summer's day?\n\n<|endoftext|>x \n  y\n"
 )
+# texts ending in whitespace with a newline then more whitespace: gpt2 splits them as llama.cpp's gpt-2,
+# gpt4 not as llama-bpe (gptcli/gguf_tokenizer.py)
+TRAILING = ["x \n  ", "end\t\n\t", "a.\n \n  "]
 
 
-def chat_tokenizer():
-    """A GPT-2-pattern BPE of 400 tokens trained on the sonnets, with ChatML's tokens (as fine-tuning adds them)."""
+def chat_tokenizer(pattern: str = "gpt2"):
+    """A BPE of 400 tokens trained on the sonnets, with ChatML's tokens (as fine-tuning adds them)."""
     from gptcli.tokenizers import with_special_tokens
     from tests.chat.conftest import train
 
-    return with_special_tokens(train(pattern="gpt2"), ["<|im_start|>", "<|im_end|>"])[0]
+    return with_special_tokens(train(pattern=pattern), ["<|im_start|>", "<|im_end|>"])[0]
 
 
-def export_models(root: Path, tokenizer, dtypes) -> dict[tuple[str, str], tuple[Path, Path]]:
+def export_models(root: Path, dtypes) -> dict[tuple[str, str], tuple[Path, Path]]:
     """Every model of MODELS (the first fine-tuned, with ChatML) saved and exported in every dtype:
     (name, dtype) -> (checkpoint dir, GGUF file)."""
     from gptcli.gguf_export import export_gguf
 
-    out = {}
+    out, tokenizers = {}, {}
     for i, (name, shape) in enumerate(MODELS.items()):
+        shape = dict(shape)
+        pattern = shape.pop("pattern", "gpt2")
+        tokenizer = tokenizers.setdefault(pattern, chat_tokenizer(pattern))
         directory = tiny_checkpoint(root / name, tokenizer, seed=i, chat=i == 0, **shape)
         for dtype in dtypes:
             out[name, dtype] = directory, export_gguf(directory, root / f"{name}-{dtype}.gguf", dtype=dtype)

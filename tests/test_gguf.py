@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from gptcli.config import ModelConfig
-from gptcli.errors import GptError
-from gptcli.gguf_export import export_gguf
 from gptcli.loading import load_checkpoint
 from gptcli.models import build_model
 from gptcli.storage import checkpoint as ckpt
@@ -22,6 +20,7 @@ from tests.gguf_reference import (
     LLAMA_CPP_PRE,
     MODELS,
     SPECIAL_TEXT,
+    TRAILING,
     GgufBpe,
     GgufModel,
     export_models,
@@ -38,17 +37,19 @@ REAL_TEXT = (
     + [m["content"] for c in CONVERSATIONS for m in c]
     + ["def f(x):\n    return x  \n\n\t\tend\r\n", "It's 12345 o'clock, WE'LL see'S 3.14\u00a0ok", "  \n \n"]
 )
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+PRE = {"gpt2": "gpt-2", "gpt4": "llama-bpe"}
 
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    return reference_tokenizer()
+    return reference_tokenizer("gpt2")
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, chat_tokenizer):
     """(name, dtype) -> (checkpoint dir, GGUF path), for every model of MODELS and every dtype."""
-    return export_models(tmp_path_factory.mktemp("gguf"), chat_tokenizer, ("f32", "f16", "q8_0"))
+    return export_models(tmp_path_factory.mktemp("gguf"), ("f32", "f16", "q8_0"))
 
 
 def expected_tensors(config: ModelConfig, arch: str) -> dict[str, tuple[int, ...]]:
@@ -133,16 +134,20 @@ def test_q8_0_blocks_decode_to_the_weights_within_their_precision(exports):
     assert (np.abs(deq - blocks) <= step * (0.5 + 127 / 2048)).all()
 
 
-def test_tokenizer_round_trips_through_tokens_and_merges(exports, chat_tokenizer):
-    """The file's tokens and merges, split by llama.cpp's gpt-2 regex, encode real text to our ids."""
-    model = GgufModel(exports["gpt2", "f32"][1])
-    assert model.keys["tokenizer.ggml.model"] == "gpt2" and model.keys["tokenizer.ggml.pre"] == "gpt-2"
+@pytest.mark.parametrize("name,pattern", [("gpt2", "gpt2"), ("rope-gqa-gpt4", "gpt4")])
+def test_tokenizer_round_trips_through_tokens_and_merges(exports, name, pattern):
+    """The file's tokens and merges, split by the named pre-tokenizer's regex (llama.cpp's), encode real
+    text to our ids; for gpt2 also a text that ends in whitespace after a newline."""
+    directory, path = exports[name, "f32"]
+    tokenizer = load_tokenizer(directory)
+    model = GgufModel(path)
+    assert model.keys["tokenizer.ggml.model"] == "gpt2" and model.keys["tokenizer.ggml.pre"] == PRE[pattern]
     bpe = GgufBpe(model)
-    for text in REAL_TEXT:
-        assert bpe.encode(text) == chat_tokenizer.encode(text, allow_special=True), text[:60]
+    for text in REAL_TEXT + (TRAILING if pattern == "gpt2" else []):
+        assert bpe.encode(text) == tokenizer.encode(text, allow_special=True), text[:60]
     tokens = model.keys["tokenizer.ggml.tokens"]
-    assert len(tokens) == chat_tokenizer.vocab_size == model.shapes["token_embd.weight"][0]
-    assert len(model.keys["tokenizer.ggml.merges"]) == len(chat_tokenizer.merges)
+    assert len(tokens) == tokenizer.vocab_size == model.shapes["token_embd.weight"][0]
+    assert len(model.keys["tokenizer.ggml.merges"]) == len(tokenizer.merges)
 
 
 def test_special_tokens_ids_and_chat_template(exports, chat_tokenizer):
@@ -155,24 +160,26 @@ def test_special_tokens_ids_and_chat_template(exports, chat_tokenizer):
     assert keys["tokenizer.ggml.eos_token_id"] == keys["tokenizer.ggml.eot_token_id"] == special["<|im_end|>"]
     assert keys["tokenizer.ggml.add_bos_token"] is False
     assert "<|im_start|>" in keys["tokenizer.chat_template"]
-    base = GgufModel(exports["rope-gqa", "f32"][1]).keys  # not fine-tuned: no template, eos <|endoftext|>
+    base = GgufModel(
+        exports["rope-untied-nobias", "f32"][1]
+    ).keys  # not fine-tuned: no template, eos <|endoftext|>
     assert "tokenizer.chat_template" not in base
     assert base["tokenizer.ggml.eos_token_id"] == special["<|endoftext|>"]
 
 
-def test_gpt2_pattern_splits_as_llama_cpps_gpt2_pre_tokenizer():
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_our_patterns_split_real_text_as_their_llama_cpp_pre_tokenizers(pattern):
+    ours, theirs = PATTERNS[pattern], LLAMA_CPP_PRE[PRE[pattern]]
     for text in REAL_TEXT:
-        assert split_pieces(GPT2_PATTERN, text) == split_pieces(LLAMA_CPP_PRE["gpt-2"], text), text[:60]
-
-
-def test_gpt4_pattern_is_refused_where_llama_bpe_splits_otherwise(tmp_path):
-    """The reason the export gives for refusing GPT-4's pattern holds."""
-    text = "x \n  "
-    assert split_pieces(GPT4_PATTERN, text) == ["x", " \n  "]
-    assert split_pieces(LLAMA_CPP_PRE["llama-bpe"], text) == ["x", " \n", "  "]
-    directory = tiny_checkpoint(tmp_path / "ck", train_bpe(pattern="gpt4"))
-    with pytest.raises(GptError, match="gpt4.*llama-bpe"):
-        export_gguf(directory, tmp_path / "m.gguf")
+        assert split_pieces(ours, text) == split_pieces(theirs, text), text[:60]
+    # whitespace that ends a text after a newline: gpt2 still agrees, gpt4 differs as documented
+    for text in TRAILING:
+        assert (split_pieces(ours, text) == split_pieces(theirs, text)) == (pattern == "gpt2"), text
+    if pattern == "gpt4":
+        assert (split_pieces(ours, "x \n  "), split_pieces(theirs, "x \n  ")) == (
+            ["x", " \n  "],
+            ["x", " \n", "  "],
+        )
 
 
 REFUSED = {
@@ -206,11 +213,12 @@ def test_char_and_custom_pattern_tokenizers_are_refused(tmp_path):
     )
     custom = train_bpe(pattern=r"\p{L}+|\s+|.")
     directory = tiny_checkpoint(tmp_path / "custom", custom)
-    assert_one_line_error(run_cli("export-gguf", str(directory), "-o", str(tmp_path / "m.gguf")), "(custom)")
+    result = run_cli("export-gguf", str(directory), "-o", str(tmp_path / "m.gguf"))
+    assert_one_line_error(result, "split pattern (custom) has no llama.cpp pre-tokenizer")
 
 
 def test_cli_writes_the_file_and_checks_its_options(tmp_path, exports):
-    directory, _ = exports["rope-gqa", "f32"]
+    directory, _ = exports["rope-gqa-gpt4", "f32"]
     out = tmp_path / "sub" / "m.gguf"
     result = run_cli("export-gguf", str(directory), "--out", str(out), "--dtype", "q8_0")
     assert result.exit_code == 0, result.stderr
