@@ -45,9 +45,15 @@ NOT_RUN = {
     "make gpu-check": "needs a GPU",
     "gpt serve": "a server runs until stopped: tests/serving and tests/cli/test_serve.py start it and call it",
     "curl ": "needs the running server: tests/serving/test_api.py sends these requests",
+    "llama-completion ": "llama.cpp's tools are not installed here: tests/test_gguf_llama_cpp.py runs the exports",
+    "llama-cli ": "llama.cpp's tools are not installed here: tests/test_gguf_llama_cpp.py runs the exports",
+    "llama-server ": "llama.cpp's tools are not installed here: tests/test_gguf_llama_cpp.py runs the exports",
+    "ollama ": "needs Ollama installed and its server running",
+    "make gguf-check": "builds llama.cpp from source (~15 min on 2 cores)",
 }
 PY_NOT_RUN = {
     "from openai import OpenAI": "needs the running server: tests/serving/test_api.py uses the openai client",
+    "from llama_cpp import Llama": "llama-cpp-python is built from source: `make gguf-check` runs llama.cpp on the exports",
 }
 TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 32 --batch-size 2 --max-iters 2 --warmup-iters 1 "
         "--eval-interval 2 --eval-iters 1 --log-interval 1 --sample-tokens 4 --device cpu")  # fmt: skip
@@ -66,6 +72,7 @@ EXPECTED = {
         "chat-peft/base/model.safetensors",
     ],
     "chat.md": ["replies.txt", "turns.jsonl", "conversation.json"],
+    "run-elsewhere.md": ["model.gguf", "model-q8.gguf", "chat.gguf", "model-f16.gguf"],
 }
 TINY_FINETUNE = ("--batch-size 2 --max-iters 2 --warmup-iters 1 --eval-interval 2 --eval-iters 1 --log-interval 1 "
                  "--sample-tokens 4 --device cpu")  # fmt: skip
