@@ -106,7 +106,8 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32", bes
     if has_lora(model):
         model = merge_lora(model)
     tensors = gguf_tensors(ckpt.model_weights(model), config, arch)
-    return write_gguf(gguf, Path(out), arch, config, vocab, tensors, dtype, name=directory.name)
+    name = Path(checkpoint).resolve().name  # the run or checkpoint as the user named it
+    return write_gguf(gguf, Path(out), arch, config, vocab, tensors, dtype, name=name)
 
 
 def gguf_tensors(weights: dict[str, torch.Tensor], config: ModelConfig, arch: str) -> dict[str, np.ndarray]:

@@ -226,3 +226,4 @@ def test_cli_writes_the_file_and_checks_its_options(tmp_path, exports):
     assert run_cli("export-gguf", str(directory), "--dtype", "q4").exit_code == 2
     assert_one_line_error(run_cli("export-gguf", str(tmp_path / "nowhere")), "not found")
     assert load_tokenizer(directory).vocab_size == GgufModel(out).shapes["token_embd.weight"][0]
+    assert GgufModel(out).keys["general.name"] == directory.name
