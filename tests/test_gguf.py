@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from gptcli.config import ModelConfig
+from gptcli.gguf_export import export_gguf
 from gptcli.loading import load_checkpoint
 from gptcli.models import build_model
+from gptcli.models.lora import has_lora
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import load_tokenizer
 from gptcli.tokenizers.char import CharTokenizer
@@ -227,3 +229,37 @@ def test_cli_writes_the_file_and_checks_its_options(tmp_path, exports):
     assert_one_line_error(run_cli("export-gguf", str(tmp_path / "nowhere")), "not found")
     assert load_tokenizer(directory).vocab_size == GgufModel(out).shapes["token_embd.weight"][0]
     assert GgufModel(out).keys["general.name"] == directory.name
+
+
+def test_a_lora_run_exports_merged(tmp_path, monkeypatch, chat_tokenizer):
+    """An adapter run's GGUF holds its base with the adapters (and new rows) added in: its logits are the run's."""
+    from tests.training.test_finetune import FAST, reverse_task, task_words, write_jsonl
+
+    monkeypatch.setenv("GPTCLI_CACHE_DIR", str(tmp_path / "cache"))
+    base = tiny_checkpoint(tmp_path / "base", chat_tokenizer, pos_emb="rope", n_kv_head=2)
+    data = write_jsonl(tmp_path / "chats.jsonl", reverse_task(task_words(3)[:16]))
+    args = [
+        "-c",
+        str(base),
+        "--data",
+        str(data),
+        "--lora",
+        "--lora-r",
+        "4",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "2",
+    ]
+    result = run_cli(
+        "finetune", *args, "--max-iters", "2", "--eval-interval", "2", *FAST, "--out", str(tmp_path / "run")
+    )
+    assert result.exit_code == 0, result.stderr
+    ours, tokenizer, _ = load_checkpoint(ckpt.resolve_checkpoint(tmp_path / "run"))
+    assert has_lora(ours)
+    ids = tokenizer.encode(SPECIAL_TEXT, allow_special=True)[:40]
+    with torch.no_grad():
+        want = ours(torch.tensor([ids]))[0][0, :, : tokenizer.vocab_size].double().numpy()
+    model = GgufModel(export_gguf(tmp_path / "run", tmp_path / "lora.gguf"))
+    assert np.abs(model.forward(ids) - want).max() < 1e-4 * np.abs(want).max()
+    assert "tokenizer.chat_template" in model.keys
