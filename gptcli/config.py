@@ -413,6 +413,7 @@ class ServeConfig(StrictModel):
     device: str = Field("auto", description=DEVICE_HELP)
     precision: Precision = Field("auto", description=PRECISION_HELP)
     compile: bool = Field(False, description="Compile the decode step (torch.compile; CUDA graph on a GPU).")
+    quantize: Literal["int8"] | None = Field(None, description="int8: decode with int8 weights.")
     quiet: bool = Field(False, description="No log line per request.")
     adapters: dict[str, Path] = Field(
         default_factory=dict, description="LoRA adapters of the checkpoint, by model id: --adapter NAME=RUN."

@@ -52,6 +52,7 @@ from gptcli.errors import GptError
 from gptcli.gguf_tokenizer import GgufVocab, gguf_vocab
 from gptcli.loading import load_checkpoint
 from gptcli.models.lora import has_lora, merge_lora
+from gptcli.quantize import refuse_int8
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.files import current_umask
 
@@ -100,6 +101,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32", bes
     saved = ckpt.read_config(directory)
     config = saved["model"]
     arch = gguf_arch(config, directory)  # refused before any weight is read
+    refuse_int8(directory, saved, "gpt export-gguf")
     model, tokenizer, _ = load_checkpoint(directory)
     template = ChatTemplate.from_json(saved["chat_template"]) if saved.get("chat_template") else None
     vocab = gguf_vocab(tokenizer, template)

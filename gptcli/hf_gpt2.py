@@ -32,6 +32,7 @@ from gptcli.errors import GptError
 from gptcli.loading import load_checkpoint
 from gptcli.models import GPT
 from gptcli.models.lora import has_lora, merge_lora
+from gptcli.quantize import refuse_int8
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.files import atomic_write_json, read_json
 from gptcli.storage.tensorfile import SafetensorsReader, write_safetensors
@@ -224,6 +225,7 @@ def export_hf_gpt2(
     directory = ckpt.resolve_checkpoint(checkpoint, best=best)
     saved = ckpt.read_config(directory)
     check_gpt2_layout(saved["model"], directory)
+    refuse_int8(directory, saved, "gpt export-hf")
     model, tokenizer, _ = load_checkpoint(directory)
     return write_hf_gpt2(
         merge_lora(model) if has_lora(model) else model, tokenizer, saved, directory, out, warn

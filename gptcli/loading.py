@@ -2,11 +2,14 @@
 
     model, tokenizer, config = load_checkpoint("out/checkpoints/step_0005000", device="cuda")
     model, tokenizer, config, used = load_newest("out", best=True)   # a run dir: its best intact one
+    load_newest("out", quantize="int8")                               # its model with int8 weights
     describe_checkpoint("out")                                        # what `gpt info` shows
 
 The files themselves (saving, checksums, listing, the newest or best checkpoint, the weights read
 into a model) are gptcli.storage.checkpoint's, which knows nothing of models or tokenizers; this
 module builds the model (gptcli.models) and reads the tokenizer (gptcli.tokenizers) on top of it.
+An int8 checkpoint (`gpt quantize`; its config's "quantization") loads as an int8 model
+(gptcli.models.int8): its int8 tensors go into int8 layers, never into float ones.
 """
 
 import math
@@ -18,7 +21,8 @@ import torch
 from gptcli.config import LoraConfig, ModelConfig
 from gptcli.errors import GptError
 from gptcli.models import build_model, resize_vocab
-from gptcli.models.lora import adapter_parameters, add_lora, fold_new_rows
+from gptcli.models.int8 import KIND, empty_int8_model, is_quantized, quantize_model
+from gptcli.models.lora import adapter_parameters, add_lora, fold_new_rows, has_lora, merge_lora
 from gptcli.storage.checkpoint import (
     CONFIG,
     TOKENIZER,
@@ -63,6 +67,11 @@ def load_checkpoint(
             )
         if "lora" in config:  # an adapter: its base, checked, with the adapters on it
             model = adapter_model(directory, config, warn)
+        elif "quantization" in config:  # gpt quantize's: int8 layers, filled from the file below
+            if config["quantization"].get("kind") != KIND:
+                raise GptError(f"{directory / CONFIG}: unknown quantization {config['quantization']!r}")
+            model = empty_int8_model(config["model"])
+            load_weights(directory, model)
         else:
             model = build_model(config["model"], empty=True)  # every weight is filled from the file below
             load_weights(directory, model)
@@ -115,22 +124,35 @@ def load_newest(
     best: bool = False,
     strict: bool = False,
     warn: Warn | None = None,
+    quantize: str | None = None,
 ) -> tuple[torch.nn.Module, Tokenizer, dict, Path]:
     """load_checkpoint of what `path` names; of a run dir, the newest (or best) intact checkpoint.
 
     A damaged checkpoint is passed over with a warning naming it (with strict: an error); a
-    checkpoint directory named directly is never swapped for another. -> (..., the directory used)
+    checkpoint directory named directly is never swapped for another. quantize "int8": the model
+    with int8 weights (see quantized). -> (..., the directory used)
     """
     options = resolve_checkpoints(path, best)
     for i, directory in enumerate(options):
         try:
-            return (*load_checkpoint(directory, device, warn), directory)
+            model, tokenizer, config = load_checkpoint(directory, device, warn)
+            return quantized(model, quantize), tokenizer, config, directory
         except DamagedCheckpoint as e:
             if strict or i == len(options) - 1:
                 raise
             kind = "best" if best else "newest"
             (warn or default_warn)(f"{e}; using the next {kind} checkpoint, {options[i + 1].name}")
     raise AssertionError("unreachable: resolve_checkpoints returns at least one")
+
+
+def quantized(model: torch.nn.Module, quantize: str | None) -> torch.nn.Module:
+    """--quantize: the model with int8 weights (a LoRA adapter merged into its base first); an int8
+    checkpoint's model as it is; None: the model unchanged."""
+    if quantize is None or is_quantized(model):
+        return model
+    if quantize != KIND:
+        raise GptError(f"unknown quantization {quantize!r}: {KIND} is the one there is")
+    return quantize_model(merge_lora(model) if has_lora(model) else model)
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -152,7 +174,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
             verify_file(path / name, digests)
     tokenizer = load_tokenizer(path / TOKENIZER)
     with SafetensorsReader(path / WEIGHTS) as reader:
-        n_params = sum(math.prod(reader.shape(k)) for k in reader.keys())
+        weights = [k for k in reader.keys() if not (k.endswith(".scale") and "quantization" in config)]
+        n_params = sum(math.prod(reader.shape(k)) for k in weights)  # an int8 model's: its scales aside
     info: dict[str, Any] = {
         "checkpoint": str(path),
         "model": model.model_dump(mode="json"),

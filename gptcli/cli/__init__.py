@@ -15,6 +15,7 @@ from gptcli.cli.generate import generate_command
 from gptcli.cli.gpt2 import export_hf_command, load_gpt2_command
 from gptcli.cli.lora import export_peft_command, merge_lora_command
 from gptcli.cli.plot import plot_command
+from gptcli.cli.quantize import quantize_command
 from gptcli.cli.serve import serve_command
 from gptcli.cli.train import train_command
 
@@ -36,6 +37,7 @@ app.command("export-hf")(export_hf_command)
 app.command("export-gguf")(export_gguf_command)
 app.command("merge-lora")(merge_lora_command)
 app.command("export-peft")(export_peft_command)
+app.command("quantize")(quantize_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 app.command("plot")(plot_command)

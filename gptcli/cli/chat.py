@@ -17,6 +17,7 @@ import typer
 from gptcli.cli.common import (
     BestOption,
     CheckpointOption,
+    QuantizeOption,
     QuietOption,
     VerboseOption,
     console,
@@ -53,6 +54,7 @@ def chat_command(
     stop: Annotated[list[str] | None, sample_option("stop")] = None,
     device: Annotated[str, device_option()] = "auto",
     precision: Annotated[Precision, precision_option()] = "auto",
+    quantize: QuantizeOption = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Without a terminal: one JSON object per turn instead of the reply."),
@@ -70,10 +72,10 @@ def chat_command(
     config = validate_options(SampleConfig, settings)
     from gptcli.chat.session import ChatSession  # torch loads only once the command runs
 
-    engine = load_engine(checkpoint, device, precision, best, False, False)
+    engine = load_engine(checkpoint, device, precision, best, False, False, quantize)
     session = ChatSession(engine, config, system, on_note=note)
     detail(
-        f"{engine.checkpoint} on {engine.device} ({engine.precision}); sampling {config.model_dump_json()}"
+        f"{engine.checkpoint} on {engine.device} ({engine.describe_weights()}); sampling {config.model_dump_json()}"
     )
     interactive = sys.stdin.isatty()
     if interactive and not quiet:

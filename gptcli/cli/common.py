@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -128,6 +128,17 @@ def device_option(**options) -> typer.models.OptionInfo:
 
 def precision_option(**options) -> typer.models.OptionInfo:
     return config_option(TrainConfig, "precision", "--precision", **options)
+
+
+# --quantize on generate, chat, eval and serve (ServeConfig.quantize)
+QuantizeOption = Annotated[
+    Literal["int8"] | None,
+    typer.Option(
+        "--quantize",
+        help="int8: decode with int8 weights, a scale per output row (a quarter of fp32's bytes read per "
+        "token); an int8 checkpoint (gpt quantize) is int8 anyway.",
+    ),
+]
 
 
 # Data (ids, text, JSON) goes to stdout; messages and progress go to stderr, so pipes stay clean.

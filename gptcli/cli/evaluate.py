@@ -13,6 +13,7 @@ from rich.table import Table
 from gptcli.cli.common import (
     BestOption,
     JsonOption,
+    QuantizeOption,
     QuietOption,
     StrictOption,
     VerboseOption,
@@ -57,6 +58,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
     device: Annotated[str, device_option()] = "auto",
+    quantize: QuantizeOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -82,7 +84,7 @@ def eval_command(
     torch_device = resolve_device(device)
     rows = []
     for i, source in enumerate(sources):
-        loaded = load_newest(source, torch_device, best=best, strict=strict, warn=warn)
+        loaded = load_newest(source, torch_device, best=best, strict=strict, warn=warn, quantize=quantize)
         reader = CorpusReader(corpus, options)  # read again for each model: its tokenizer may differ
         row = evaluate_checkpoint(
             loaded, ", ".join(data), reader, torch_device, batch_size, max_tokens, as_json
@@ -100,6 +102,7 @@ def eval_command(
 def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_tokens, as_json) -> dict:
     """One row of the eval table: the checkpoint, its model, and its figures on the corpus."""
     from gptcli.evaluate import document_ids, evaluate_ids
+    from gptcli.models.int8 import is_quantized
 
     model, tokenizer, config, directory = loaded
     t0 = time.perf_counter()
@@ -113,6 +116,7 @@ def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_token
         "arch": config["model"].arch,
         "parameters": model.num_params(non_embedding=False),
         "tokenizer": tokenizer.kind,
+        "quantization": "int8" if is_quantized(model) else None,
         **result.to_json(),
     }
 
@@ -124,7 +128,7 @@ def write_eval_table(rows: list[dict]) -> None:
         table.add_column(name, justify="left" if name in ("checkpoint", "arch", "tokenizer") else "right")
     for r in rows:
         table.add_row(
-            r["checkpoint"],
+            r["checkpoint"] + (" (int8)" if r.get("quantization") else ""),
             r["arch"],
             f"{r['parameters'] / 1e6:.2f}M",
             r["tokenizer"],

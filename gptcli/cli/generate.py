@@ -11,6 +11,7 @@ from gptcli.cli.common import (
     BestOption,
     CheckpointOption,
     JsonOption,
+    QuantizeOption,
     QuietOption,
     StrictOption,
     VerboseOption,
@@ -56,6 +57,7 @@ def generate_command(
     ignore_eos: Annotated[bool | None, sample_option("ignore_eos", "--ignore-eos")] = None,
     device: Annotated[str, device_option()] = "auto",
     precision: Annotated[Precision, precision_option()] = "auto",
+    quantize: QuantizeOption = None,
     compile: Annotated[
         bool,
         typer.Option(
@@ -79,10 +81,10 @@ def generate_command(
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
     config = validate_options(SampleConfig, settings)
     text = read_prompt(prompt)
-    engine = load_engine(checkpoint, device, precision, best, strict, compile)
+    engine = load_engine(checkpoint, device, precision, best, strict, compile, quantize)
     run = engine.start(text, config)
     detail(
-        f"{engine.checkpoint} on {engine.device} ({engine.precision}); prompt {len(run.prompt_ids)} tokens; "
+        f"{engine.checkpoint} on {engine.device} ({engine.describe_weights()}); prompt {len(run.prompt_ids)} tokens; "
         f"sampling {config.model_dump_json()}"
     )
     if run.context_note is not None:  # past the context the window slides: said as gpt serve says it
@@ -90,11 +92,19 @@ def generate_command(
     print_run(engine, run, as_json, stream and config.num_samples == 1)
 
 
-def load_engine(checkpoint: Path, device: str, precision: str, best: bool, strict: bool, compile: bool):
+def load_engine(
+    checkpoint: Path,
+    device: str,
+    precision: str,
+    best: bool,
+    strict: bool,
+    compile: bool,
+    quantize: str | None = None,
+):
     from gptcli.generation import Engine  # loaded only once a command runs, so `gpt --help` starts at once
 
     return Engine.from_checkpoint(
-        checkpoint, device, precision, best=best, strict=strict, warn=warn, compile=compile
+        checkpoint, device, precision, best=best, strict=strict, warn=warn, compile=compile, quantize=quantize
     )
 
 

@@ -9,6 +9,7 @@ import typer
 from gptcli.cli.common import (
     BestOption,
     CheckpointOption,
+    QuantizeOption,
     QuietOption,
     VerboseOption,
     config_option,
@@ -72,6 +73,7 @@ def serve_command(
     device: Annotated[str, device_option()] = "auto",
     precision: Annotated[Precision, precision_option()] = "auto",
     compile: Annotated[bool, _serve("compile", "--compile/--no-compile")] = False,
+    quantize: QuantizeOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -88,14 +90,25 @@ def serve_command(
     except ImportError:
         raise GptError("gpt serve needs the serve extra: pip install 'gptcli[serve]'") from None
     given = dict(checkpoint=checkpoint, best=best, device=device, precision=precision, compile=compile, quiet=quiet,
+                 quantize=quantize,
                  host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                  max_body_bytes=max_body_bytes, prefix_cache_mb=prefix_cache_mb, drain_seconds=drain_seconds,
                  model_name=model_name, adapters=parse_adapters(adapter or []) or None)  # fmt: skip
     config = validate_options(ServeConfig, given)
+    if (
+        config.quantize and config.adapters
+    ):  # the adapters' layers wrap float Linears (gptcli.models.multi_lora)
+        raise OptionError("--adapter with --quantize: adapters are served on a float base only")
     from gptcli.serving.server import Server  # torch, FastAPI and uvicorn load only once the command runs
 
     engine = load_engine(
-        config.checkpoint, config.device, config.precision, config.best, False, config.compile
+        config.checkpoint,
+        config.device,
+        config.precision,
+        config.best,
+        False,
+        config.compile,
+        config.quantize,
     )
     server = Server(engine, config, log=log_request)
     typer.echo(server.banner(), err=True)

@@ -39,6 +39,7 @@ from gptcli.generation.decoder import Decoder
 from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
 from gptcli.generation.text import SampleState, SampleText
 from gptcli.loading import load_newest
+from gptcli.models.int8 import is_quantized
 from gptcli.runtime import DTYPES, resolve_device, resolve_precision
 from gptcli.storage.checkpoint import Warn
 from gptcli.tokenizers.base import Tokenizer
@@ -145,6 +146,7 @@ class Engine:
             chat_template  # a fine-tune's (see gptcli.chat): how to talk to it; None: a base model
         )
         self.decoders: dict[tuple[int, int], Decoder] = {}  # (batch, cache length): kept, compiled once
+        self.int8 = is_quantized(self.model)  # int8 weights (gptcli.models.int8), activations in precision
 
     @classmethod
     def from_checkpoint(
@@ -156,15 +158,21 @@ class Engine:
         strict: bool = False,
         warn: Warn | None = None,
         compile: bool = False,
+        quantize: str | None = None,
     ) -> "Engine":
         """A checkpoint dir, or a run dir: its newest (or best) intact checkpoint; a damaged one is
-        passed over with a warning through `warn` (with strict: an error)."""
+        passed over with a warning through `warn` (with strict: an error). quantize "int8": int8
+        weights (gptcli.models.int8); an int8 checkpoint has them anyway."""
         torch_device = resolve_device(device)
-        model, tokenizer, config, directory = load_newest(path, torch_device, best, strict, warn)
+        model, tokenizer, config, directory = load_newest(path, torch_device, best, strict, warn, quantize)
         saved = config.get("chat_template")
         template = None if saved is None else ChatTemplate.from_json(saved)
         precision = resolve_precision(precision, torch_device)
         return cls(model, tokenizer, precision, directory, compile, chat_template=template)
+
+    def describe_weights(self) -> str:
+        """The precision, as the commands print it: "fp32", "bf16, int8 weights", ..."""
+        return f"{self.precision}, int8 weights" if self.int8 else self.precision
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Prompt text (or ids) -> ids; an empty prompt starts from end-of-text when the tokenizer has it."""

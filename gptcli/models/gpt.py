@@ -293,7 +293,7 @@ class GPT(LanguageModel):
         Under autocast pass the compute dtype (e.g. torch.bfloat16) to halve the cache's memory.
         """
         cfg = self.config
-        ref = self.lm_head.weight
+        ref = self.transformer.ln_f.weight  # float, where the head's weight may be int8 (gptcli.models.int8)
         return KVCache(
             cfg.n_layer,
             batch_size,

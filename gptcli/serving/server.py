@@ -102,7 +102,7 @@ class Server:
         return (
             f"gpt serve: listening on {self.url} (playground at /, API at /v1){key}\n"
             f"model {self.model_id!r}: {engine.checkpoint}, {params / 1e6:.2f}M parameters, context "
-            f"{engine.block_size}, on {engine.device} ({engine.precision}); batch of {config.max_batch}, "
+            f"{engine.block_size}, on {engine.device} ({engine.describe_weights()}); batch of {config.max_batch}, "
             f"prefix cache {config.prefix_cache_mb:g} MiB{self.adapter_lines()}"
         )
 

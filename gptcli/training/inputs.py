@@ -20,6 +20,7 @@ from gptcli.data.store import TOKENIZER as STORE_TOKENIZER
 from gptcli.data.store import is_store
 from gptcli.data.tokenizer_corpus import train_tokenizer
 from gptcli.errors import GptError
+from gptcli.quantize import refuse_int8
 from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.checksums import CHECKSUMS
 from gptcli.tokenizers import load_tokenizer, with_special_tokens
@@ -106,6 +107,7 @@ def init_checkpoint(path: Path, notes: list[str]) -> Path:
         verified = (found / CHECKSUMS).exists()
     if not verified:
         notes.append(f"warning: {found} has no checksums (written before they existed)")
+    refuse_int8(found, ckpt.read_config(found), "--init-from")
     return found
 
 
