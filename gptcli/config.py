@@ -205,7 +205,7 @@ class LoraConfig(StrictModel):
     targets: list[LoraTarget] = Field(
         ["attn"], min_length=1, description="Layers given adapters (attn, proj, mlp)."
     )
-    base_precision: Literal["fp32", "bf16"] = Field("fp32", description="The frozen base's weights.")
+    base_precision: Literal["fp32", "bf16"] = Field("fp32", description="The frozen base's matrices.")
 
 
 class TrainConfig(StrictModel):

@@ -74,7 +74,7 @@ class LanguageModel(nn.Module):
         if last_only and targets is None:
             x = x[:, -1:, :]  # (B, 1, C)
         V = self.config.vocab_size
-        if targets is not None and x.device.type == "cpu":
+        if targets is not None and x.device.type == "cpu" and isinstance(self.lm_head, nn.Linear):
             # on a CPU the padding rows are only cost (a 65-token vocab pads to 128, twice the work):
             # multiply by the vocabulary's rows alone
             logits = F.linear(x, self.lm_head.weight[:V])  # (B, T, V)

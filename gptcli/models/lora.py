@@ -33,12 +33,28 @@ from gptcli.models.resize import token_layers
 TARGETS = {"attn": ("attn.c_attn",), "proj": ("attn.c_proj",), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 
 
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear (`base`) plus its low-rank update (see the module docstring)."""
+class FrozenLinear(nn.Module):
+    """A frozen nn.Linear (`base`), possibly held in bf16: its input is cast to the weight's dtype and
+    its output back, so the rest of the model computes as it did."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
+
+    @property
+    def weight(self) -> Tensor:  # what code that reads a Linear's weight (its dtype, its device) sees
+        return self.base.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.base.weight
+        return self.base(x if x.dtype == w.dtype else x.to(w.dtype)).to(x.dtype)
+
+
+class LoRALinear(FrozenLinear):
+    """A frozen nn.Linear plus its low-rank update (see the module docstring)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__(base)
         self.r, self.scaling = r, alpha / r
         device = base.weight.device
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device))  # (r, in)
@@ -46,14 +62,9 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
 
-    @property
-    def weight(self) -> Tensor:  # what code that reads a Linear's weight (its dtype, its device) sees
-        return self.base.weight
-
     def forward(self, x: Tensor) -> Tensor:  # (B, T, in) -> (B, T, out)
-        w = self.base.weight
-        y = self.base(x if x.dtype == w.dtype else x.to(w.dtype)).to(x.dtype)  # a base held in bf16
-        return y + (self.dropout(x) @ self.lora_A.to(x.dtype).T @ self.lora_B.to(x.dtype).T) * self.scaling
+        update = self.dropout(x) @ self.lora_A.to(x.dtype).T @ self.lora_B.to(x.dtype).T  # (B, T, out)
+        return super().forward(x) + update * self.scaling
 
     def merged(self) -> nn.Linear:
         """The base Linear with the update added into its weight (W + scaling * B A), in fp32 math."""
@@ -65,20 +76,29 @@ class LoRALinear(nn.Module):
 
 
 class TokenRows(nn.Module):
-    """A token table (embedding or head, (P, C)) whose rows first..last-1 are trained and the rest frozen."""
+    """A frozen token table (embedding or head, (P, C)), possibly held in bf16, whose rows
+    first..last-1 (the tokens a fine-tune added) are trained as a small fp32 Parameter of their own."""
 
-    def __init__(self, weight: Tensor, first: int, last: int):
+    def __init__(self, weight: Tensor, first: int, last: int, dtype: torch.dtype | None = None):
         super().__init__()
         self.first, self.last = first, last
-        self.frozen = nn.Parameter(weight.detach(), requires_grad=False)  # (P, C), new rows included
-        self.new = nn.Parameter(weight.detach()[first:last].clone().float())  # (last - first, C)
+        frozen = weight.detach() if dtype is None else weight.detach().to(dtype)
+        self.frozen = nn.Parameter(frozen, requires_grad=False)  # (P, C); its rows first..last-1 unused
+        new = weight.detach()[first:last].float().clone()  # (last - first, C)
+        self.new = nn.Parameter(new) if last > first else None
 
-    def table(self) -> Tensor:  # (P, C)
-        frozen = self.frozen.to(self.new.dtype)
-        return torch.cat([frozen[: self.first], self.new, frozen[self.last :]])
+    def table(self) -> Tensor:
+        """The whole (P, C) table in fp32, trained rows in place (a copy: for folding, not per step)."""
+        frozen = self.frozen.float()
+        return (
+            frozen if self.new is None else torch.cat([frozen[: self.first], self.new, frozen[self.last :]])
+        )
 
 
 class RowsEmbedding(nn.Module):
+    """The token embedding over TokenRows: the frozen table's rows, and the trained ones for new ids.
+    No table is assembled, so a step holds no copy of it and no gradient of it."""
+
     def __init__(self, rows: TokenRows):
         super().__init__()
         self.rows = rows
@@ -87,13 +107,25 @@ class RowsEmbedding(nn.Module):
     def weight(self) -> Tensor:
         return self.rows.table()
 
-    def forward(self, idx: Tensor) -> Tensor:
-        return F.embedding(idx, self.rows.table())
+    def forward(self, idx: Tensor) -> Tensor:  # (B, T) -> (B, T, C)
+        rows = self.rows
+        x = F.embedding(idx, rows.frozen).float()
+        if rows.new is None:
+            return x
+        added = (idx >= rows.first) & (idx < rows.last)
+        picked = F.embedding((idx - rows.first).clamp(0, rows.last - rows.first - 1), rows.new)
+        return torch.where(added.unsqueeze(-1), picked, x)
 
 
 class RowsHead(RowsEmbedding):
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.rows.table())
+    """The output head over TokenRows: the frozen rows' logits, and the trained rows' written over theirs."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, P)
+        rows = self.rows
+        logits = F.linear(x.to(rows.frozen.dtype), rows.frozen).to(x.dtype)
+        if rows.new is not None:  # in place: the product does not keep its output for backward
+            logits[..., rows.first : rows.last] = F.linear(x, rows.new)
+        return logits
 
 
 # ---- putting adapters on a model, and taking them off
@@ -112,23 +144,31 @@ def add_lora(
     model: LanguageModel, config: LoraConfig, new_rows: tuple[int, int] | None = None
 ) -> LanguageModel:
     """In place: freeze every weight, put adapters on the targeted layers, and (new_rows: the ids
-    first..last-1 the vocabulary gained) make those tokens' rows trainable. -> model"""
+    first..last-1 the vocabulary gained) make those tokens' rows trainable. base_precision bf16 holds
+    the frozen Linear layers and token tables in bf16 (half their memory); the rest computes in fp32. -> model"""
     if not hasattr(model, "transformer"):
         raise GptError(f"LoRA adapts a GPT's layers; {type(model).__name__} has none of them")
     for p in model.parameters():
         p.requires_grad_(False)
-    dtype = torch.bfloat16 if config.base_precision == "bf16" else None
+    half = config.base_precision == "bf16"
     for parent, attr, linear in targeted(model, config.targets):
-        if dtype is not None:
-            linear.to(dtype)  # the frozen base at half the bytes; the adapter stays fp32
-        lora = LoRALinear(linear, config.r, config.alpha, config.dropout)
+        lora = LoRALinear(
+            linear.to(torch.bfloat16) if half else linear, config.r, config.alpha, config.dropout
+        )
         setattr(parent, attr, lora.train(linear.training))  # in the mode the model is in (eval: no dropout)
-    if new_rows is not None and new_rows[1] > new_rows[0]:
+    if half:
+        for parent, attr, linear in targeted(model, list(TARGETS)):  # the layers left without adapters
+            setattr(parent, attr, FrozenLinear(linear.to(torch.bfloat16)))
+    first, last = new_rows if new_rows is not None else (0, 0)
+    if last > first or half:
         wte, lm_head = token_layers(model)
-        tied = wte.weight is lm_head.weight
-        head_rows = TokenRows(lm_head.weight.to(dtype) if dtype else lm_head.weight, *new_rows)
+        dtype = torch.bfloat16 if half else None
+        head_rows = TokenRows(lm_head.weight, first, last, dtype)
         model.lm_head = RowsHead(head_rows)
-        model.transformer.wte = RowsEmbedding(head_rows if tied else TokenRows(wte.weight, *new_rows))
+        tied = wte.weight is lm_head.weight
+        model.transformer.wte = RowsEmbedding(
+            head_rows if tied else TokenRows(wte.weight, first, last, dtype)
+        )
     return model
 
 
@@ -171,9 +211,10 @@ def merge_lora(model: LanguageModel) -> LanguageModel:
     plain model in fp32, every weight trainable again. -> model"""
     fold_new_rows(model)
     for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
+        if isinstance(module, FrozenLinear):
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, module.merged())
+            merged = module.merged() if isinstance(module, LoRALinear) else module.base
+            setattr(model.get_submodule(parent_name), attr, merged)
     model.float()
     for p in model.parameters():
         p.requires_grad_(True)

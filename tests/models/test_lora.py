@@ -23,6 +23,10 @@ def logits(model, ids) -> torch.Tensor:
         return model(ids)[0]
 
 
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+
+
 def perturb(model, seed=1) -> None:
     """Give every adapter and new row values of their own (as training would)."""
     g = torch.Generator().manual_seed(seed)
@@ -84,15 +88,22 @@ def test_merged_and_folded_equal_the_adapted_model(shape):
     assert set(model.state_dict()) == set(gpt(**shape).state_dict())  # a plain GPT's weights again
 
 
-def test_a_bf16_base_stays_close_to_fp32_and_its_adapters_train_in_fp32():
+@pytest.mark.parametrize("new_rows", [None, (70, 72)])
+def test_a_bf16_base_holds_every_frozen_matrix_in_bf16_stays_close_and_trains_in_fp32(new_rows):
     full, half = gpt(), gpt()
-    add_lora(full, LoraConfig(targets=["attn"]))
-    add_lora(half, LoraConfig(targets=["attn"], base_precision="bf16"))
-    layer = half.transformer.h[0].attn.c_attn
-    assert layer.base.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
-    torch.testing.assert_close(
-        logits(half, IDS[:, :8] % 70), logits(full, IDS[:, :8] % 70), rtol=0.05, atol=0.05
-    )
+    if new_rows:
+        resize_vocab(full, 72), resize_vocab(half, 72)
+    add_lora(full, LoraConfig(targets=["attn"]), new_rows)
+    add_lora(half, LoraConfig(targets=["attn"], base_precision="bf16"), new_rows)
+    frozen = [p for p in half.parameters() if not p.requires_grad and p.dim() == 2 and p.numel() > 32 * 32]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # every Linear, the token table
+    assert all(p.dtype == torch.float32 for p in adapter_parameters(half).values())
+    assert weight_bytes(half) < 0.6 * weight_bytes(full)
+    ids = IDS[:, :8] % (72 if new_rows else 70)
+    torch.testing.assert_close(logits(half, ids), logits(full, ids), rtol=0.05, atol=0.05)
+    _, loss = half.train()(ids, targets=ids)
+    loss.backward()
+    assert all(p.grad is not None for p in adapter_parameters(half).values())
 
 
 def test_only_a_gpt_takes_adapters():
