@@ -72,7 +72,13 @@ EXPECTED = {
         "chat-peft/base/model.safetensors",
     ],
     "chat.md": ["replies.txt", "turns.jsonl", "conversation.json"],
-    "run-elsewhere.md": ["model.gguf", "model-q8.gguf", "chat.gguf", "model-f16.gguf"],
+    "run-elsewhere.md": [
+        "model.gguf",
+        "model-q8.gguf",
+        "chat.gguf",
+        "model-f16.gguf",
+        "out-int8/model.safetensors",
+    ],
 }
 TINY_FINETUNE = ("--batch-size 2 --max-iters 2 --warmup-iters 1 --eval-interval 2 --eval-iters 1 --log-interval 1 "
                  "--sample-tokens 4 --device cpu")  # fmt: skip
