@@ -190,6 +190,9 @@ def info_command(
             f"adapter      LoRA r {lora['r']}, alpha {lora['alpha']:g} on {','.join(lora['targets'])}; "
             f"base {info['base']['path']} (sha256 {info['base']['sha256'][:12]}...)"
         )
+    if "quantization" in info:  # gpt quantize's: int8 weights, and the float checkpoint they came from
+        origin = info.get("quantized_from", {}).get("path", "?")
+        lines.append(f"weights      int8, a scale per output row (gpt quantize of {origin})")
     for key in ("step", "train_loss", "val_loss", "source"):
         if info.get(key) is not None:
             value = f"{info[key]:.4f}" if isinstance(info[key], float) else info[key]

@@ -46,6 +46,10 @@ def test_the_int8_checkpoint_is_a_checksummed_quarter_of_the_float_one(runs):
     assert info["quantization"]["kind"] == "int8"
     assert info["parameters"] == json.loads(run_cli("info", str(fp32), "--json").stdout)["parameters"]
     assert run_cli("info", "--verify", str(int8)).exit_code == 0
+    assert (
+        f"int8, a scale per output row (gpt quantize of {fp32.resolve()})"
+        in run_cli("info", str(int8)).stdout
+    )
 
 
 def test_a_damaged_int8_checkpoint_is_a_one_line_error(runs, tmp_path):
