@@ -94,8 +94,9 @@ gpu-check:
 	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_REPORT) $(GPU_CHECK_ARGS)
 
 # llama.cpp loads what `gpt export-gguf` writes (tests/test_gguf_llama_cpp.py). PyPI has llama-cpp-python
-# only as source: the first run builds it (a CPU build, ~15 min on 2 cores) into LLAMA_CPP_DIR, its own
-# folder beside .venv; later runs reuse it. Not part of `make test`: there those tests skip, and
+# only as source: the first run builds it (a CPU build: ~80 min on a busy 2-core VM) into LLAMA_CPP_DIR, its own
+# folder beside .venv; later runs reuse it. It then runs benchmarks/bench_quant.py (ours vs llama.cpp,
+# fp32 and int8). Not part of `make test`: there those tests skip, and
 # tests/test_gguf.py checks the files with gguf's reader and an independent numpy forward pass.
 LLAMA_CPP_DIR := .llama-cpp
 LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
@@ -111,6 +112,7 @@ $(LLAMA_CPP_DIR)/.built: | $(STAMP)
 
 gguf-check: $(LLAMA_CPP_DIR)/.built
 	PYTHONPATH=$(CURDIR)/$(LLAMA_CPP_DIR) $(BIN)/python -m pytest tests/test_gguf_llama_cpp.py -rs
+	PYTHONPATH=$(CURDIR)/$(LLAMA_CPP_DIR) $(BIN)/python benchmarks/bench_quant.py
 
 lint: install
 	$(BIN)/ruff check gptcli tests benchmarks scripts
