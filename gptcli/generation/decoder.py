@@ -95,13 +95,13 @@ class Decoder:
     def load_row(self, slot: int, source: "Decoder", row: int = 0) -> None:
         """Copy row `row` of another decoder's cache (a request prefilled apart, say) into row `slot`
         of this one, with its position; the other rows are left as they are. Positions past the
-        source's cache keep what they held: never read, a row attends only up to its position."""
-        n = source.max_len
-        if n > self.max_len:
-            raise GptError(f"a cache of {n} tokens does not fit in one of {self.max_len}")
+        source row's keep what they held: never read, a row attends only up to its position."""
+        if source.max_len > self.max_len:
+            raise GptError(f"a cache of {source.max_len} tokens does not fit in one of {self.max_len}")
+        n = int(source.positions[row])  # the positions the row holds: the rest is never read
         for layer in range(len(self.cache.k)):
-            self.cache.k[layer][slot, :, :n] = source.cache.k[layer][row]  # (nkv, n, hs)
-            self.cache.v[layer][slot, :, :n] = source.cache.v[layer][row]
+            self.cache.k[layer][slot, :, :n] = source.cache.k[layer][row, :, :n]  # (nkv, n, hs)
+            self.cache.v[layer][slot, :, :n] = source.cache.v[layer][row, :, :n]
         self.positions[slot] = source.positions[row]
 
     def first_rows(self, n: int, length: int | None = None) -> "Decoder":

@@ -95,13 +95,12 @@ class PrefixCache:
         """Copy blocks (from lookup) into positions 0 .. n-1 of a cache's row -> n, the tokens loaded."""
         if not blocks:
             return 0
-        n = len(blocks) * self.block_tokens
-        k = torch.cat([block.k for block in blocks], dim=2)  # (n_layer, nkv, n, hs)
-        v = torch.cat([block.v for block in blocks], dim=2)
-        for layer in range(len(cache.k)):
-            cache.k[layer][row, :, :n] = k[layer]
-            cache.v[layer][row, :, :n] = v[layer]
-        return n
+        b = self.block_tokens
+        for i, block in enumerate(blocks):  # straight into the row: no joined copy of them all first
+            for layer in range(len(cache.k)):
+                cache.k[layer][row, :, i * b : (i + 1) * b].copy_(block.k[layer])  # (nkv, b, hs)
+                cache.v[layer][row, :, i * b : (i + 1) * b].copy_(block.v[layer])
+        return len(blocks) * b
 
     def store(self, ids: list[int], cache: KVCache, row: int, namespace: str | None = None) -> None:
         """Keep the full blocks of a cache's row that holds ids (its positions 0 .. len(ids)-1), those not
