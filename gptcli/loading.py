@@ -102,20 +102,32 @@ def adapter_model(directory: Path, config: dict, warn: Warn | None = None) -> to
     if not is_checkpoint(base):
         raise GptError(f"{directory} is a LoRA adapter whose base {base} is not there: put it back, or merge "
                        "the adapter where it is (gpt merge-lora)")  # fmt: skip
-    expected, actual = config["base"]["sha256"], base_reference(base)["sha256"]
-    if actual != expected:
-        raise GptError(f"{directory} is a LoRA adapter of another base: {base}'s weights have sha256 {actual}, "
-                       f"the adapter was trained on {expected}")  # fmt: skip
+    check_base(directory, config, base)
     model, _, _ = load_checkpoint(base, "cpu", warn)
     base_vocab = model.config.vocab_size
     resize_vocab(model, config["model"].vocab_size)
-    lora = LoraConfig.model_validate(config["lora"]).model_copy(update={"base_precision": "fp32"})
-    add_lora(model, lora, new_rows=(base_vocab, config["model"].vocab_size))
-    load_weights(directory, model, adapter_parameters(model))
+    put_adapters(directory, config, model, base_vocab)
     fold_new_rows(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def check_base(directory: Path, config: dict, base: Path) -> None:
+    """An adapter goes only on the base it was trained on: the sha256 of `base`'s weights must be the
+    one its config.json recorded."""
+    expected, actual = config["base"]["sha256"], base_reference(base)["sha256"]
+    if actual != expected:
+        raise GptError(f"{directory} is a LoRA adapter of another base: {base}'s weights have sha256 {actual}, "
+                       f"the adapter was trained on {expected}")  # fmt: skip
+
+
+def put_adapters(directory: Path, config: dict, model: torch.nn.Module, base_vocab: int) -> None:
+    """In place: a LoRA checkpoint's adapters and its added tokens' rows, read from `directory`, on
+    `model` (a base grown to the adapter's vocabulary; fp32, unmerged, whatever the training held)."""
+    lora = LoraConfig.model_validate(config["lora"]).model_copy(update={"base_precision": "fp32"})
+    add_lora(model, lora, new_rows=(base_vocab, config["model"].vocab_size))
+    load_weights(directory, model, adapter_parameters(model))
 
 
 def load_newest(

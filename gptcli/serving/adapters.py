@@ -17,18 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.chat.template import ChatTemplate
-from gptcli.config import LoraConfig
 from gptcli.errors import GptError
 from gptcli.generation.engine import Engine
-from gptcli.loading import base_reference
+from gptcli.loading import check_base, put_adapters
 from gptcli.models import build_model
-from gptcli.models.lora import adapter_parameters, add_lora
 from gptcli.models.multi_lora import Adapter, add_multi_lora
 from gptcli.storage.checkpoint import (
     CONFIG,
     TOKENIZER,
     checkpoint_digests,
-    load_weights,
     read_config,
     resolve_checkpoint,
 )
@@ -58,10 +55,7 @@ def serve_adapters(engine: Engine, adapters: dict[str, Path], base_id: str) -> d
     if engine.checkpoint is None:
         raise GptError("adapters need the base's checkpoint, to check that they were trained on it")
     base_vocab = engine.model.config.vocab_size
-    sha256 = base_reference(engine.checkpoint)["sha256"]
-    loaded = {
-        name: load_adapter(run, engine.checkpoint, sha256, base_vocab) for name, run in adapters.items()
-    }
+    loaded = {name: load_adapter(run, engine.checkpoint, base_vocab) for name, run in adapters.items()}
     (first, (_, tokenizer, _)), *others = loaded.items()
     for name, (_, other, _) in others:
         if _tokens(other) != _tokens(tokenizer):
@@ -78,17 +72,13 @@ def serve_adapters(engine: Engine, adapters: dict[str, Path], base_id: str) -> d
     return models
 
 
-def load_adapter(
-    run: Path, base: Path, base_sha256: str, base_vocab: int
-) -> tuple[Adapter, Tokenizer, ChatTemplate | None]:
+def load_adapter(run: Path, base: Path, base_vocab: int) -> tuple[Adapter, Tokenizer, ChatTemplate | None]:
     """An adapter run's newest checkpoint -> its tensors, tokenizer and chat template, checked."""
     directory = resolve_checkpoint(run)
     config = read_config(directory)
     if "lora" not in config:
         raise GptError(f"{directory} is not a LoRA adapter (gpt finetune --lora): serve it with -c instead")
-    if config["base"]["sha256"] != base_sha256:
-        raise GptError(f"{run} is a LoRA adapter of another base: it was trained on weights with sha256 "
-                       f"{config['base']['sha256']}, the served {base} has {base_sha256}")  # fmt: skip
+    check_base(run, config, base)
     digests = checkpoint_digests(directory)
     if digests is not None:
         for name in (CONFIG, TOKENIZER):
@@ -99,9 +89,7 @@ def load_adapter(
         raise GptError(f"{directory}: a vocabulary of {vocab} does not extend the base's {base_vocab}")
     # the adapter's own model, its base weights never filled (allocated, untouched): only its tensors load
     model = build_model(config["model"], empty=True)
-    lora = LoraConfig.model_validate(config["lora"]).model_copy(update={"base_precision": "fp32"})
-    add_lora(model, lora, new_rows=(base_vocab, vocab))
-    load_weights(directory, model, adapter_parameters(model))
+    put_adapters(directory, config, model, base_vocab)
     template = config.get("chat_template")
     return Adapter.of(model), tokenizer, None if template is None else ChatTemplate.from_json(template)
 

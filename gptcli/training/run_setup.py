@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from gptcli.chat.template import ChatTemplate
-from gptcli.config import TrainConfig
+from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data.sources import SourceOptions
 from gptcli.data.token_cache import prepare_data
 from gptcli.errors import GptError
@@ -81,7 +81,7 @@ def initial_model(
     if config.lora is not None:  # the frozen base + adapters; a resumed run's adapters loaded below
         model = lora_model(config)
     elif config.init_from is not None and resume_from is None:
-        model = base_model(Path(config.init_from), config.model.vocab_size, config.model)
+        model = base_model(Path(config.init_from), config.model)
     else:
         model = build_model(config.model)  # a GPT, or the LSTM baseline (arch)
     state, saved = RunState(), None
@@ -101,19 +101,16 @@ def initial_model(
     return model, state, saved
 
 
-def base_model(base: Path, vocab_size: int, model_config=None) -> LanguageModel:
-    """A base checkpoint's weights in a model of `model_config` (default: the base's own; its dropout
-    may differ), grown to `vocab_size` tokens when fine-tuning added special tokens (new rows: the
-    old rows' mean)."""
+def base_model(base: Path, model_config: ModelConfig) -> LanguageModel:
+    """A base checkpoint's weights in a model of the run's `model_config` (its dropout may differ from
+    the base's), grown to its vocab_size when fine-tuning added special tokens (new rows: the old
+    rows' mean)."""
     saved = ckpt.read_config(base)
     if "lora" in saved:
         raise GptError(f"{base} is a LoRA adapter, not a full model: merge it first (gpt merge-lora {base})")
-    base_config = (model_config or saved["model"]).model_copy(
-        update={"vocab_size": saved["model"].vocab_size}
-    )
-    model = build_model(base_config)
+    model = build_model(model_config.model_copy(update={"vocab_size": saved["model"].vocab_size}))
     ckpt.load_weights(base, model)
-    return resize_vocab(model, vocab_size)
+    return resize_vocab(model, model_config.vocab_size)
 
 
 def lora_model(config: TrainConfig) -> LanguageModel:
@@ -121,7 +118,7 @@ def lora_model(config: TrainConfig) -> LanguageModel:
     the tokens it gained trainable (gptcli.models.lora)."""
     base = Path(config.init_from)
     base_vocab = ckpt.read_config(base)["model"].vocab_size
-    model = base_model(base, config.model.vocab_size, config.model)
+    model = base_model(base, config.model)
     return add_lora(model, config.lora, new_rows=(base_vocab, config.model.vocab_size))
 
 
