@@ -40,7 +40,6 @@ import argparse
 import http.client
 import json
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import threading
 import time
 from pathlib import Path
 
+import bench_serve
 import torch
 
 from gptcli.chat.session import ChatSession
@@ -110,16 +110,8 @@ def user_messages(tokenizer, seed: int, count: int, tokens: int) -> list[str]:
 
 
 def start_server(checkpoint: Path, cache_mb: float, max_batch: int) -> tuple[subprocess.Popen, int]:
-    command = [sys.executable, "-m", "gptcli", "serve", "-c", str(checkpoint), "--port", "0", "-q",
-               "--device", "cpu", "--max-batch", str(max_batch), "--prefix-cache-mb", str(cache_mb),
-               "--model-name", MODEL]  # fmt: skip
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    banner = server.stderr.readline()
-    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", banner)
-    if not found:
-        server.kill()
-        raise SystemExit(f"gpt serve did not start: {banner}{server.stderr.read()}")
-    return server, int(found.group(1))
+    extra = ["--prefix-cache-mb", str(cache_mb), "--model-name", MODEL]
+    return bench_serve.start_server(checkpoint, max_batch, extra=extra)
 
 
 def stop_server(server: subprocess.Popen) -> None:

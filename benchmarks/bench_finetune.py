@@ -58,22 +58,10 @@ SHAPES = {  # mode: model, data and run settings
 
 def prepare(tmp: Path, shape: dict, seed: int) -> dict:
     """The tokenizer, the HF folder, our imported base and the conversation files."""
-    import torch
-    import transformers
-
     from gptcli.chat.template import ChatTemplate, render
-    from gptcli.config import TokenizerTrainConfig
-    from gptcli.data.tokenizer_corpus import train_tokenizer
-    from gptcli.hf_gpt2 import import_gpt2
     from gptcli.tokenizers import with_special_tokens
-    from gptcli.tokenizers.export import export_tokenizer
 
-    corpus = tmp / "corpus.txt"
-    task_text = "\n".join(f"{t}: {' '.join(WORDS)}" for t in TASKS)
-    corpus.write_text(SONNETS.read_text() + ("\n" + task_text) * 20)
-    tokenizer = train_tokenizer(
-        TokenizerTrainConfig(files=[str(corpus)], vocab_size=shape["vocab"], pattern="gpt2")
-    ).tokenizer
+    tokenizer = task_tokenizer(tmp, shape["vocab"])
     template = ChatTemplate.chatml()
     chat_tokenizer, _ = with_special_tokens(tokenizer, template.special_tokens)
     chats = [  # only those that fit a row on both sides (ours drops longer ones, TRL truncates them)
@@ -82,18 +70,42 @@ def prepare(tmp: Path, shape: dict, seed: int) -> dict:
     ]  # fmt: skip
     data = tmp / "chats.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    base = hf_base(tmp, tokenizer, shape, shape["block"], seed)
+    check_same_ids(tmp / "hf", chats[:20], template, chat_tokenizer)
+    return {"hf": str(tmp / "hf"), "base": str(base), "data": str(data), "conversations": chats}
+
+
+def task_tokenizer(tmp: Path, vocab_size: int):
+    """A GPT-2-pattern BPE of `vocab_size` trained on the sonnets and the tasks' words."""
+    from gptcli.config import TokenizerTrainConfig
+    from gptcli.data.tokenizer_corpus import train_tokenizer
+
+    corpus = tmp / "corpus.txt"
+    task_text = "\n".join(f"{t}: {' '.join(WORDS)}" for t in TASKS)
+    corpus.write_text(SONNETS.read_text() + ("\n" + task_text) * 20)
+    config = TokenizerTrainConfig(files=[str(corpus)], vocab_size=vocab_size, pattern="gpt2")
+    return train_tokenizer(config).tokenizer
+
+
+def hf_base(tmp: Path, tokenizer, shape: dict, positions: int, seed: int) -> Path:
+    """A random-init HF GPT2LMHeadModel of `shape` with `tokenizer` in tmp/hf, and our import of it
+    (tmp/base): the same weights on both sides."""
+    import torch
+    import transformers
+
+    from gptcli.hf_gpt2 import import_gpt2
+    from gptcli.tokenizers.export import export_tokenizer
+
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        vocab_size=tokenizer.vocab_size, n_positions=shape["block"], n_embd=shape["n_embd"],
+        vocab_size=tokenizer.vocab_size, n_positions=positions, n_embd=shape["n_embd"],
         n_layer=shape["n_layer"], n_head=shape["n_head"], activation_function="gelu_new",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.eot_id,
         eos_token_id=tokenizer.eot_id,
     )  # fmt: skip
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp / "hf")
     export_tokenizer(tokenizer, "hf", tmp / "hf")
-    base = import_gpt2(tmp / "hf", tmp / "base")
-    check_same_ids(tmp / "hf", chats[:20], template, chat_tokenizer)
-    return {"hf": str(tmp / "hf"), "base": str(base), "data": str(data), "conversations": chats}
+    return import_gpt2(tmp / "hf", tmp / "base")
 
 
 def check_same_ids(hf_dir: Path, chats: list[list[dict]], template, tokenizer) -> None:

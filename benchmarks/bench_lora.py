@@ -33,20 +33,17 @@ import argparse
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from bench_finetune import check_same_ids, machine, median_range
-from bench_serve import summary
+from bench_finetune import check_same_ids, hf_base, machine, median_range, task_tokenizer
+from bench_serve import start_server, stream, summary
 from finetune_sides import TASKS, WORDS
 from measure import run_measured
 
-REPO = Path(__file__).resolve().parents[1]
-SONNETS = REPO / "toy_data" / "sonnets.txt"
 SIDES = Path(__file__).resolve().parent / "lora_sides.py"
 SHAPES = {  # mode: model, data and run settings
     "default": dict(n_layer=12, n_head=12, n_embd=768, positions=1024, vocab=50257, bpe_vocab=4000,
@@ -100,39 +97,17 @@ def exact_conversations(count: int, length: int, tokenizer, template, seed: int)
 
 def prepare(tmp: Path, shape: dict, seed: int) -> dict:
     """The tokenizer, the HF folder, our imported base and the conversations file."""
-    import torch
-    import transformers
-
     from gptcli.chat.template import ChatTemplate
-    from gptcli.config import TokenizerTrainConfig
-    from gptcli.data.tokenizer_corpus import train_tokenizer
-    from gptcli.hf_gpt2 import import_gpt2
     from gptcli.tokenizers import with_special_tokens
-    from gptcli.tokenizers.export import export_tokenizer
 
-    corpus = tmp / "corpus.txt"
-    task_text = "\n".join(f"{t}: {' '.join(WORDS)}" for t in TASKS)
-    corpus.write_text(SONNETS.read_text() + ("\n" + task_text) * 20)
-    trained = train_tokenizer(
-        TokenizerTrainConfig(files=[str(corpus)], vocab_size=shape["bpe_vocab"], pattern="gpt2")
-    ).tokenizer
-    tokenizer = padded_tokenizer(trained, shape["vocab"])
+    tokenizer = padded_tokenizer(task_tokenizer(tmp, shape["bpe_vocab"]), shape["vocab"])
     assert tokenizer.vocab_size == shape["vocab"], tokenizer.vocab_size
     template = ChatTemplate.chatml()
     chat_tokenizer, _ = with_special_tokens(tokenizer, template.special_tokens)
     chats = exact_conversations(shape["conversations"], shape["seq"] + 1, chat_tokenizer, template, seed)
     data = tmp / "chats.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=tokenizer.vocab_size, n_positions=shape["positions"], n_embd=shape["n_embd"],
-        n_layer=shape["n_layer"], n_head=shape["n_head"], activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.eot_id,
-        eos_token_id=tokenizer.eot_id,
-    )  # fmt: skip
-    transformers.GPT2LMHeadModel(config).save_pretrained(tmp / "hf")
-    export_tokenizer(tokenizer, "hf", tmp / "hf")
-    base = import_gpt2(tmp / "hf", tmp / "base")
+    base = hf_base(tmp, tokenizer, shape, shape["positions"], seed)
     check_same_ids(tmp / "hf", chats[:20], template, chat_tokenizer)
     return {"hf": str(tmp / "hf"), "base": str(base), "data": str(data), "conversations": len(chats)}
 
@@ -190,48 +165,6 @@ def has_adapter_option() -> bool:
 WIDE = {**os.environ, "COLUMNS": "200"}
 
 
-def start_server(checkpoint: str, extra: list[str], max_batch: int) -> tuple[subprocess.Popen, int]:
-    """`gpt serve` on a free port (bench_serve.start_server's way, with more options)."""
-    command = [sys.executable, "-m", "gptcli", "serve", "-c", checkpoint, "--port", "0",
-               "--max-batch", str(max_batch), "--device", "cpu", "-q", *extra]  # fmt: skip
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    banner = server.stderr.readline()
-    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", banner)
-    if not found:
-        server.kill()
-        raise SystemExit(f"gpt serve did not start: {banner}{server.stderr.read()}")
-    threading.Thread(target=server.stderr.read, daemon=True).start()  # keep its pipe from filling
-    return server, int(found.group(1))
-
-
-def stream(port: int, model: str, prompt: str, seed: int, new_tokens: int) -> dict:
-    """bench_serve.stream with the request's model and prompt chosen."""
-    import http.client
-    import time
-
-    body = {"model": model, "prompt": prompt, "max_tokens": new_tokens, "temperature": 1.0, "top_k": 200,
-            "seed": seed, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    start = time.perf_counter()
-    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    if response.status != 200:
-        raise SystemExit(f"model {model}: HTTP {response.status}: {response.read()[:300]!r}")
-    first = last = None
-    tokens = 0
-    for line in response:
-        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-            continue
-        chunk = json.loads(line[6:])
-        if chunk.get("usage"):
-            tokens = chunk["usage"]["completion_tokens"]
-        elif chunk["choices"]:
-            last = time.perf_counter()
-            first = first or last
-    connection.close()
-    return {"start": start, "first": first, "last": last, "tokens": tokens}
-
-
 def together(port: int, models: list[str], prompts: list[str], new_tokens: int) -> dict:
     """The clients at once (bench_serve.run_together's barrier), client i asking models[i]."""
     results: list = [None] * len(models)
@@ -239,7 +172,7 @@ def together(port: int, models: list[str], prompts: list[str], new_tokens: int) 
 
     def client(i: int) -> None:
         barrier.wait()
-        results[i] = stream(port, models[i], prompts[i], i, new_tokens)
+        results[i] = stream(port, i, new_tokens, 1.0, models[i], prompts[i])
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(models))]
     for t in threads:
@@ -262,15 +195,15 @@ def serving(tmp: Path, prepared: dict, job: dict, lora_runs: list[str], args, sh
     names = [f"a{i}" for i in range(ADAPTERS)]
     adapter_flags = [f for i, run in enumerate(runs) for f in ("--adapter", f"{names[i]}={run}")]
     servers = {
-        "adapters": start_server(prepared["base"], adapter_flags, CLIENTS),
-        "merged": start_server(str(merged), [], CLIENTS),
+        "adapters": start_server(prepared["base"], CLIENTS, extra=adapter_flags),
+        "merged": start_server(merged, CLIENTS),
     }
     models = {"adapters": [names[i % ADAPTERS] for i in range(CLIENTS)], "merged": ["merged"] * CLIENTS}
     rounds: dict[str, list[dict]] = {"adapters": [], "merged": []}
     try:
         for case, (_, port) in servers.items():  # warm-up: every model once
             for m in dict.fromkeys(models[case]):
-                stream(port, m, prompts[0], 0, 4)
+                stream(port, 0, 4, 1.0, m, prompts[0])
         for r in range(args.serve_rounds):
             for case, (_, port) in servers.items():
                 print(f"  serve {case} round {r} ...", file=sys.stderr, flush=True)

@@ -50,30 +50,44 @@ def save_model(directory: Path, shape: dict) -> Path:
     )
 
 
-def start_server(checkpoint: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, int]:
+def start_server(
+    checkpoint: Path, max_batch: int, threads: int | None = None, extra: list[str] = ()
+) -> tuple[subprocess.Popen, int]:
+    """`gpt serve` on a free port (extra: more of its options) -> (the process, its port)."""
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     command = [sys.executable, "-m", "gptcli", "serve", "-c", str(checkpoint), "--port", "0",
-               "--max-batch", str(max_batch), "--device", "cpu", "-q"]  # fmt: skip
+               "--max-batch", str(max_batch), "--device", "cpu", "-q", *extra]  # fmt: skip
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     banner = server.stderr.readline()
     found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", banner)
     if not found:
         server.kill()
         raise SystemExit(f"gpt serve did not start: {banner}{server.stderr.read()}")
+    threading.Thread(target=server.stderr.read, daemon=True).start()  # keep its pipe from filling
     return server, int(found.group(1))
 
 
-def stream(port: int, seed: int, new_tokens: int, temperature: float) -> dict:
+def stream(
+    port: int,
+    seed: int,
+    new_tokens: int,
+    temperature: float,
+    model: str = "bench-serve",
+    prompt: str = PROMPT,
+) -> dict:
     """One streamed completion -> its start, first and last chunk times and its token count."""
-    body = {"model": "bench-serve", "prompt": PROMPT, "max_tokens": new_tokens, "temperature": temperature,
+    body = {"model": model, "prompt": prompt, "max_tokens": new_tokens, "temperature": temperature,
             "top_k": 200, "seed": seed, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     start = time.perf_counter()
     connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise SystemExit(f"model {model}: HTTP {response.status}: {response.read()[:300]!r}")
     first = last = None
     tokens = 0
-    for line in connection.getresponse():
+    for line in response:
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
         chunk = json.loads(line[6:])

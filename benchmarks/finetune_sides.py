@@ -186,20 +186,24 @@ def run_trl(job: dict) -> dict:
     return {"start": start, "ends": ends, "cpu": cpu, "trained": trained, "wall": time.perf_counter() - start}
 
 
-def main(side: str, job_path: str) -> None:
+def run_job(side: str, job_path: str, runners: dict, libraries: dict[str, tuple[str, ...]]) -> None:
+    """Run `side` (runners[side]) on the job file and print its result as one JSON line: its timings,
+    set-up time, peak memory and the versions of torch and of the side's own libraries."""
+    import importlib
+
     job = json.loads(Path(job_path).read_text())
     t0 = time.perf_counter()
-    result = (run_ours if side == "ours" else run_trl)(job)
+    result = runners[side](job)
     import torch
 
     versions = {"torch": torch.__version__}
-    if side == "trl":
-        import transformers
-        import trl
-
-        versions.update(transformers=transformers.__version__, trl=trl.__version__)
+    versions.update({name: importlib.import_module(name).__version__ for name in libraries.get(side, ())})
     result.update(side=side, setup=result["start"] - t0, peak_rss=peak_rss_bytes(), versions=versions)
     print(json.dumps(result))
+
+
+def main(side: str, job_path: str) -> None:
+    run_job(side, job_path, {"ours": run_ours, "trl": run_trl}, {"trl": ("transformers", "trl")})
 
 
 if __name__ == "__main__":

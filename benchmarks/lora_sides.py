@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from finetune_sides import CHATML_GENERATION_JINJA, peak_rss_bytes, run_ours
+from finetune_sides import CHATML_GENERATION_JINJA, run_job, run_ours
 
 LORA = dict(r=8, alpha=16.0, dropout=0.05)  # gptcli's LoraConfig defaults (and targets ["attn"])
 
@@ -113,19 +113,7 @@ def run_peft(job: dict) -> dict:
 
 
 def main(side: str, job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    t0 = time.perf_counter()
-    result = (run_ours_lora if side == "ours" else run_peft)(job)
-    import torch
-
-    versions = {"torch": torch.__version__}
-    if side == "peft":
-        import peft
-        import transformers
-
-        versions.update(transformers=transformers.__version__, peft=peft.__version__)
-    result.update(side=side, setup=result["start"] - t0, peak_rss=peak_rss_bytes(), versions=versions)
-    print(json.dumps(result))
+    run_job(side, job_path, {"ours": run_ours_lora, "peft": run_peft}, {"peft": ("transformers", "peft")})
 
 
 if __name__ == "__main__":
