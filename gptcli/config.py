@@ -18,7 +18,7 @@ SHARD_TOKENS = 100_000_000  # tokens per token-store shard (200 MB of uint16): t
 # the values an option may take: a choice the command line checks (a bad one exits 2), and the
 # configs' field types, so a --config file or a saved run is checked against the same values
 TokenizerKind = Literal["bpe", "char"]
-Arch = Literal["gpt", "lstm"]
+Arch = Literal["gpt", "lstm", "encdec"]
 LoraTarget = Literal["attn", "proj", "mlp"]
 PosEmb = Literal["learned", "rope", "sinusoidal", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -103,20 +103,19 @@ class ModelConfig(StrictModel):
     """The shape of a model. Saved in every checkpoint's config.json, so nothing is typed twice.
 
     arch "gpt" is the transformer; "lstm" the baseline LSTM (gptcli/models/lstm.py), which reads only
-    vocab_size, block_size, n_layer, n_embd (its hidden size), dropout, bias and tie_weights.
+    vocab_size, block_size, n_layer, n_embd (its hidden size), dropout, bias and tie_weights; "encdec"
+    the encoder-decoder (gptcli/models/encdec.py): n_enc_layer encoder and n_layer decoder blocks.
     """
 
     arch: Arch = Field(
         "gpt",
-        description="gpt (the transformer) or lstm (the baseline: reads n-layer, n-embd, block-size, dropout).",
+        description="gpt (the transformer), lstm (the baseline: reads n-layer, n-embd, block-size, dropout) "
+        "or encdec (an encoder-decoder, trained on prompt/completion pairs).",
     )
-    vocab_size: int | None = Field(
-        None,
-        ge=1,
-        description="The tokenizer's vocabulary (padded to a multiple of 64 inside); set from the tokenizer.",
-    )
+    vocab_size: int | None = Field(None, ge=1, description="The tokenizer's vocabulary (padded to 64s).")
     block_size: int = Field(256, ge=1, description="Context length in tokens.")
-    n_layer: int = Field(6, ge=1, description="Transformer blocks, or LSTM layers.")
+    n_layer: int = Field(6, ge=1, description="Transformer blocks (an encdec's decoder's), or LSTM layers.")
+    n_enc_layer: int | None = Field(None, ge=1, description="encdec: encoder blocks (default: n_layer).")
     n_head: int = Field(6, ge=1, description="Attention heads.")
     n_kv_head: int | None = Field(None, ge=1, description="Key/value heads for GQA/MQA (default: n_head).")
     n_embd: int = Field(384, ge=1, description="Width; an LSTM's hidden size.")
@@ -124,21 +123,16 @@ class ModelConfig(StrictModel):
     bias: bool = Field(True, description="Biases in Linear layers and LayerNorms, as GPT-2.")
     pos_emb: PosEmb = Field("learned", description="Positions: learned, rope, sinusoidal or none.")
     rope_base: float = Field(10000.0, gt=0, description="RoPE's base frequency.")
-    window: int | None = Field(
-        None, ge=1, description="Sliding-window attention: see at most this many tokens (default: off)."
-    )
+    window: int | None = Field(None, ge=1, description="Sliding-window attention: see at most N tokens.")
     norm: Norm = Field("layernorm", description="layernorm or rmsnorm.")
     norm_eps: float = Field(1e-5, gt=0, description="The norms' epsilon.")
     gelu: Literal["tanh", "exact"] = Field("tanh", description="GELU: the tanh form (GPT-2) or exact.")
     tie_weights: bool = Field(True, description="lm_head shares wte's weight.")
-    flash: bool = Field(
-        True, description="Fused attention (scaled_dot_product_attention), else the explicit path."
-    )
+    flash: bool = Field(True, description="Fused attention (scaled_dot_product_attention), else explicit.")
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
+        self.n_kv_head = self.n_kv_head or self.n_head
         if self.arch == "lstm":
             # a transformer-only setting changed from its default would silently do nothing: refuse it
             changed = [k for k in TRANSFORMER_ONLY if getattr(self, k) != ModelConfig.model_fields[k].default]
@@ -147,6 +141,12 @@ class ModelConfig(StrictModel):
             if changed:
                 raise ValueError(f"{', '.join(changed)}: transformer settings, an LSTM has none")
             return self
+        if self.arch == "encdec":
+            self.n_enc_layer = self.n_enc_layer or self.n_layer
+            if self.pos_emb == "none" or self.window is not None:
+                raise ValueError("an encdec needs positions (learned, sinusoidal or rope) and no window")
+        elif self.n_enc_layer is not None:
+            raise ValueError(f"n_enc_layer sets an encdec's encoder; a {self.arch} has none")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
@@ -170,7 +170,7 @@ class ModelConfig(StrictModel):
 
 
 # ModelConfig fields only the transformer reads (n_kv_head too, unless it just follows n_head)
-TRANSFORMER_ONLY = ("n_head", "pos_emb", "rope_base", "window", "norm", "norm_eps", "gelu")
+TRANSFORMER_ONLY = ("n_enc_layer", "n_head", "pos_emb", "rope_base", "window", "norm", "norm_eps", "gelu")
 
 
 class ChatDataConfig(StrictModel):
@@ -427,9 +427,9 @@ class ServeConfig(StrictModel):
 
 def check_device(name: str) -> str:
     """A device name as --device takes it (whether this machine has it is checked when it is used)."""
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return name
+    if DEVICE_PATTERN.fullmatch(name):
+        return name
+    raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def parse_duration(text: str) -> float:
@@ -437,7 +437,7 @@ def parse_duration(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not m:
         raise ValueError(
-            f"{text!r} is not a duration: use seconds or a number with s, m or h (e.g. 90, 15m, 1.5h)"
+            f"{text!r} is not a duration: use seconds or a number with s, m or h (90, 15m, 1.5h)"
         )
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 

@@ -99,9 +99,7 @@ class Decoder:
         if source.max_len > self.max_len:
             raise GptError(f"a cache of {source.max_len} tokens does not fit in one of {self.max_len}")
         n = int(source.positions[row])  # the positions the row holds: the rest is never read
-        for layer in range(len(self.cache.k)):
-            self.cache.k[layer][slot, :, :n] = source.cache.k[layer][row, :, :n]  # (nkv, n, hs)
-            self.cache.v[layer][slot, :, :n] = source.cache.v[layer][row, :, :n]
+        self.cache.copy_row(slot, source.cache, row, n)
         self.positions[slot] = source.positions[row]
 
     def first_rows(self, n: int, length: int | None = None) -> "Decoder":
@@ -113,10 +111,7 @@ class Decoder:
         length = self.max_len if length is None else length
         sub = copy.copy(self)
         sub.batch_size, sub.max_len = n, length
-        sub.cache = copy.copy(self.cache)
-        sub.cache.k = [k[:n, :, :length] for k in self.cache.k]  # (n, nkv, length, hs) views
-        sub.cache.v = [v[:n, :, :length] for v in self.cache.v]
-        sub.cache.batch_size, sub.cache.max_len = n, length
+        sub.cache = self.cache.first_rows(n, length)  # views of the same memory
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
         sub._step = sub._new_step()

@@ -8,6 +8,8 @@ at different positions (continuous batching).
 Shapes: B batch, nkv key/value heads, T new tokens, hs head size, L = max_len.
 """
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -60,6 +62,21 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything (the buffers are reused)."""
         self.pos = 0
+
+    def copy_row(self, slot: int, source: "KVCache", row: int, n: int) -> None:
+        """Copy the first n positions of another cache's row `row` into our row `slot` (continuous
+        batching: a request prefilled apart joins the batch); positions past n are never read."""
+        for layer in range(len(self.k)):
+            self.k[layer][slot, :, :n] = source.k[layer][row, :, :n]  # (nkv, n, hs)
+            self.v[layer][slot, :, :n] = source.v[layer][row, :, :n]
+
+    def first_rows(self, n: int, length: int) -> "KVCache":
+        """A cache over our first n rows and first `length` positions: views of the same memory."""
+        view = copy.copy(self)
+        view.k = [k[:n, :, :length] for k in self.k]  # (n, nkv, length, hs) views
+        view.v = [v[:n, :, :length] for v in self.v]
+        view.batch_size, view.max_len = n, length
+        return view
 
 
 def decode_mask(positions: Tensor, max_len: int, window: int | None) -> Tensor:
