@@ -67,6 +67,11 @@ class ChatSession:
         system: str | None = None,
         on_note: Callable[[str], None] | None = None,
     ):
+        if getattr(engine, "encoder_decoder", False):
+            raise GptError(
+                "an encoder-decoder has no chat template: it answers one prompt at a time; use "
+                "gpt generate --prompt TEXT, or gpt serve's /v1/completions"
+            )
         if engine.chat_template is None:
             where = f" {engine.checkpoint}" if engine.checkpoint else ""
             raise GptError(

@@ -16,6 +16,11 @@ the sampled ids back (for streaming) is the caller's one sync per token.
 Models without a fixed-shape step (the LSTM baseline; a model's `static_decode` says) run every
 forward eagerly through the cache's `pos`.
 
+An encoder-decoder (a model's `encoder_decoder` says) reads its prompts apart: `encode(sources,
+start)` runs the encoder once (prompts of different lengths padded, the padding masked), keeps every
+decoder layer's cross-attention keys and values in the cache, and prefills the start token; the
+decoder's steps then go as a GPT's do.
+
 Continuous batching (gptcli.serving) prefills requests apart from the batch, copies each row into a
 free slot of a batch decoder (`load_row`), and steps only the rows and cache positions in use
 (`first_rows`: a decoder over views of the same cache memory).
@@ -39,6 +44,7 @@ class Decoder:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.static = bool(getattr(model, "static_decode", False))
+        self.encoder_decoder = bool(getattr(model, "encoder_decoder", False))
         if compile and not self.static:
             raise GptError(
                 f"--compile needs a model with a fixed-shape decode step; {type(model).__name__} has none"
@@ -58,6 +64,23 @@ class Decoder:
     def prefill(self, rows: list[list[int]]) -> Tensor:
         """Start over from these rows (B lists of ids of one length) -> (B, V) logits of their last token."""
         return self.extend(rows, 0)
+
+    @torch.no_grad()
+    def encode(self, sources: list[list[int]], start: int) -> Tensor:
+        """An encoder-decoder: encode B prompts (lists of ids of any lengths) and start each row's decoder
+        from the token `start` -> (B, V) logits of the first token after it."""
+        if not self.encoder_decoder:
+            raise GptError(f"{type(self.model).__name__} has no encoder: prefill its prompts")
+        if len(sources) != self.batch_size or not all(sources):
+            raise GptError(f"encode takes {self.batch_size} prompts of at least one token")
+        src = torch.zeros(
+            self.batch_size, max(map(len, sources)), dtype=torch.long
+        )  # (B, S), padded at the end
+        mask = torch.zeros(src.shape, dtype=torch.bool)  # True at real tokens
+        for b, ids in enumerate(sources):
+            src[b, : len(ids)], mask[b, : len(ids)] = torch.tensor(ids), True
+        self.model.encode_source(src.to(self.device), self.cache, mask.to(self.device))
+        return self.prefill([[start]] * self.batch_size)
 
     @torch.no_grad()
     def extend(self, rows: list[list[int]], start: int) -> Tensor:

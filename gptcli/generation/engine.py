@@ -19,6 +19,11 @@ When the rows reach the model's context length, the cache is rebuilt
 from the last 3/4 of the context (a cropped re-prefill), so generation can go on indefinitely;
 `context_note` says so in the words `gpt generate` prints and `gpt serve` answers with (the server's
 scheduler slides its rows the same way).
+
+An encoder-decoder (gptcli.models.encdec) reads the prompt with its encoder, once (a prompt longer
+than the context: its last block_size tokens), and its decoder starts every row from <|endoftext|>
+(gptcli.data.pairs.start_id). Its decoder's context cannot slide (what it writes depends on the
+whole prompt and all it wrote): a sample that fills it ends with finish_reason "length".
 A sample ends at the end-of-text token (unless ignore_eos), at a stop string (its text is cut just
 before it), or after max_new_tokens. Choosing a token is gptcli.generation.sampling; turning token
 bytes into printable text, stop strings included, is gptcli.generation.text.
@@ -33,6 +38,7 @@ import torch
 
 from gptcli.chat.template import ChatTemplate
 from gptcli.config import SampleConfig
+from gptcli.data.pairs import start_id
 from gptcli.errors import GptError
 from gptcli.generation.cpu_matmul import prepare_for_cpu, torch_threads, uses_openblas
 from gptcli.generation.decoder import Decoder
@@ -89,9 +95,13 @@ def keep_tokens(block_size: int) -> int:
     return max(1, block_size - block_size // 4)
 
 
-def context_note(prompt_tokens: int, max_new_tokens: int, block_size: int) -> str | None:
+def context_note(
+    prompt_tokens: int, max_new_tokens: int, block_size: int, encoder_decoder: bool = False
+) -> str | None:
     """What happens when a prompt and the tokens asked for do not fit the model's context (None when
     they do): one line, the same from `gpt generate` (stderr, --json) and `gpt serve` (the response)."""
+    if encoder_decoder:
+        return encdec_context_note(prompt_tokens, max_new_tokens, block_size)
     if prompt_tokens + max_new_tokens <= block_size:
         return None
     window = f"a window of the last {keep_tokens(block_size)} to {block_size} tokens"
@@ -104,6 +114,22 @@ def context_note(prompt_tokens: int, max_new_tokens: int, block_size: int) -> st
         f"the prompt ({prompt_tokens} tokens) and up to {max_new_tokens} new tokens exceed the model's "
         f"context of {block_size}: once it is full, the model sees {window}, sliding as it generates"
     )
+
+
+def encdec_context_note(prompt_tokens: int, max_new_tokens: int, block_size: int) -> str | None:
+    """context_note for an encoder-decoder: the prompt and the completion each have a context of their own."""
+    notes = []
+    if prompt_tokens > block_size:
+        notes.append(
+            f"the prompt has {prompt_tokens} tokens, more than the encoder's context of {block_size}: "
+            f"it reads the prompt's last {block_size}"
+        )
+    if max_new_tokens > block_size:
+        notes.append(
+            f"an encoder-decoder writes at most {block_size} tokens (its decoder's context, which cannot "
+            'slide): a longer sample ends there, finish_reason "length"'
+        )
+    return "; ".join(notes) or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +172,8 @@ class Engine:
             chat_template  # a fine-tune's (see gptcli.chat): how to talk to it; None: a base model
         )
         self.decoders: dict[tuple[int, int], Decoder] = {}  # (batch, cache length): kept, compiled once
+        self.encoder_decoder = bool(getattr(model, "encoder_decoder", False))
+        self.start_id = start_id(tokenizer) if self.encoder_decoder else None  # the decoder's first token
         self.int8 = is_quantized(self.model)  # int8 weights (gptcli.models.int8), activations in precision
 
     @classmethod
@@ -217,7 +245,9 @@ class GenerationRun:
         self.config = config
         self.prompt_ids = engine.encode_prompt(prompt)
         self.prompt = prompt if isinstance(prompt, str) else engine.tokenizer.decode(self.prompt_ids)
-        self.context_note = context_note(len(self.prompt_ids), config.max_new_tokens, engine.block_size)
+        self.context_note = context_note(
+            len(self.prompt_ids), config.max_new_tokens, engine.block_size, engine.encoder_decoder
+        )
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -231,7 +261,9 @@ class GenerationRun:
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=engine.device).manual_seed(config.seed)
-        rows = [list(self.prompt_ids[-block_size:]) for _ in range(B)]  # every row: the visible tokens
+        visible = self.prompt_ids[-block_size:]
+        # every row: the tokens its decoder sees (an encoder-decoder's: the start token, then its own)
+        rows = [[engine.start_id] if engine.encoder_decoder else list(visible) for _ in range(B)]
         samples = [SampleState(SampleText(config.stop)) for _ in range(B)]
         eos = None if config.ignore_eos else engine.tokenizer.eot_id
         keep = keep_tokens(block_size)  # tokens kept when the context is full
@@ -240,7 +272,10 @@ class GenerationRun:
         decoder = engine.decoder(B, len(rows[0]) + config.max_new_tokens)
         # a new compiled decoder: torch.compile's set-up (importing dynamo: ~1.5 s) counts as compiling
         compile_seconds = 0.0 if decoder.warm else time.perf_counter() - t0
-        logits = decoder.prefill(rows)  # (B, V)
+        if engine.encoder_decoder:
+            logits = decoder.encode([visible] * B, engine.start_id)  # (B, V)
+        else:
+            logits = decoder.prefill(rows)
         for i in range(config.max_new_tokens):
             next_tensor = pick_next(logits, config, generator)  # (B,)
             next_ids = next_tensor.tolist()  # the one host sync per step
@@ -254,6 +289,8 @@ class GenerationRun:
             held = len(rows[0])  # tokens in the cache
             for row, token in zip(rows, next_ids):
                 row.append(token)
+            if held == decoder.max_len and engine.encoder_decoder:
+                break  # its context cannot slide: the samples end with "length"
             if held == decoder.max_len:  # the context is full: keep its last 3/4 and prefill again
                 rows = [row[-keep:] for row in rows]
                 logits = decoder.prefill(rows)
