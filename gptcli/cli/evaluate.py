@@ -36,7 +36,7 @@ def eval_command(
             "--data",
             "-d",
             help="Corpus to evaluate on: text, .jsonl/.json, .parquet, .gz/.zst files, directories, "
-            "HF dataset folders or globs; repeat for several.",
+            "HF dataset folders or globs; or prompt/completion pairs (see above); repeat for several.",
         ),
     ],
     checkpoint: Annotated[
@@ -55,19 +55,41 @@ def eval_command(
     skip_bad_records: Annotated[
         bool | None, config_option(TrainConfig, "skip_bad_records", "--skip-bad-records")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows of block_size tokens per forward pass.")] = 8,
-    max_tokens: Annotated[int | None, typer.Option(help="Evaluate only the first N tokens.")] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Windows of block_size tokens (or pairs) per forward pass.")
+    ] = 8,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Evaluate only the first N tokens (of a corpus).")
+    ] = None,
+    max_pairs: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs.", min=1)] = None,
+    exact_match: Annotated[
+        bool,
+        typer.Option(
+            "--exact-match",
+            help="On pairs: also decode each completion greedily and count those equal to it exactly.",
+        ),
+    ] = False,
     device: Annotated[str, device_option()] = "auto",
     quantize: QuantizeOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a corpus.
+    """Loss, perplexity and bits per byte (comparable across tokenizers) of checkpoints on a corpus;
+    the completion loss on prompt/completion pairs.
 
     Each document is followed by the end-of-text token when the tokenizer has one, as in training.
     With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side; with
     --json, one JSON object per checkpoint, one per line.
+
+    Pairs: the data is read as prompt/completion pairs when a --checkpoint is an encoder-decoder, or
+    when its first record holds a conversation (prompt + completion, instruction + output, messages or
+    conversations) and no --text-field is given. The figure is then the completion loss: the mean
+    cross-entropy per completion token, its end token included. An encoder-decoder reads the prompt
+    in its encoder; a chat model (gpt finetune's, or a GPT trained on pairs) the pair rendered by its
+    chat template, scored on the reply and its end token, so the two compare directly. A GPT without
+    a chat template cannot be scored on pairs. --exact-match adds the fraction of greedy completions
+    equal to the expected ones.
     """
     from gptcli.data.sources import CorpusReader, SourceOptions, find_sources
     from gptcli.loading import load_newest
@@ -75,34 +97,87 @@ def eval_command(
     from gptcli.storage import checkpoint as ckpt
 
     sources = checkpoint or [Path("out")]
-    for source in sources:
-        ckpt.resolve_checkpoint(source, best=best)  # every path named exists, before any work
+    directories = [ckpt.resolve_checkpoint(s, best=best) for s in sources]  # every path exists, first
     given = dict(text_field=text_field, split=split, skip_bad_records=skip_bad_records)
     options = SourceOptions(**{k: v for k, v in given.items() if v is not None})
     corpus = find_sources(data)
-    CorpusReader(corpus, options)  # a missing split or extra fails here, before a model loads
+    on_pairs = reads_pairs(directories, data, options, text_field)
+    check_eval_options(on_pairs, text_field, max_tokens, max_pairs, exact_match)
+    if on_pairs:
+        pairs = read_eval_pairs(data, options, max_pairs)
+    else:
+        CorpusReader(corpus, options)  # a missing split or extra fails here, before a model loads
     torch_device = resolve_device(device)
     rows = []
     for i, source in enumerate(sources):
         loaded = load_newest(source, torch_device, best=best, strict=strict, warn=warn, quantize=quantize)
-        reader = CorpusReader(corpus, options)  # read again for each model: its tokenizer may differ
-        row = evaluate_checkpoint(
-            loaded, ", ".join(data), reader, torch_device, batch_size, max_tokens, as_json
-        )
-        if i == 0:
-            for line in reader.report():
-                warn(line)
+        if on_pairs:
+            row = evaluate_on_pairs(
+                loaded, ", ".join(data), pairs, torch_device, batch_size, exact_match, as_json
+            )
+        else:
+            reader = CorpusReader(corpus, options)  # read again for each model: its tokenizer may differ
+            row = evaluate_checkpoint(
+                loaded, ", ".join(data), reader, torch_device, batch_size, max_tokens, as_json
+            )
+            if i == 0:
+                for line in reader.report():
+                    warn(line)
         rows.append(row)
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
     if not as_json:
-        write_eval_table(rows)
+        (write_pairs_table if on_pairs else write_eval_table)(rows)
+
+
+def reads_pairs(directories: list[Path], data: list[str], options, text_field: str | None) -> bool:
+    """Pairs for an encoder-decoder; for other models, when the records are conversations."""
+    from gptcli.evaluate_pairs import are_pairs, require_pair_sources
+    from gptcli.storage.checkpoint import read_config
+
+    if any(read_config(d)["model"].arch == "encdec" for d in directories):
+        require_pair_sources(data, options)
+        return True
+    return text_field is None and are_pairs(data, options)
+
+
+def check_eval_options(on_pairs: bool, text_field, max_tokens, max_pairs, exact_match) -> None:
+    """Options of the other kind of data are one-line errors, not silently ignored."""
+    if on_pairs and text_field is not None:
+        fail("--text-field names a corpus's text; an encoder-decoder is evaluated on prompt/completion pairs")
+    if on_pairs and max_tokens is not None:
+        fail("--max-tokens counts a corpus's tokens; on prompt/completion pairs use --max-pairs")
+    if not on_pairs and (exact_match or max_pairs is not None):
+        option = "--exact-match" if exact_match else "--max-pairs"
+        fail(f"{option} is for prompt/completion pairs, and the data is a text corpus (see gpt eval --help)")
+
+
+def read_eval_pairs(data: list[str], options, max_pairs: int | None) -> list:
+    """The pairs of the data (the first max_pairs), bad records skipped with a warning if asked."""
+    from gptcli.data.pairs import read_pairs
+
+    pairs, report = read_pairs(data, "auto", options.skip_bad_records, options.split)
+    for line in report:
+        warn(line)
+    return pairs[:max_pairs]
+
+
+def evaluate_on_pairs(loaded, data: str, pairs: list, device, batch_size, exact_match, as_json) -> dict:
+    """One row of the pairs table: the checkpoint, its model, its completion loss (and exact match)."""
+    from gptcli.evaluate_pairs import evaluate_pairs, pair_framing
+
+    model, tokenizer, config, directory = loaded
+    t0 = time.perf_counter()
+    framing = pair_framing(model, tokenizer, config, directory)
+    with stage_progress(enabled=not as_json) as progress:
+        result = evaluate_pairs(model, framing, pairs, batch_size, exact_match, progress)
+    detail(f"{directory}: {result.pairs:,} pairs in {time.perf_counter() - t0:.1f}s on {device}")
+    return {**model_columns(loaded, data), "measure": "completion", **result.to_json()}
 
 
 def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_tokens, as_json) -> dict:
     """One row of the eval table: the checkpoint, its model, and its figures on the corpus."""
     from gptcli.evaluate import document_ids, evaluate_ids
-    from gptcli.models.int8 import is_quantized
 
     model, tokenizer, config, directory = loaded
     t0 = time.perf_counter()
@@ -110,6 +185,14 @@ def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_token
     with stage_progress(enabled=not as_json) as progress:
         result = evaluate_ids(model, tokenizer, ids, batch_size=batch_size, progress=progress)
     detail(f"{directory}: {result.tokens:,} tokens in {time.perf_counter() - t0:.1f}s on {device}")
+    return {**model_columns(loaded, data), **result.to_json()}
+
+
+def model_columns(loaded, data: str) -> dict:
+    """What a row says of the checkpoint and its model."""
+    from gptcli.models.int8 import is_quantized
+
+    model, tokenizer, config, directory = loaded
     return {
         "checkpoint": str(directory),
         "data": data,
@@ -117,7 +200,6 @@ def evaluate_checkpoint(loaded, data: str, reader, device, batch_size, max_token
         "parameters": model.num_params(non_embedding=False),
         "tokenizer": tokenizer.kind,
         "quantization": "int8" if is_quantized(model) else None,
-        **result.to_json(),
     }
 
 
@@ -138,6 +220,30 @@ def write_eval_table(rows: list[dict]) -> None:
             f"{r['tokens']:,}",
         )
     Console(width=200, highlight=False).print(table)  # stdout: the figures are the command's output
+
+
+def write_pairs_table(rows: list[dict]) -> None:
+    """One line per checkpoint: the completion loss, and exact match when it was asked for."""
+    names = ["checkpoint", "arch", "params", "tokenizer", "completion loss", "perplexity", "tokens", "pairs"]
+    matched = rows[0].get("exact_match") is not None
+    table = Table(box=None, pad_edge=False)
+    for name in names + ["exact match"] * matched:
+        table.add_column(name, justify="left" if name in ("checkpoint", "arch", "tokenizer") else "right")
+    for r in rows:
+        cells = [
+            r["checkpoint"] + (" (int8)" if r.get("quantization") else ""),
+            r["arch"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            r["tokenizer"],
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.2f}",
+            f"{r['tokens']:,}",
+            f"{r['pairs']:,}",
+        ]
+        if matched:
+            cells.append(f"{r['exact_match']:.3f} ({r['exact_matches']}/{r['pairs']})")
+        table.add_row(*cells)
+    Console(width=200, highlight=False).print(table)
 
 
 def info_command(
@@ -166,6 +272,12 @@ def info_command(
     m = info["model"]
     if m["arch"] == "lstm":
         shape = f"LSTM, {m['n_layer']} layers, {m['n_embd']} units, trained on windows of {m['block_size']}"
+    elif m["arch"] == "encdec":
+        shape = (
+            f"encoder-decoder, {m['n_enc_layer']} encoder + {m['n_layer']} decoder layers, {m['n_head']} heads "
+            f"({m['n_kv_head']} kv), {m['n_embd']} wide, context {m['block_size']}, {m['pos_emb']} positions, "
+            f"{m['norm']}"
+        )
     else:
         shape = (
             f"{m['n_layer']} layers, {m['n_head']} heads ({m['n_kv_head']} kv), {m['n_embd']} wide, "
