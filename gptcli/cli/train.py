@@ -36,6 +36,11 @@ STOPPED_BY = {
     "target_loss": " (stopped at --target-loss)",
     "early_stop": " (stopped by --early-stop)",
 }
+PAIRS_HELP = (
+    "The data are prompt/completion pairs (or conversations): a GPT learns the replies, each rendered "
+    "by the ChatML template (the encoder-decoder's baseline). --arch encdec reads pairs without it."
+)
+PAIRS = {"epochs": None}  # TrainConfig.chat of --pairs: ChatML, packed, max_iters as gpt train's
 
 
 def _train(name: str, *names: str, panel: str, **options):
@@ -59,11 +64,13 @@ def train_command(
         bool | None, _train("skip_bad_records", "--skip-bad-records", panel=DATA)
     ] = None,
     data_cache: Annotated[Path | None, _train("data_cache", panel=DATA)] = None,
+    chat: Annotated[bool | None, typer.Option("--pairs", help=PAIRS_HELP, rich_help_panel=DATA)] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: out).", rich_help_panel=DATA)
     ] = None,
     arch: Annotated[Arch | None, _model("arch")] = None,
     n_layer: Annotated[int | None, _model("n_layer")] = None,
+    n_enc_layer: Annotated[int | None, _model("n_enc_layer")] = None,
     n_head: Annotated[int | None, _model("n_head")] = None,
     n_kv_head: Annotated[int | None, _model("n_kv_head")] = None,
     n_embd: Annotated[int | None, _model("n_embd")] = None,
@@ -145,10 +152,12 @@ def train_command(
     """Train a GPT. With no flags: ./tokenizer.json (else characters), its corpus, a 6-layer model, into out/."""
     flags = {name: value for name, value in locals().items() if name not in RUN_CONTROLS}
     started = command_started()  # --max-time counts from the process's start: loading torch is part
+    flags["chat"] = PAIRS if chat else None  # --pairs: conversations, trained from scratch
     if resume is not None:
-        if config is not None or overwrite or out is not None or best:
+        if config is not None or overwrite or out is not None or best or chat:
             raise GptError(
-                "--resume continues a run as it was: it cannot be combined with --config, --out, --overwrite or --best"
+                "--resume continues a run as it was: it cannot be combined with --config, --out, "
+                "--overwrite, --best or --pairs"
             )
         from gptcli.training.run_dir import read_run_config  # torch loads only once a command runs
 

@@ -21,6 +21,7 @@ A conversation longer than block_size + 1 ids fits no row: it is dropped and cou
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,15 @@ from gptcli.errors import GptError
 from gptcli.tokenizers.base import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # x, y, doc_ids: (B, T) each
+
+
+class Examples(Protocol):
+    """What RowSampler draws from: chat Rows, or an encoder-decoder's PairRows (training.pair_data),
+    whose batches' third element is the forward's other inputs (doc_ids, or src and src_mask)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: list[int]) -> tuple: ...
 
 
 @dataclass
@@ -113,6 +123,40 @@ def load_chat_data(
     return ChatData(train_rows, val_rows, val, notes)
 
 
+def conversation_texts(config: TrainConfig) -> list[str]:
+    """The text config.data's conversations are rendered into, special tokens apart: what a char
+    tokenizer for a chat model trained from scratch learns its characters from (the template's
+    own text, its role names say, included)."""
+    template = ChatTemplate.from_json(config.chat.template)
+    collector = _TextCollector({name: i for i, name in enumerate(template.special_tokens)})
+    for _, conversation in iter_conversations(
+        config.data, config.chat.format, config.skip_bad_records, config.split
+    ):
+        render(conversation, template, collector)
+    return collector.texts
+
+
+class _TextCollector(Tokenizer):
+    """Keeps the text a renderer asks it to encode (and gives no ids)."""
+
+    kind = "text"
+    n_ordinary = 0
+
+    def __init__(self, special_tokens: dict[str, int]):
+        super().__init__(special_tokens)
+        self.texts: list[str] = []
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.texts.append(text)
+        return []
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return b""
+
+    def to_file(self):
+        raise NotImplementedError
+
+
 def place_of(conversation: list[dict], config: TrainConfig) -> str:
     """Where a conversation of config.data was read (file and line or record), found by reading again:
     only for an error message."""
@@ -189,7 +233,7 @@ class RowSampler:
     exact batch sequence (saved with training checkpoints, as BatchSampler's generator is).
     """
 
-    def __init__(self, rows: Rows, batch_size: int, seed: int):
+    def __init__(self, rows: Examples, batch_size: int, seed: int):
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
         self.epoch, self.index = 0, 0
         self.order = self._order(0)

@@ -25,6 +25,9 @@ from gptcli.storage import checkpoint as ckpt
 from gptcli.storage.checksums import CHECKSUMS
 from gptcli.tokenizers import load_tokenizer, with_special_tokens
 from gptcli.tokenizers.base import Tokenizer
+from gptcli.tokenizers.train import train_on_texts
+from gptcli.training.chat_data import conversation_texts
+from gptcli.training.pair_data import pair_texts
 from gptcli.training.run_dir import check_run_dir_free
 from gptcli.training.tensorboard import summary_writer_class
 
@@ -48,15 +51,12 @@ def plan_run(
     init_config = None
     if config.init_from:
         init_config = ckpt.read_config(config.init_from)["model"]
+    check_data_kind(config, config.model)  # before a char tokenizer reads the data; again for a base's arch
     tokenizer = build_tokenizer(config)
     if config.chat is not None:
         config, tokenizer = prepare_chat(config, tokenizer, notes)
     model_config = build_model_config(config, tokenizer, init_config)
-    if config.chat is not None and config.chat.pack and model_config.arch != "gpt":
-        raise GptError(
-            f"packing several conversations in a row needs the gpt architecture: fine-tune this "
-            f"{model_config.arch} with --no-pack"
-        )
+    check_data_kind(config, model_config)
     if not overwrite:
         check_run_dir_free(run_dir)  # refuse early; clearing waits until every other check has passed
     if overwrite and config.init_from and run_dir.resolve() in Path(config.init_from).resolve().parents:
@@ -180,26 +180,44 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update=updates)
 
 
+def check_data_kind(config: TrainConfig, model: ModelConfig) -> None:
+    """An encoder-decoder reads pairs as they are (no chat template); packing needs the GPT."""
+    if config.chat is not None and model.arch == "encdec":
+        raise GptError(
+            "an encoder-decoder trains on prompt/completion pairs as they are, not rendered by a chat "
+            "template: gpt train --arch encdec --data PAIRS, without --pairs (which is for a GPT)"
+        )
+    if config.chat is not None and config.chat.pack and model.arch != "gpt":
+        raise GptError(
+            f"packing several conversations in a row needs the gpt architecture: fine-tune this "
+            f"{model.arch} with --no-pack"
+        )
+
+
 def build_tokenizer(config: TrainConfig) -> Tokenizer:
-    if config.tokenizer == "char":
-        return train_tokenizer(TokenizerTrainConfig(files=config.data, kind="char")).tokenizer
-    return load_tokenizer(config.tokenizer)
+    """The tokenizer file's; or characters: of the pairs' text for an encoder-decoder, of the
+    conversations as the chat template writes them for a chat model, else of the corpus."""
+    if config.tokenizer != "char":
+        return load_tokenizer(config.tokenizer)
+    chars = TokenizerTrainConfig(files=config.data, kind="char")  # and <|endoftext|>
+    if config.model.arch == "encdec":
+        return train_on_texts(pair_texts(config), chars, None)[0]
+    if config.chat is not None:
+        return train_on_texts(conversation_texts(config), chars, None)[0]
+    return train_tokenizer(chars).tokenizer
 
 
 def prepare_chat(
     config: TrainConfig, tokenizer: Tokenizer, notes: list[str]
 ) -> tuple[TrainConfig, Tokenizer]:
-    """A fine-tune on conversations: its base is required, its chat template is resolved into the
-    config (the run records the template itself, not a path), and the template's special tokens
-    are added to the base's tokenizer (the model's new rows: gptcli.training.run_setup)."""
-    if config.init_from is None:
-        raise GptError("fine-tuning starts from a base model: give --checkpoint BASE")
+    """Training on conversations (a fine-tune, or a chat model from scratch: gpt train --pairs): the
+    chat template is resolved into the config (the run records the template itself, not a path),
+    and its special tokens are added to the tokenizer (a base's new rows: gptcli.training.run_setup)."""
     template = ChatTemplate.from_json(config.chat.template)
     tokenizer, added = with_special_tokens(tokenizer, template.special_tokens)
     if added:
-        notes.append(
-            f"tokenizer: added {', '.join(added)} (their embedding rows start at the mean of the others)"
-        )
+        rows = " (their embedding rows start at the mean of the others)" if config.init_from else ""
+        notes.append(f"tokenizer: added {', '.join(added)}{rows}")
     chat = config.chat.model_copy(update={"template": template.to_json()})
     return config.model_copy(update={"chat": chat}), tokenizer
 

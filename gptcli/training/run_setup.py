@@ -31,6 +31,7 @@ from gptcli.training.chat_data import load_chat_data
 from gptcli.training.data_source import Sampler, TrainingData, has_val
 from gptcli.training.metrics import METRICS, truncate_metrics
 from gptcli.training.optimizer import Optimizer
+from gptcli.training.pair_data import load_pair_data
 from gptcli.training.run_dir import clear_run_dir
 from gptcli.training.time_budget import EvalShape
 from gptcli.training.train_state import RunState, load_optimizer_state, load_rng_state, read_train_state
@@ -43,7 +44,10 @@ def load_data(
 ) -> TrainingData:
     """The run's train and val ids (rank 0 tokenizes into the cache first; the others then read it).
     A train split too small for one block is an error; a val split that small, a note.
-    Conversations (config.chat) are read and rendered by every rank alike (gptcli.training.chat_data)."""
+    Conversations (config.chat) and an encoder-decoder's pairs are read and encoded by every rank
+    alike (gptcli.training.chat_data, gptcli.training.pair_data)."""
+    if config.model.arch == "encdec":
+        return load_pair_data(config, tokenizer, notes)
     if config.chat is not None:
         template = ChatTemplate.from_json(config.chat.template)
         return load_chat_data(config, tokenizer, template, notes)

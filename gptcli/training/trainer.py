@@ -102,7 +102,7 @@ class Trainer:
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16
     tokenizer: Tokenizer
-    data: TrainingData  # plain text, or conversations (gpt finetune)
+    data: TrainingData  # plain text, conversations (gpt finetune) or pairs (an encoder-decoder)
     sampler: Sampler  # the training batches; its state is saved for resume
     raw_model: LanguageModel  # what is saved and sampled from (under FSDP: the sharded module itself)
     model: torch.nn.Module  # what the training step calls: raw_model wrapped by DDP and/or torch.compile
@@ -279,11 +279,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
         for i, batch in enumerate(micro_batches):
-            x, y, packed = model_inputs(batch, self._to_device)  # packed: doc_ids, for packed rows
+            x, y, inputs = model_inputs(batch, self._to_device)  # doc_ids (packed rows), src (pairs)
             last = i == len(micro_batches) - 1  # DDP/FSDP average gradients over ranks on the last one only
             with distributed.gradient_sync(self.model, world, config.fsdp, sync=last):
                 with autocast(self.device, self.precision):
-                    _, loss = self.model(x, y, **packed)
+                    _, loss = self.model(x, y, **inputs)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach()
         if config.grad_clip > 0:

@@ -11,12 +11,14 @@ import torch
 
 from gptcli.chat.template import ChatTemplate, render
 from gptcli.config import SampleConfig, TrainConfig
+from gptcli.data.pairs import start_id
 from gptcli.generation import Engine
 from gptcli.models import LanguageModel
 from gptcli.runtime import autocast
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training.chat_data import ChatData
 from gptcli.training.data_source import TrainingData, eval_sampler, model_inputs
+from gptcli.training.pair_data import PairData, greedy_completions
 
 
 class Validator:
@@ -37,9 +39,9 @@ class Validator:
                 continue
             total = 0.0
             for _ in range(batches):
-                x, y, packed = model_inputs(sampler.next_batch(), lambda t: t.to(self.device))
+                x, y, inputs = model_inputs(sampler.next_batch(), lambda t: t.to(self.device))
                 with autocast(self.device, self.precision):
-                    _, loss = model(x, y, **packed)
+                    _, loss = model(x, y, **inputs)
                 total += loss.item()
             out[split] = total / batches
         model.train()
@@ -53,6 +55,8 @@ class Validator:
             return None
         if isinstance(self.data, ChatData):
             return self.reply(model, tokenizer, tokens)
+        if isinstance(self.data, PairData):
+            return self.completion(model, tokenizer, tokens)
         start = (
             [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode_ordinary("\n")[:1] or [0]
         )
@@ -78,6 +82,15 @@ class Validator:
         text = engine.generate(prompt, settings).samples[0].text
         model.train(was_training)
         return f"user: {conversation[last_user]['content']}\nassistant: {text}"
+
+    def completion(self, model: LanguageModel, tokenizer: Tokenizer, tokens: int) -> str | None:
+        """An encoder-decoder's sample: its greedy completion of the first held-out pair's prompt."""
+        if not self.data.held_out:
+            return None
+        pair = self.data.held_out[0]
+        prompt = tokenizer.encode_ordinary(pair.prompt)
+        ids = greedy_completions(model, [prompt], start_id(tokenizer), tokens)[0]
+        return f"prompt: {pair.prompt}\ncompletion: {tokenizer.decode(ids)}"
 
 
 def all_finite(losses: dict[str, float]) -> bool:
