@@ -59,6 +59,7 @@ class Decoder:
         self._step = self._new_step()
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
+        self.views: dict[tuple[int, int], Decoder] = {}  # (rows, cache length) -> first_rows, kept
 
     @torch.no_grad()
     def prefill(self, rows: list[list[int]]) -> Tensor:
@@ -138,8 +139,17 @@ class Decoder:
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
         sub._step = sub._new_step()
-        sub.graph, sub.warm = None, not self.compiled
+        sub.graph, sub.warm, sub.views = None, not self.compiled, {}
         return sub
+
+    def view(self, n: int, length: int | None = None) -> "Decoder":
+        """This decoder itself, or first_rows(n, length), made once and kept (compiled once)."""
+        length = length or self.max_len
+        if (n, length) == (self.batch_size, self.max_len):
+            return self
+        if (n, length) not in self.views:
+            self.views[n, length] = self.first_rows(n, length)
+        return self.views[n, length]
 
     def _new_step(self):
         """The step this decoder runs: _forward_step, compiled whole (fullgraph, static shapes) or eager."""

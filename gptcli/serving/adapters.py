@@ -50,6 +50,8 @@ def serve_adapters(engine: Engine, adapters: dict[str, Path], base_id: str) -> d
     models = {base_id: ServedModel(base_id, None, base_view)}
     if not adapters:
         return models
+    if engine.encoder_decoder:
+        raise GptError("--adapter: LoRA adapters are served on a GPT base; this one is an encoder-decoder")
     if base_id in adapters:
         raise GptError(f"--adapter {base_id!r} is the base's model id: name the adapter otherwise")
     if engine.checkpoint is None:

@@ -38,6 +38,7 @@ from gptcli.serving import protocol
 from gptcli.serving.adapters import ServedModel
 from gptcli.serving.scheduler import ChoiceDelta, Job, JobEnd, Scheduler
 
+ENCDEC_NO_PREFIX_CACHE = "an encoder-decoder: no prefix cache (its prompts are encoded whole, each apart)"
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole answer is still there
 Log = Callable[[str], None]
 
@@ -160,7 +161,8 @@ class Completions:
     def meta(self, request, jobs: list[Job], streamed: bool) -> protocol.Meta:
         """Past the context the window slides, as in `gpt generate`: said of the longest prompt."""
         longest = max(len(job.prompt_ids) for job in jobs)
-        note = context_note(longest, jobs[0].config.max_new_tokens, self.scheduler.block_size)
+        scheduler = self.scheduler
+        note = context_note(longest, jobs[0].config.max_new_tokens, scheduler.block_size, scheduler.encdec)
         kind = self.CHUNK_OBJECT if streamed else self.OBJECT
         return protocol.Meta.new(request.model, note, kind, self.ID_PREFIX)
 
@@ -311,8 +313,9 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         limits = {"max_batch": scheduler.max_batch, "max_tokens_limit": completions.max_tokens}
-        adapters = [m.id for m in models.values() if m.adapter is not None]
-        return {"status": "ok", "model": base_id, "adapters": adapters, **limits, **asdict(scheduler.stats)}
+        limits["adapters"] = [m.id for m in models.values() if m.adapter is not None]
+        note = {"note": ENCDEC_NO_PREFIX_CACHE} if scheduler.encdec else {}
+        return {"status": "ok", "model": base_id, **limits, **note, **asdict(scheduler.stats)}
 
     @app.get("/v1/models")
     async def list_models() -> dict:

@@ -14,6 +14,7 @@ Everything else (checks, submitting, cancelling when the client goes away, strea
 log) is Completions' (gptcli.serving.api); this class says what differs. A model that was never
 fine-tuned for chat has no template: its chat requests get a 400 that says so. Each model has its
 own template (an adapter its fine-tune's, the base its own or none: gptcli.serving.adapters).
+An encoder-decoder has no chat template either: a 400 that says to use /v1/completions.
 """
 
 from gptcli.chat.template import end_ids, render
@@ -29,6 +30,11 @@ NO_TEMPLATE = (
     "/v1/completions with it, or fine-tune it into a chat model with `gpt finetune`"
 )
 
+ENCDEC_CHAT = (
+    "chat is not supported for this architecture: an encoder-decoder answers one prompt at a time; "
+    "use /v1/completions"
+)
+
 
 class ChatCompletions(Completions):
     """Completions' machinery with a chat request, one job per request, and chat's bodies."""
@@ -38,6 +44,8 @@ class ChatCompletions(Completions):
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         request = super().parse(body)
+        if self.scheduler.encdec:
+            raise ApiError(400, ENCDEC_CHAT, "model", code="unsupported_architecture")
         if self.models[request.model].engine.chat_template is None:
             raise ApiError(400, NO_TEMPLATE, "model", code="no_chat_template")
         return request

@@ -29,7 +29,8 @@ and its own position. One round of the loop (`iterate`):
 The choices of one job stay in the batch until the whole job ends (a finished one runs along,
 ignored), and draw from one generator as `gpt generate -n` does: the same seed gives the same texts.
 An exception while handling one job fails that job only; one in the shared decode step fails the
-jobs in the batch, and the loop goes on.
+jobs in the batch, and the loop goes on. An encoder-decoder's prompts are encoded (Decoder.encode)
+and its rows start from <|endoftext|>; a full row ends with "length"; no prefix cache.
 """
 
 import queue
@@ -128,19 +129,18 @@ class Scheduler:
             raise GptError(f"gpt serve batches requests through a fixed-shape decode step; "
                            f"{type(model).__name__} has none")  # fmt: skip
         self.engine, self.max_batch = engine, max_batch
+        self.encdec = engine.encoder_decoder  # its rows hold the decoder's tokens, its prompts are encoded
         self.block_size, self.device = engine.block_size, engine.device
         self.keep = keep_tokens(self.block_size)  # tokens kept when a row's context is full, as the engine
         self.batch = Decoder(model, max_batch, self.block_size, engine.compile)
-        self.views: dict[tuple[int, int], Decoder] = {}  # (rows, positions) -> a view of the batch
         self.prefiller = Decoder(model, min(max_batch, PREFILL_ROWS), self.block_size)
-        self.prefill_views: dict[tuple[int, int], Decoder] = {}
         self.adapters = bank_of(model, max_batch, self.device)  # each row's adapter (--adapter)
         self.logits: torch.Tensor | None = None  # (max_batch, V): each row's logits for its next token
         self.free = list(range(max_batch))
         self.running: list[_Running] = []
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
-        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))  # 0 MiB: off
+        self.prefix_cache = PrefixCache(0 if self.encdec else int(prefix_cache_mb * 2**20))  # 0 MiB: off
         self.stats = SchedulerStats(prefix_cache=self.prefix_cache.stats)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()  # finish what is in flight, then end
@@ -267,8 +267,9 @@ class Scheduler:
         if config.temperature > 0:
             seed = config.seed if config.seed is not None else secrets.randbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
+        row = [self.engine.start_id] if self.encdec else self._visible(job)  # the tokens its rows hold
         choices = [
-            _Choice(SampleText(config.stop), slot=slot, index=job.first_index + i, visible=self._visible(job))
+            _Choice(SampleText(config.stop), slot=slot, index=job.first_index + i, visible=list(row))
             for i, slot in enumerate(slots)
         ]
         return _Running(job, choices, generator)
@@ -276,10 +277,13 @@ class Scheduler:
     def _load(self, slots: list[list[int]], rows: list[list[int]], blocks: list, adapters: list) -> None:
         """Prefill rows of one length together after their cached blocks (as many for each), each with its
         adapter, then keep their blocks; row i's cache, logits and adapter go to each slot of slots[i]."""
-        prefiller = self._view(len(rows), self.prefiller, self.prefill_views)
+        prefiller = self.prefiller.view(len(rows))
         start = [self.prefix_cache.load(prefiller.cache, i, b) for i, b in enumerate(blocks)][0]  # alike
         with self.adapters.prefilling(adapters, slots):  # then slots[i] apply adapters[i]
-            logits = prefiller.extend([row[start:] for row in rows], start)  # (len(rows), V)
+            if self.encdec:  # rows: the prompts, for the encoder
+                logits = prefiller.encode(rows, self.engine.start_id)
+            else:
+                logits = prefiller.extend([row[start:] for row in rows], start)  # (len(rows), V)
         for i, row in enumerate(rows):
             self.prefix_cache.store(row, prefiller.cache, i, adapters[i])
         if self.logits is None:
@@ -353,7 +357,7 @@ class Scheduler:
         self.stats.tokens += 1
         if choice.finish_reason == "stop":
             self._finish(run, choice, "stop", text)
-        elif run.steps == config.max_new_tokens:
+        elif run.steps == config.max_new_tokens or (self.encdec and len(choice.visible) == self.block_size):
             self._finish(run, choice, "length", text + choice.text.add(b"", final=True))
         elif text:
             self._send(run.job, ChoiceDelta(choice.index, text))
@@ -370,7 +374,7 @@ class Scheduler:
         full = []
         for run in self.running:
             for choice in run.choices:  # ended choices too: a job's rows stay in step, as in the engine
-                if len(choice.visible) == self.block_size:
+                if len(choice.visible) >= self.block_size:
                     full.append(choice)
                 else:
                     advance[choice.slot] = True
@@ -381,7 +385,7 @@ class Scheduler:
         held = torch.tensor([not a for a in advance], device=self.device)
         positions = self.batch.positions[:rows]
         before = positions.clone()
-        decoder = self._view(rows, self.batch, self.views, self._length_in_use())
+        decoder = self.batch.view(rows, self._length_in_use())
         # (rows, V); held rows wrote at their position, harmlessly; a failed row's NO_TOKEN (now free) -> 0
         logits = decoder.step(ids[:rows].clamp(min=0))
         positions.copy_(torch.where(held, before, positions))
@@ -391,7 +395,11 @@ class Scheduler:
         self.stats.steps += 1
 
     def _refill(self, full: list[_Choice]) -> dict[int, torch.Tensor]:
-        """Rows whose context is full, prefilled again from their last 3/4 -> their new logits by slot."""
+        """Rows whose context is full, prefilled again from their last 3/4 -> their new logits by slot.
+        An encoder-decoder's cannot slide: they have ended, and are held at their last position."""
+        if self.encdec:
+            self.batch.positions[[c.slot for c in full]] = self.block_size - 1
+            return {}
         for i in range(0, len(full), PREFILL_ROWS):
             group = full[i : i + PREFILL_ROWS]  # all of one length: `keep`
             for choice in group:
@@ -414,16 +422,6 @@ class Scheduler:
         # a row's newest token goes at len(visible) - 1; a held (re-prefilled) row writes at len(visible)
         longest = max(len(c.visible) for r in self.running for c in r.choices) + 1
         return min(self.block_size, -(-longest // 64) * 64)
-
-    @staticmethod
-    def _view(rows: int, decoder: Decoder, views: dict, length: int | None = None) -> Decoder:
-        """`decoder` itself, or a decoder over its first rows (and cache positions), made once."""
-        length = length or decoder.max_len
-        if (rows, length) == (decoder.batch_size, decoder.max_len):
-            return decoder
-        if (rows, length) not in views:
-            views[rows, length] = decoder.first_rows(rows, length)
-        return views[rows, length]
 
     # --- leaving -------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from gptcli.config import ServeConfig
 from gptcli.errors import GptError
 from gptcli.generation.engine import Engine
 from gptcli.serving.adapters import serve_adapters
-from gptcli.serving.api import Log, create_app
+from gptcli.serving.api import ENCDEC_NO_PREFIX_CACHE, Log, create_app
 from gptcli.serving.scheduler import Scheduler
 
 # The scheduler's thread runs many short torch ops, each taking the GIL again when it ends; with
@@ -103,8 +103,13 @@ class Server:
             f"gpt serve: listening on {self.url} (playground at /, API at /v1){key}\n"
             f"model {self.model_id!r}: {engine.checkpoint}, {params / 1e6:.2f}M parameters, context "
             f"{engine.block_size}, on {engine.device} ({engine.describe_weights()}); batch of {config.max_batch}, "
-            f"prefix cache {config.prefix_cache_mb:g} MiB{self.adapter_lines()}"
+            f"{self.prefix_cache_words()}{self.adapter_lines()}"
         )
+
+    def prefix_cache_words(self) -> str:
+        if self.scheduler.encdec:
+            return ENCDEC_NO_PREFIX_CACHE
+        return f"prefix cache {self.config.prefix_cache_mb:g} MiB"
 
     def adapter_lines(self) -> str:
         return "".join(f"\nadapter {name!r}: {run}" for name, run in self.config.adapters.items())
