@@ -83,14 +83,11 @@ def are_pairs(data: list[str], options: SourceOptions) -> bool:
     return True
 
 
-def require_pair_sources(data: list[str], options: SourceOptions) -> None:
-    """An encoder-decoder is evaluated on pairs: a text file among the data is a one-line error."""
+def require_pair_sources(data: list[str], options: SourceOptions, why: str) -> None:
+    """Pairs are records: a text file among the data is a one-line error saying `why` pairs are read."""
     for path in find_sources(data):
         if describe_source(path, options).format == "text":
-            raise GptError(
-                f"{path} is plain text: an encoder-decoder is evaluated on prompt/completion pairs "
-                f"({PAIR_FORMATS})"
-            )
+            raise GptError(f"{path} is plain text: {why} ({PAIR_FORMATS})")
 
 
 def _records(source) -> Iterator[object]:

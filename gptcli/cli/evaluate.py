@@ -62,6 +62,13 @@ def eval_command(
         int | None, typer.Option(help="Evaluate only the first N tokens (of a corpus).")
     ] = None,
     max_pairs: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs.", min=1)] = None,
+    pairs_flag: Annotated[
+        bool,
+        typer.Option(
+            "--pairs",
+            help="Read the data as prompt/completion pairs (told apart by itself; see above).",
+        ),
+    ] = False,
     exact_match: Annotated[
         bool,
         typer.Option(
@@ -82,8 +89,8 @@ def eval_command(
     With several --checkpoint (say a GPT and the LSTM baseline) they are shown side by side; with
     --json, one JSON object per checkpoint, one per line.
 
-    Pairs: the data is read as prompt/completion pairs when a --checkpoint is an encoder-decoder, or
-    when its first record holds a conversation (prompt + completion, instruction + output, messages or
+    Pairs: the data is read as prompt/completion pairs with --pairs, when a --checkpoint is an
+    encoder-decoder, or when its first record holds a conversation (prompt + completion, instruction + output, messages or
     conversations) and no --text-field is given. The figure is then the completion loss: the mean
     cross-entropy per completion token, its end token included. An encoder-decoder reads the prompt
     in its encoder; a chat model (gpt finetune's, or a GPT trained on pairs) the pair rendered by its
@@ -101,7 +108,7 @@ def eval_command(
     given = dict(text_field=text_field, split=split, skip_bad_records=skip_bad_records)
     options = SourceOptions(**{k: v for k, v in given.items() if v is not None})
     corpus = find_sources(data)
-    on_pairs = reads_pairs(directories, data, options, text_field)
+    on_pairs = reads_pairs(directories, data, options, text_field, pairs_flag)
     check_eval_options(on_pairs, text_field, max_tokens, max_pairs, exact_match)
     if on_pairs:
         pairs = read_eval_pairs(data, options, max_pairs)
@@ -130,13 +137,18 @@ def eval_command(
         (write_pairs_table if on_pairs else write_eval_table)(rows)
 
 
-def reads_pairs(directories: list[Path], data: list[str], options, text_field: str | None) -> bool:
-    """Pairs for an encoder-decoder; for other models, when the records are conversations."""
+def reads_pairs(
+    directories: list[Path], data: list[str], options, text_field: str | None, asked: bool
+) -> bool:
+    """Pairs with --pairs or for an encoder-decoder; for other models, when the records are conversations."""
     from gptcli.evaluate_pairs import are_pairs, require_pair_sources
     from gptcli.storage.checkpoint import read_config
 
     if any(read_config(d)["model"].arch == "encdec" for d in directories):
-        require_pair_sources(data, options)
+        require_pair_sources(data, options, "an encoder-decoder is evaluated on prompt/completion pairs")
+        return True
+    if asked:
+        require_pair_sources(data, options, "--pairs reads prompt/completion pairs")
         return True
     return text_field is None and are_pairs(data, options)
 
@@ -144,7 +156,7 @@ def reads_pairs(directories: list[Path], data: list[str], options, text_field: s
 def check_eval_options(on_pairs: bool, text_field, max_tokens, max_pairs, exact_match) -> None:
     """Options of the other kind of data are one-line errors, not silently ignored."""
     if on_pairs and text_field is not None:
-        fail("--text-field names a corpus's text; an encoder-decoder is evaluated on prompt/completion pairs")
+        fail("--text-field names a corpus's text field; prompt/completion pairs are read by their own fields")
     if on_pairs and max_tokens is not None:
         fail("--max-tokens counts a corpus's tokens; on prompt/completion pairs use --max-pairs")
     if not on_pairs and (exact_match or max_pairs is not None):
