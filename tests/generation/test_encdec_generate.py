@@ -105,6 +105,18 @@ def test_decoder_encode_pads_prompts_of_different_lengths():
         torch.testing.assert_close(together[b], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_step_equals_eager():
+    """torch.compile of the fixed-shape step reads the whole cross-attention buffer under the mask."""
+    model, _ = tiny_encdec(pos_emb="rope", block_size=16)
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, compile=True)
+    a, b = eager.encode(prompts, EOT), compiled.encode(prompts, EOT)
+    for _ in range(4):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        nxt = a.argmax(-1)
+        a, b = eager.step(nxt), compiled.step(nxt)
+
+
 # ---------------------------------------------------------------------------------------------
 # the commands
 
