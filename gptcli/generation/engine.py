@@ -24,6 +24,7 @@ An encoder-decoder (gptcli.models.encdec) reads the prompt with its encoder, onc
 than the context: its last block_size tokens), and its decoder starts every row from <|endoftext|>
 (gptcli.data.pairs.start_id). Its decoder's context cannot slide (what it writes depends on the
 whole prompt and all it wrote): a sample that fills it ends with finish_reason "length".
+
 A sample ends at the end-of-text token (unless ignore_eos), at a stop string (its text is cut just
 before it), or after max_new_tokens. Choosing a token is gptcli.generation.sampling; turning token
 bytes into printable text, stop strings included, is gptcli.generation.text.
