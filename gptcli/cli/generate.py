@@ -76,6 +76,7 @@ def generate_command(
     """Generate text from a checkpoint. Example: gpt generate --prompt "Once upon a time" --top-k 200
 
     With --json: one object with the prompt, the samples (text, ids, finish reason), counts and speed.
+    An encoder-decoder (arch encdec) reads the prompt with its encoder and writes at most its context.
     """
     settings = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
