@@ -315,7 +315,7 @@ class TrainConfig(StrictModel):
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.fsdp and self.model.arch != "gpt":
-            raise ValueError("fsdp shards transformer blocks: train the LSTM baseline without it")
+            raise ValueError(f"fsdp shards transformer blocks (gpt only): train {self.model.arch} without it")
         if self.lora is not None and (self.init_from is None or self.model.arch != "gpt" or self.fsdp):
             raise ValueError(
                 "LoRA adapts a GPT base (init_from: gpt finetune --checkpoint BASE), without fsdp"
