@@ -131,35 +131,3 @@ def load_pair_data(config: TrainConfig, tokenizer: Tokenizer, notes: list[str]) 
     if val_rows is not None and len(val_rows) == 0:
         val_rows = None
     return PairData(train_rows, val_rows, held_out, notes)
-
-
-@torch.no_grad()
-def greedy_completions(model, prompts: list[list[int]], start: int, max_new_tokens: int) -> list[list[int]]:
-    """Each prompt's greedy completion by an encoder-decoder, up to its end token (`start`, which
-    also starts the decoder) or max_new_tokens (at most block_size), decoded as one padded batch."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    B, S = len(prompts), max(len(p) for p in prompts)
-    src = torch.zeros((B, S), dtype=torch.long, device=device)
-    src_mask = torch.zeros((B, S), dtype=torch.bool, device=device)
-    for row, p in enumerate(prompts):
-        src[row, : len(p)] = torch.tensor(p, dtype=torch.long)
-        src_mask[row, : len(p)] = True
-    steps = min(max_new_tokens, model.config.block_size)
-    cache = model.new_cache(B, max_len=steps)
-    model.encode_source(src, cache, src_mask)
-    idx = torch.full((B, 1), start, dtype=torch.long, device=device)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for _ in range(steps):
-        logits, _ = model(idx, cache=cache, last_only=True)
-        idx = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-        for row, token in enumerate(idx[:, 0].tolist()):
-            done[row] = done[row] or token == start
-            if not done[row]:
-                out[row].append(token)
-        if all(done):
-            break
-    model.train(was_training)
-    return out

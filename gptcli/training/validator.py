@@ -11,14 +11,13 @@ import torch
 
 from gptcli.chat.template import ChatTemplate, render
 from gptcli.config import SampleConfig, TrainConfig
-from gptcli.data.pairs import start_id
 from gptcli.generation import Engine
 from gptcli.models import LanguageModel
 from gptcli.runtime import autocast
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training.chat_data import ChatData
 from gptcli.training.data_source import TrainingData, eval_sampler, model_inputs
-from gptcli.training.pair_data import PairData, greedy_completions
+from gptcli.training.pair_data import PairData
 
 
 class Validator:
@@ -88,9 +87,12 @@ class Validator:
         if not self.data.held_out:
             return None
         pair = self.data.held_out[0]
-        prompt = tokenizer.encode_ordinary(pair.prompt)
-        ids = greedy_completions(model, [prompt], start_id(tokenizer), tokens)[0]
-        return f"prompt: {pair.prompt}\ncompletion: {tokenizer.decode(ids)}"
+        was_training = model.training
+        engine = Engine(model, tokenizer, relayout=False)  # the prompt goes to the encoder
+        settings = SampleConfig(max_new_tokens=min(tokens, self.config.model.block_size), temperature=0.0)
+        text = engine.generate(tokenizer.encode_ordinary(pair.prompt), settings).samples[0].text
+        model.train(was_training)
+        return f"prompt: {pair.prompt}\ncompletion: {text}"
 
 
 def all_finite(losses: dict[str, float]) -> bool:

@@ -11,12 +11,13 @@ import torch
 from gptcli.config import TrainConfig
 from gptcli.data.pairs import start_id
 from gptcli.errors import GptError
+from gptcli.evaluate_pairs import greedy_encdec
 from gptcli.loading import load_newest
 from gptcli.models import build_model
 from gptcli.storage import checkpoint as ckpt
 from gptcli.training.data_source import model_inputs
 from gptcli.training.inputs import build_tokenizer
-from gptcli.training.pair_data import greedy_completions, load_pair_data
+from gptcli.training.pair_data import load_pair_data
 from gptcli.training.run_dir import read_run_config
 from gptcli.training.trainer import Trainer, train
 from tests.training.test_trainer import assert_same_weights, final_weights, keep_only_checkpoint, losses
@@ -133,8 +134,10 @@ def test_an_encdec_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
 
 
 def exact_match(model, tokenizer, words: list[str]) -> float:
-    completions = greedy_completions(model, [tokenizer.encode(w) for w in words], start_id(tokenizer), 8)
-    return sum(tokenizer.decode(c) == w[::-1] for c, w in zip(completions, words)) / len(words)
+    """Greedy completions (the end token included) that are exactly the word reversed, then the end."""
+    end = start_id(tokenizer)
+    completions = greedy_encdec(model.eval(), [tokenizer.encode(w) for w in words], [8] * len(words), end)
+    return sum(c == [*tokenizer.encode(w[::-1]), end] for c, w in zip(completions, words)) / len(words)
 
 
 def test_a_tiny_encoder_decoder_learns_to_reverse_held_out_strings(tmp_path, capsys):
