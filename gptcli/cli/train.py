@@ -38,7 +38,8 @@ STOPPED_BY = {
 }
 PAIRS_HELP = (
     "The data are prompt/completion pairs (or conversations): a GPT learns the replies, each rendered "
-    "by the ChatML template (the encoder-decoder's baseline). --arch encdec reads pairs without it."
+    "by the ChatML template (the encoder-decoder's baseline). An encoder-decoder (arch encdec) reads "
+    "pairs as they are, without this."
 )
 PAIRS = {"epochs": None}  # TrainConfig.chat of --pairs: ChatML, packed, max_iters as gpt train's
 
