@@ -4,6 +4,11 @@ Every option but the run controls (--config, --resume, --out, --overwrite, --bes
 TrainConfig or ModelConfig field of its name; its help and default come from that field. Options
 left unset are None here, so a --config preset or file (gptcli.presets), or a resumed run's
 config.json, keeps its values.
+
+Prompt/completion pairs (any format gpt finetune reads): `--arch encdec --data PAIRS` trains an
+encoder-decoder on them (padded, never packed; the steps are --max-iters, as for text);
+`--pairs --data PAIRS` trains a GPT from scratch on them rendered by ChatML, the loss on the
+replies (its checkpoints carry the template). Both hold out the same pairs (--val-fraction, --seed).
 """
 
 import json

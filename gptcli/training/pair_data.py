@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data.pairs import Pair, encode_pair, read_pairs
+from gptcli.data.pairs import Pair, encode_pair, read_pairs, start_id
 from gptcli.data.sources import SourceOptions, describe_source, find_sources
 from gptcli.errors import GptError
 from gptcli.tokenizers.base import Tokenizer
@@ -95,6 +95,7 @@ def pair_texts(config: TrainConfig) -> list[str]:
 def load_pair_data(config: TrainConfig, tokenizer: Tokenizer, notes: list[str]) -> PairData:
     """Read config.data's pairs, hold out config.val_fraction of them (at least one when there are
     two or more, as for conversations), encode each split and drop what does not fit the context."""
+    start_id(tokenizer)  # the tokenizer has <|endoftext|>, which starts and ends every target
     pairs = read_training_pairs(config, notes)
     train, val = split_conversations(pairs, config.val_fraction, config.seed)
     block = config.model.block_size
