@@ -41,6 +41,7 @@ FINETUNE_HELP = {"max_iters": "Optimizer steps (default: those of --epochs)."}
 NOT_FOR_FINETUNE = {
     "data", "tokenizer", "text_field", "data_cache", "init_from", "config", "skip_bad_records", "val_data",
     "arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "pos_emb", "window", "norm",
+    "n_enc_layer", "chat",
 }  # fmt: skip
 CHAT, LORA = "Conversations", "LoRA"
 LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "base_precision")
