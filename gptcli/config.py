@@ -4,12 +4,20 @@ The CLI turns flags into one of these; library code takes them. A config's JSON 
 what it produced, so later commands can read the settings back instead of asking for them again.
 """
 
-import re
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from gptcli.config_values import check_device, parse_duration
 from gptcli.errors import GptError, one_line_validation_error
 
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator: the default special token
@@ -29,7 +37,6 @@ ExportFormat = Literal["hf", "tiktoken"]
 ChatFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt-completion"]
 EXPORT_FORMATS = get_args(ExportFormat)  # gpt tokenizer export --format
 DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps."
-DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 PRECISIONS = get_args(Precision)
 HUB_NAMES = {  # `gpt load-gpt2 NAME`: OpenAI's GPT-2 sizes on the Hugging Face hub
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -156,6 +163,13 @@ class ModelConfig(StrictModel):
         if self.pos_emb == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        data = handler(self)
+        if self.arch != "encdec":  # only an encdec has an encoder: other configs are written as before
+            data.pop("n_enc_layer", None)
+        return data
 
     @property
     def head_dim(self) -> int:
@@ -423,23 +437,6 @@ class ServeConfig(StrictModel):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
-
-
-def check_device(name: str) -> str:
-    """A device name as --device takes it (whether this machine has it is checked when it is used)."""
-    if DEVICE_PATTERN.fullmatch(name):
-        return name
-    raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '15m', '1.5h' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise ValueError(
-            f"{text!r} is not a duration: use seconds or a number with s, m or h (90, 15m, 1.5h)"
-        )
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def validate(schema: type[BaseModel], /, **values):

@@ -26,7 +26,8 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
-from gptcli.config import TrainConfig, check_device, validate
+from gptcli.config import TrainConfig, validate
+from gptcli.config_values import check_device
 from gptcli.errors import GptError, OptionError, first_validation_problem
 
 try:  # recent Typer releases vendor their own copy of Click
