@@ -24,24 +24,19 @@ aligned); a chat model decodes one pair at a time through gptcli.generation.deco
 """
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gptcli.chat.formats import BadRecord, detect_format
 from gptcli.data.pairs import Pair, encode_pair, start_id
-from gptcli.data.records import UnreadableFile, arrow_records, json_records, parquet_records
-from gptcli.data.sources import SourceOptions, describe_source, find_sources, open_decompressed
 from gptcli.errors import GptError
+from gptcli.models.encdec import pad_prompts
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.tokenizers.bpe_train import Progress
 
 EXTRA_TOKENS = 4  # a greedy completion may run this many tokens past the expected one's length
-PAIR_FORMATS = "JSONL, JSON, Parquet or dataset records with prompt + completion, instruction + output, "
-PAIR_FORMATS += "messages or conversations"
 
 
 @dataclass
@@ -64,50 +59,6 @@ class Example:
     ids: list[int]
     scored: list[int]
     src: list[int] | None = None  # the encoder's ids (encoder-decoder only)
-
-
-# ---- which data is pairs
-
-
-def are_pairs(data: list[str], options: SourceOptions) -> bool:
-    """True when the first record of the data is a conversation (prompt + completion, instruction +
-    output, messages or conversations); plain text, or records of another shape, are a corpus."""
-    sources = [describe_source(p, options) for p in find_sources(data)]
-    if not sources or any(s.format == "text" for s in sources):
-        return False
-    try:
-        record = next(_records(sources[0]), None)
-        detect_format(record if isinstance(record, dict) else {})
-    except (BadRecord, GptError, UnreadableFile):
-        return False  # the corpus reader says what is wrong with it
-    return True
-
-
-def require_pair_sources(data: list[str], options: SourceOptions, why: str) -> None:
-    """Pairs are records: a text file among the data is a one-line error saying `why` pairs are read."""
-    for path in find_sources(data):
-        if describe_source(path, options).format == "text":
-            raise GptError(f"{path} is plain text: {why} ({PAIR_FORMATS})")
-
-
-def _records(source) -> Iterator[object]:
-    if source.format == "json":
-        with open_decompressed(source.files[0], source.compression) as (stream, _):
-            yield from (record for _, record in json_records(stream, str(source.path), _Raise()))
-        return
-    read = parquet_records if source.format == "parquet" else arrow_records
-    for path in source.files:
-        yield from (record for _, record in read(path))
-
-
-class _Raise:
-    """A record log for peeking: a bad record stops the look."""
-
-    def bad(self, message: str) -> None:
-        raise GptError(message)
-
-    def invalid(self, n_bytes: int) -> None:
-        pass
 
 
 # ---- how a model reads a pair
@@ -264,19 +215,8 @@ def batch_tensors(batch: list[Example], device=None):
         y[row, : len(ids) - 1] = torch.where(torch.tensor(e.scored[1:], dtype=torch.bool), ids[1:], -1)
     src = src_mask = None
     if batch[0].src is not None:
-        src, src_mask = (t.to(device) for t in padded_prompts([e.src for e in batch]))
+        src, src_mask = (t.to(device) for t in pad_prompts([e.src for e in batch]))
     return x.to(device), y.to(device), src, src_mask
-
-
-def padded_prompts(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (B, S) ids padded at the end with 0, and the (B, S) mask, True at real tokens."""
-    width = max(max(len(p) for p in prompts), 1)
-    src = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        src[row, : len(p)] = torch.tensor(p, dtype=torch.long)
-        mask[row, : len(p)] = True
-    return src, mask
 
 
 # ---- greedy decoding
@@ -284,30 +224,27 @@ def padded_prompts(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def greedy_encdec(model, prompts: list[list[int]], limits: list[int], end_id: int) -> list[list[int]]:
-    """Greedy completions of an encoder-decoder, the prompts decoded together.
+    """Greedy completions of an encoder-decoder, the prompts decoded together (Decoder.encode: padded,
+    masked in the encoder).
 
     Row i gets at most limits[i] tokens, the end token included if it comes (then it is the last);
     the decoder's rows start together from the start token (= end_id) and stay aligned: a row that
-    is done keeps feeding its end token, whose outputs are never read."""
-    device = next(model.parameters()).device
-    src, src_mask = padded_prompts(prompts)
-    max_len = min(model.config.block_size, max(limits))
-    cache = model.new_cache(len(prompts), max_len=max_len, device=device)
-    model.encode_source(src.to(device), cache, src_mask.to(device))
+    is done runs along, its tokens never read."""
+    from gptcli.generation.decoder import Decoder
+
+    decoder = Decoder(model, len(prompts), min(model.config.block_size, max(limits)))
+    logits = decoder.encode(prompts, end_id)
     out: list[list[int]] = [[] for _ in prompts]
     done = [limit <= 0 for limit in limits]
-    ids = torch.full((len(prompts), 1), end_id, dtype=torch.long, device=device)
-    while not all(done):
-        if cache.pos == cache.max_len:
-            break  # the context is full: the rows left stop where they are
-        logits, _ = model(ids, cache=cache, last_only=True)
-        ids = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
-        for row, token in enumerate(ids[:, 0].tolist()):
+    for step in range(decoder.max_len):
+        ids = logits.argmax(dim=-1)  # (B,)
+        for row, token in enumerate(ids.tolist()):
             if not done[row]:
                 out[row].append(token)
                 done[row] = token == end_id or len(out[row]) >= limits[row]
-            else:
-                ids[row, 0] = end_id
+        if all(done) or step == decoder.max_len - 1:
+            break  # (the context is full: the rows left stop where they are)
+        logits = decoder.step(ids)
     return out
 
 

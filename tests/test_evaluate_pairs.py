@@ -11,13 +11,11 @@ import torch.nn.functional as F
 
 from gptcli.chat.template import ChatTemplate, end_ids, render
 from gptcli.config import ModelConfig
-from gptcli.data.pairs import Pair, encode_pair
-from gptcli.data.sources import SourceOptions
+from gptcli.data.pairs import Pair, are_pairs, encode_pair
 from gptcli.errors import GptError
 from gptcli.evaluate_pairs import (
     ChatFraming,
     EncDecFraming,
-    are_pairs,
     batch_tensors,
     evaluate_pairs,
     greedy_decoder,
@@ -196,13 +194,13 @@ def test_pairs_are_told_by_the_first_record(tmp_path):
     files = {
         "pc.jsonl": {"prompt": "a", "completion": "b"},
         "alpaca.jsonl": {"instruction": "a", "output": "b"},
-        "msgs.jsonl": {"messages": [{"role": "user", "content": "a"}]},
+        "msgs.jsonl": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
         "text.jsonl": {"text": "a"},
     }
     for name, record in files.items():
         (tmp_path / name).write_text(json.dumps(record) + "\n")
     (tmp_path / "plain.txt").write_text("prompt completion")
-    found = {name: are_pairs([str(tmp_path / name)], SourceOptions()) for name in [*files, "plain.txt"]}
+    found = {name: are_pairs([str(tmp_path / name)]) for name in [*files, "plain.txt"]}
     assert found == {"pc.jsonl": True, "alpaca.jsonl": True, "msgs.jsonl": True, "text.jsonl": False,
                      "plain.txt": False}  # fmt: skip
 

@@ -141,16 +141,18 @@ def reads_pairs(
     directories: list[Path], data: list[str], options, text_field: str | None, asked: bool
 ) -> bool:
     """Pairs with --pairs or for an encoder-decoder; for other models, when the records are conversations."""
-    from gptcli.evaluate_pairs import are_pairs, require_pair_sources
+    from gptcli.data.pairs import are_pairs, require_pair_sources
     from gptcli.storage.checkpoint import read_config
 
     if any(read_config(d)["model"].arch == "encdec" for d in directories):
-        require_pair_sources(data, options, "an encoder-decoder is evaluated on prompt/completion pairs")
+        require_pair_sources(
+            data, options.split, "an encoder-decoder is evaluated on prompt/completion pairs"
+        )
         return True
     if asked:
-        require_pair_sources(data, options, "--pairs reads prompt/completion pairs")
+        require_pair_sources(data, options.split, "--pairs reads prompt/completion pairs")
         return True
-    return text_field is None and are_pairs(data, options)
+    return text_field is None and are_pairs(data, options.split)
 
 
 def check_eval_options(on_pairs: bool, text_field, max_tokens, max_pairs, exact_match) -> None:

@@ -18,8 +18,13 @@ from pathlib import Path
 
 from gptcli.chat.formats import MAX_PROBLEMS_KEPT, BadRecord, Message, ReadReport, iter_conversations
 from gptcli.config import ENDOFTEXT
+from gptcli.data.sources import SourceOptions, describe_source, find_sources
 from gptcli.errors import GptError
 from gptcli.tokenizers.base import Tokenizer
+
+PAIR_FORMATS = (
+    "JSONL, JSON or Parquet records of prompt + completion, Alpaca, or one user + one assistant message"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,24 @@ def read_pairs(
             f"no prompt/completion pairs in {', '.join(map(str, paths))}: {report.bad} bad skipped"
         )
     return pairs, report
+
+
+def require_pair_sources(paths: list[str | Path], split: str | None, why: str) -> None:
+    """Pairs are records: a plain text file among `paths` is a one-line error saying `why` pairs are read."""
+    options = SourceOptions(split=split)
+    for path in find_sources(list(paths)):
+        if describe_source(path, options).format == "text":
+            raise GptError(f"{path} is plain text: {why} ({PAIR_FORMATS})")
+
+
+def are_pairs(paths: list[str | Path], split: str | None = None) -> bool:
+    """True when the first record of `paths` is a conversation (prompt + completion, Alpaca, messages,
+    ShareGPT); plain text, or records of another shape, are a corpus."""
+    try:
+        next(iter_conversations(paths, "auto", split=split), None)
+    except GptError:  # a text file, or a first record that is no conversation
+        return False
+    return True
 
 
 def start_id(tokenizer: Tokenizer) -> int:

@@ -74,12 +74,9 @@ class Decoder:
             raise GptError(f"{type(self.model).__name__} has no encoder: prefill its prompts")
         if len(sources) != self.batch_size or not all(sources):
             raise GptError(f"encode takes {self.batch_size} prompts of at least one token")
-        src = torch.zeros(
-            self.batch_size, max(map(len, sources)), dtype=torch.long
-        )  # (B, S), padded at the end
-        mask = torch.zeros(src.shape, dtype=torch.bool)  # True at real tokens
-        for b, ids in enumerate(sources):
-            src[b, : len(ids)], mask[b, : len(ids)] = torch.tensor(ids), True
+        from gptcli.models.encdec import pad_prompts
+
+        src, mask = pad_prompts(sources)  # (B, S) each: padded at the end, the padding masked
         self.model.encode_source(src.to(self.device), self.cache, mask.to(self.device))
         return self.prefill([[start]] * self.batch_size)
 

@@ -25,6 +25,7 @@ hs head_dim, V vocab_size.
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,18 @@ from gptcli.models.base import LanguageModel
 from gptcli.models.gpt import MLP, Block, CausalSelfAttention, embedding, make_norm
 from gptcli.models.kv_cache import KVCache, decode_mask
 from gptcli.models.positions import rope_tables, sinusoidal_table
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts of any lengths (at least one token each) -> src (B, S) ids padded at the end with
+    pad_id, and src_mask (B, S), True at the real tokens: what encode() and encode_source() take."""
+    S = max(len(p) for p in prompts)
+    src = torch.full((len(prompts), S), pad_id, dtype=torch.long)
+    src_mask = torch.zeros((len(prompts), S), dtype=torch.bool)
+    for row, ids in enumerate(prompts):
+        src[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        src_mask[row, : len(ids)] = True
+    return src, src_mask
 
 
 class CrossAttention(nn.Module):

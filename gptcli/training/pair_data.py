@@ -21,16 +21,13 @@ import numpy as np
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data.pairs import Pair, encode_pair, read_pairs, start_id
-from gptcli.data.sources import SourceOptions, describe_source, find_sources
+from gptcli.data.pairs import Pair, encode_pair, read_pairs, require_pair_sources, start_id
 from gptcli.errors import GptError
+from gptcli.models.encdec import pad_prompts
 from gptcli.tokenizers.base import Tokenizer
 from gptcli.training.chat_data import split_conversations
 
 PAIRS_NEEDED = "an encoder-decoder trains on prompt/completion pairs"
-PAIR_FORMATS = (
-    "JSONL, JSON or Parquet records of prompt + completion, Alpaca, or one user + one assistant message"
-)
 
 
 @dataclass
@@ -51,15 +48,12 @@ class PairRows:
     def batch(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """x, y (B, T) and the encoder's inputs: src (B, S) and src_mask (B, S), each cut to the batch's
         longest prompt and target."""
-        srcs, targets = [self.src[i] for i in index], [self.target[i] for i in index]
-        B, S, T = len(index), max(len(s) for s in srcs), max(len(t) for t in targets) - 1
-        src = torch.full((B, S), self.pad_id, dtype=torch.long)
-        src_mask = torch.zeros((B, S), dtype=torch.bool)
+        targets = [self.target[i] for i in index]
+        src, src_mask = pad_prompts([self.src[i] for i in index], self.pad_id)  # (B, S) each
+        B, T = len(index), max(len(t) for t in targets) - 1
         x = torch.full((B, T), self.pad_id, dtype=torch.long)
         y = torch.full((B, T), -1, dtype=torch.long)
-        for row, (s, t) in enumerate(zip(srcs, targets)):
-            src[row, : len(s)] = torch.from_numpy(s)
-            src_mask[row, : len(s)] = True
+        for row, t in enumerate(targets):
             x[row, : len(t) - 1] = torch.from_numpy(t[:-1])
             y[row, : len(t) - 1] = torch.from_numpy(t[1:])
         return x, y, {"src": src, "src_mask": src_mask}
@@ -75,10 +69,7 @@ class PairData:
 
 def read_training_pairs(config: TrainConfig, notes: list[str]) -> list[Pair]:
     """config.data's pairs; plain text (a text file, or records of "text" alone) is refused."""
-    options = SourceOptions(split=config.split)
-    for path in find_sources(list(config.data)):
-        if describe_source(path, options).format == "text":
-            raise GptError(f"{path} is plain text, but {PAIRS_NEEDED} ({PAIR_FORMATS})")
+    require_pair_sources(config.data, config.split, PAIRS_NEEDED)
     try:
         pairs, report = read_pairs(config.data, "auto", skip_bad=config.skip_bad_records, split=config.split)
     except GptError as e:
