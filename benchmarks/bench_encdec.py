@@ -41,14 +41,15 @@ TRANSLIT = {  # digraphs first: the longest match wins
 }  # fmt: skip
 SYLLABLES = [c + v for c in ["b", "v", "d", "k", "l", "m", "n", "p", "r", "s", "t", "z", "sh", "ch", "zh", "kh", "ts"]
              for v in ["a", "e", "i", "o", "u", "ya", "yu"]]  # fmt: skip
-# about the same parameter count (printed): 2 + 2 blocks with cross-attention vs 5 GPT blocks
-SHAPES = {
-    "encdec": ["--arch", "encdec", "--n-enc-layer", "2", "--n-layer", "2", "--block-size", "64"],
-    "gpt": ["--arch", "gpt", "--pairs", "--n-layer", "5", "--block-size", "128", "--batch-size", "8"],
-}  # a GPT row packs ~4 pairs: batches of 8 rows and of 32 pairs train about as many pairs a step
-COMMON = ["--n-head", "4", "--n-embd", "128", "--pos-emb", "rope", "--dropout", "0", "--batch-size", "32",
-          "--lr", "2e-3", "--warmup-iters", "20", "--tokenizer", "char", "--sample-tokens", "0",
-          "--val-fraction", "0.05", "--device", "cpu", "--seed", "1"]  # fmt: skip
+SHAPES = {  # about the same parameter count (printed): 2 + 2 blocks with cross-attention vs 5 GPT blocks
+    "encdec": "--arch encdec --n-enc-layer 2 --n-layer 2 --block-size 64 --batch-size 32".split(),
+    # a GPT row packs 2-3 of these pairs: 8 rows a step train about as many pairs as the 32 above
+    "gpt": "--arch gpt --pairs --n-layer 5 --block-size 128 --batch-size 8".split(),
+}
+COMMON = (
+    "--n-head 4 --n-embd 128 --pos-emb rope --dropout 0 --lr 2e-3 --warmup-iters 20 --tokenizer char "
+    "--sample-tokens 0 --val-fraction 0.05 --device cpu --seed 1"
+).split()
 
 
 def reversal(rng: random.Random) -> dict:

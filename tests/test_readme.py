@@ -62,7 +62,13 @@ TINY_RESHAPE = "--n-layer 1 --n-head 2 --n-embd 16 --block-size 32 "  # not for 
 EXPECTED = {
     "tokenizers.md": ["hf_tok/tokenizer.json", "tt_tok/tokenizer.tiktoken"],
     "data.md": ["data/web_store/meta.json", "wiki/config.json"],
-    "training.md": ["out/loss.png", "compare.png", "ddp/config.json", "out_py/config.json"],
+    "training.md": [
+        "out/loss.png",
+        "compare.png",
+        "ddp/config.json",
+        "out_py/config.json",
+        "encdec/config.json",
+    ],
     "gpt2-and-hf.md": ["finetune_hf/model.safetensors"],
     "fine-tuning.md": [
         "chat/config.json",
