@@ -63,7 +63,8 @@ def dequantize_rows(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32
 def int8_linear(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (..., in) times the int8 weight q (out, in) with row scales (out,), plus bias -> (..., out)."""
     few_tokens = x.dim() < 3 or x.size(-2) <= KERNEL_MAX_TOKENS
-    if x.device.type == "cpu" and few_tokens:
+    # Inductor cannot lower the CPU kernel (a compiled step): there it compiles the dequantize-matmul
+    if x.device.type == "cpu" and few_tokens and not torch.compiler.is_compiling():
         # the kernel takes a contiguous 2-D bf16 x (a strided one crashes it on AVX-512) and bf16 scales
         x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()  # (rows, in)
         y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))  # (rows, out)

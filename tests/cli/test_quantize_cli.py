@@ -60,6 +60,12 @@ def test_a_damaged_int8_checkpoint_is_a_one_line_error(runs, tmp_path):
     assert_one_line_error(run_cli("generate", "-c", str(damaged), "-p", "a"), "model.safetensors")
 
 
+def test_compiling_int8_decoding_on_a_cpu_is_refused_in_one_line(runs):
+    # Inductor cannot lower the CPU's int8 kernel, and the dequantize-matmul it compiles is far slower
+    result = run_cli("generate", "-c", str(runs / "int8"), "-p", "a", "--compile", "--max-new-tokens", "2")
+    assert_one_line_error(result, "--compile with int8 weights on a CPU")
+
+
 def test_every_command_loads_it_and_quantizing_at_load_is_the_same(runs):
     fp32, int8 = str(runs / "fp32"), str(runs / "int8")
     saved = run_cli("generate", "-c", int8, "-p", "Once", *GREEDY, "--json")
