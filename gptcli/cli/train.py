@@ -249,7 +249,8 @@ class TrainReporter:
         detail(f"settings: {json.dumps(d['config'])}")
         console.print(
             f"training {d['params'] / 1e6:.2f}M parameters on {d['device']} ({d['precision']}); "
-            f"{d['train_tokens']:,} train / {d['val_tokens']:,} val tokens; {d['tokens_per_step']:,} tokens per step "
+            f"{d['train_tokens']:,} train / {d['val_tokens']:,} val tokens; {'up to ' * d['rows_cut']}"
+            f"{d['tokens_per_step']:,} tokens per step "
             f"-> {d['run_dir']}"
         )
         if self.live:

@@ -56,6 +56,12 @@ def split_sizes(data: TrainingData) -> tuple[int, int]:
     return len(data.train), len(data.val)
 
 
+def rows_cut(data: TrainingData) -> bool:
+    """Whether a batch's rows are cut to its longest example (pairs, unpacked conversations), so a step
+    trains at most batch_size x block_size positions rather than exactly that many."""
+    return isinstance(data, PairData) or (isinstance(data, ChatData) and not data.train.packed)
+
+
 def model_inputs(batch: tuple, to: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """A sampler's (x, y), (x, y, doc_ids) or (x, y, {name: tensor}) -> x, y and the forward's other
     arguments (doc_ids for packed rows; src and src_mask for pairs), each moved by `to` (to the device)."""

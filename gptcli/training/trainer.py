@@ -35,7 +35,7 @@ from gptcli.errors import GptError
 from gptcli.models import LanguageModel
 from gptcli.runtime import autocast, mfu, peak_flops, resolve_device, resolve_precision
 from gptcli.tokenizers.base import Tokenizer
-from gptcli.training import distributed
+from gptcli.training import data_source, distributed
 from gptcli.training.chat_data import epoch_steps
 from gptcli.training.checkpointer import Checkpointer
 from gptcli.training.data_source import Sampler, TrainingData, model_inputs, split_sizes, train_sampler
@@ -228,6 +228,7 @@ class Trainer:
                 "train_tokens": train_tokens,
                 "val_tokens": val_tokens,
                 "tokens_per_step": self.tokens_per_step,
+                "rows_cut": data_source.rows_cut(self.data),  # then tokens_per_step is an upper bound
                 "start_step": self.state.step,
                 "max_iters": self.config.max_iters,
             },
@@ -240,7 +241,7 @@ class Trainer:
         """Step until max_iters, max_time or a stop signal; the final eval and checkpoint; a summary."""
         self.model.train()
         self.t_last = time.time()
-        self.steps_since_log = 0
+        self.positions_since_log = 0  # positions trained on this rank since the last log: tokens/s
         stop_reason = "max_iters"
         interrupt = StopOnInterrupt()
         try:
@@ -280,6 +281,7 @@ class Trainer:
         micro_batches = self.sampler.next_step(config.grad_accum, world.rank, world.world_size)
         for i, batch in enumerate(micro_batches):
             x, y, inputs = model_inputs(batch, self._to_device)  # doc_ids (packed rows), src (pairs)
+            self.positions_since_log += x.numel()  # padded batches are cut to their longest row
             last = i == len(micro_batches) - 1  # DDP/FSDP average gradients over ranks on the last one only
             with distributed.gradient_sync(self.model, world, config.fsdp, sync=last):
                 with autocast(self.device, self.precision):
@@ -293,7 +295,6 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.steps_since_log += 1
         return loss_sum, lr
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -307,19 +308,21 @@ class Trainer:
     def log_step(self, loss_sum: torch.Tensor, lr: float) -> None:
         """The step's mean loss over all micro-batches of all ranks (the one host sync per log), speed, MFU."""
         step = self.state.step
-        loss = self.world.sum(loss_sum).item() / self.config.grad_accum
+        positions = torch.tensor(float(self.positions_since_log), device=self.device)
+        loss, positions = self.world.sum(torch.stack([loss_sum.float(), positions])).tolist()
+        loss /= self.config.grad_accum
         if not math.isfinite(loss):
             raise GptError(
                 f"the loss became non-finite ({loss}) at step {step}; stopped. Last good checkpoint: "
                 f"{self.checkpointer.last_saved(self.state) or 'none (no checkpoint was saved yet)'}"
             )
         now = time.time()
-        tokens_per_sec = self.steps_since_log * self.tokens_per_step / max(now - self.t_last, 1e-9)
+        tokens_per_sec = positions / max(now - self.t_last, 1e-9)  # every rank's
         utilization = mfu(self.flops_per_token, tokens_per_sec, self.peak_flops) if self.peak_flops else None
         record = log_record(step, loss, lr, tokens_per_sec, utilization, now - self.start_time)
         self.write(record)
         self.report("step", record)
-        self.t_last, self.steps_since_log = now, 0
+        self.t_last, self.positions_since_log = now, 0
 
     def evaluate_and_save(self) -> None:
         """An eval (as large as fits in --max-time's time left) and a checkpoint, timed for the budget."""

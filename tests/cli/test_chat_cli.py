@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -136,6 +137,9 @@ class Terminal:
 
         def controlling_terminal():
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # a suite started in the background (`cmd &` in a script) ignores SIGINT, and a child
+            # inherits that: Python would then never raise KeyboardInterrupt for ^C
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.proc = subprocess.Popen([sys.executable, "-m", "gptcli", "chat", *args], stdin=slave, stdout=slave,
                                      stderr=slave, env=env, start_new_session=True,
