@@ -28,16 +28,24 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.models.base import LanguageModel
-from gptcli.models.gpt import MLP, Block, CausalSelfAttention, embedding, make_norm
+from gptcli.models.gpt import (
+    MLP,
+    Block,
+    CausalSelfAttention,
+    embed,
+    embedding,
+    make_norm,
+    masked_attention,
+    register_position_tables,
+    repeat_kv,
+)
 from gptcli.models.kv_cache import KVCache, decode_mask
-from gptcli.models.positions import rope_tables, sinusoidal_table
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -58,7 +66,7 @@ class CrossAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.flash, self.dropout = config.flash, config.dropout
+        self.flash = config.flash
         self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_kv = nn.Linear(config.n_embd, 2 * self.n_kv_head * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -75,17 +83,8 @@ class CrossAttention(nn.Module):
         """x (B, T, C) attends to k, v (B, nkv, S, hs) where mask (B, 1, 1, S) is True -> (B, T, C)."""
         B, T, C = x.size()
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if self.n_kv_head != self.n_head:  # grouped-query attention, as the GPT's
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.flash:
-            dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, S)
-            att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)  # a prompt has >= 1 real token
-            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        k, v = repeat_kv(k.to(q.dtype), v.to(q.dtype), self.n_head)  # (B, nh, S, hs): GQA, as the GPT's
+        y = masked_attention(q, k, v, mask, self.flash, self.attn_dropout)  # a prompt has >= 1 real token
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -158,7 +157,7 @@ class EncoderDecoder(LanguageModel):
             self.wte.weight = self.lm_head.weight
         self.encoder = self._stack([Block(config, i) for i in range(config.n_enc_layer)])
         self.decoder = self._stack([DecoderBlock(config, i) for i in range(config.n_layer)])
-        self._register_position_tables()
+        register_position_tables(self, config)
         self.activation_checkpointing = False  # a training-time switch, as the GPT's
         self.apply(self._init_weights)
         # GPT-2's scaling of the projections that add into the residual stream, per stack
@@ -175,17 +174,6 @@ class EncoderDecoder(LanguageModel):
             drop=nn.Dropout(self.config.dropout), h=nn.ModuleList(blocks), ln_f=make_norm(self.config)
         )
         return nn.ModuleDict(layers)
-
-    def _register_position_tables(self) -> None:
-        config = self.config
-        if config.pos_emb == "sinusoidal":
-            self.register_buffer(
-                "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
-            )
-        if config.pos_emb == "rope":
-            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
-            self.register_buffer("rope_sin", sin, persistent=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -301,24 +289,8 @@ class EncoderDecoder(LanguageModel):
         return block(x, *args)
 
     def _embed(self, stack: nn.ModuleDict, idx: Tensor, start: int, positions: Tensor | None):
-        """Token + position embeddings of (B, T) ids at start .. start+T-1, or a decode step's (B,)
-        positions -> (B, T, C), and the rotary tables for them (rope only)."""
-        cfg = self.config
-        if positions is None:
-            pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
-        else:
-            pos = positions[:, None]  # (B, 1): every row at its own position
-        x = self.wte(idx)  # (B, T, C)
-        if cfg.pos_emb == "learned":
-            x = x + stack.wpe(pos)
-        elif cfg.pos_emb == "sinusoidal":
-            x = x + self.sinusoid[pos].to(x.dtype)
-        rope = None
-        if cfg.pos_emb == "rope":
-            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2), or (B, 1, hs/2)
-            if positions is not None:
-                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, 1, hs/2): broadcast over heads
-        return stack.drop(x), rope
+        """gpt.embed with the shared token table and this stack's positions and dropout."""
+        return embed(self, self.wte, stack, idx, start, positions)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per target token: 6 per weight, plus the attention's (self and cross)."""

@@ -73,6 +73,30 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return LayerNorm(config.n_embd, config.bias, config.norm_eps)
 
 
+def repeat_kv(k: Tensor, v: Tensor, n_head: int) -> tuple[Tensor, Tensor]:
+    """Grouped-query attention: (B, nkv, L, hs) keys and values -> (B, n_head, L, hs), each group of
+    n_head / nkv query heads sharing one key/value head (as they are when nkv = n_head)."""
+    repeat = n_head // k.size(1)
+    if repeat == 1:
+        return k, v
+    return k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+
+
+def masked_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, flash: bool, dropout: nn.Dropout
+) -> Tensor:
+    """Attention under a mask: q (B, nh, T, hs), k/v (B, nh, L, hs), mask broadcastable to (B, nh, T, L),
+    True = attend -> (B, nh, T, hs). A decode step (T = 1): row b sees cached keys 0 .. positions[b]
+    (decode_mask); a packed row: each query its own document's keys up to itself (document_mask); an
+    encoder-decoder: the prompt's real tokens (gptcli/models/encdec.py). Every query sees a key: no NaN."""
+    if flash:
+        dropout_p = dropout.p if dropout.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, L)
+    att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+    return dropout(att) @ v  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, with grouped key/value heads and an optional sliding window."""
 
@@ -118,14 +142,10 @@ class CausalSelfAttention(nn.Module):
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = start + T
 
-        if self.n_kv_head != self.n_head:
-            # each group of n_head / n_kv_head query heads shares one key/value head
-            repeat = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
-            v = v.repeat_interleave(repeat, dim=1)  # (B, nh, L, hs)
+        k, v = repeat_kv(k, v, self.n_head)  # (B, nh, L, hs) each
 
         if mask is not None:
-            y = self._masked_attention(q, k, v, mask)
+            y = masked_attention(q, k, v, mask, self.flash, self.attn_dropout)
         elif self.flash:
             dropout_p = self.dropout if self.training else 0.0
             if self.window is None and start == 0:
@@ -149,17 +169,6 @@ class CausalSelfAttention(nn.Module):
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-    def _masked_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """Attention under a per-row mask: q (B, nh, T, hs), k/v (B, nh, L, hs), mask (B, 1, T, L) ->
-        (B, nh, T, hs). A decode step (T = 1): row b sees cached keys 0 .. positions[b] (decode_mask);
-        a packed row: each query sees its own document's keys up to itself (document_mask)."""
-        if self.flash:
-            dropout_p = self.dropout if self.training else 0.0
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, L)
-        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)  # each query sees itself: no NaN
-        return self.attn_dropout(att) @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
@@ -201,6 +210,46 @@ class Block(nn.Module):
 # The model
 
 
+def register_position_tables(model: nn.Module, config: ModelConfig) -> None:
+    """Fixed tables: computed, not learned, so they stay out of the state_dict (persistent=False)."""
+    if config.pos_emb == "sinusoidal":
+        model.register_buffer(
+            "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
+        )
+    if config.pos_emb == "rope":
+        cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
+        model.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+        model.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs/2)
+
+
+def embed(
+    model: nn.Module, wte: nn.Module, stack: nn.ModuleDict, idx: Tensor, start: int, positions: Tensor | None
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """Token (+ position) embeddings of (B, T) ids at start .. start+T-1, or at a decode step's (B,)
+    positions, or a packed row's (B, T) positions -> (B, T, C), and the rotary tables for those
+    positions (rope only). The model holds the fixed tables (register_position_tables); the stack its
+    learned positions (wpe) and its dropout (drop)."""
+    cfg = model.config
+    T = idx.size(1)
+    if positions is None:
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+    elif positions.dim() == 1:
+        pos = positions[:, None]  # (B, 1): every row at its own position
+    else:
+        pos = positions  # (B, T): every token at its own position
+    x = wte(idx)  # (B, T, C)
+    if cfg.pos_emb == "learned":
+        x = x + stack.wpe(pos)  # (B, T, C) + (T, C) or (B, T|1, C)
+    elif cfg.pos_emb == "sinusoidal":
+        x = x + model.sinusoid[pos].to(x.dtype)  # (B, T, C) + (T, C) or (B, T|1, C)
+    rope = None
+    if cfg.pos_emb == "rope":
+        rope = (model.rope_cos[pos], model.rope_sin[pos])  # (T, hs/2) each, or (B, T|1, hs/2)
+        if positions is not None:
+            rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T|1, hs/2): broadcast over heads
+    return stack.drop(x), rope
+
+
 def embedding(n: int, dim: int, weight: Tensor | None = None) -> nn.Embedding:
     """nn.Embedding, with `weight` (tied) or its own; built on the meta device (to be loaded into),
     left uninitialized: normal_ on a meta tensor imports torch._dynamo, seconds of start-up."""
@@ -234,7 +283,7 @@ class GPT(LanguageModel):
             # one Parameter for both: the input embedding of a token is its output vector too
             self.transformer.wte.weight = self.lm_head.weight
 
-        self._register_position_tables()
+        register_position_tables(self, config)
 
         self.activation_checkpointing = False  # a training-time switch (gpt train --activation-checkpointing)
         if lm_head.weight.is_meta:
@@ -244,18 +293,6 @@ class GPT(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _register_position_tables(self) -> None:
-        """Fixed tables: computed, not learned, so they stay out of the state_dict (persistent=False)."""
-        config = self.config
-        if config.pos_emb == "sinusoidal":
-            self.register_buffer(
-                "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
-            )
-        if config.pos_emb == "rope":
-            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
-            self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs/2)
 
     @classmethod
     def empty(cls, config: ModelConfig) -> "GPT":
@@ -269,7 +306,7 @@ class GPT(LanguageModel):
         model = model.to_empty(device="cpu")
         if config.tie_weights:  # to_empty gives the two modules separate tensors: tie them again
             model.transformer.wte.weight = model.lm_head.weight
-        model._register_position_tables()  # the meta tables hold no values
+        register_position_tables(model, config)  # the meta tables hold no values
         return model
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -363,28 +400,7 @@ class GPT(LanguageModel):
     def _embed(
         self, idx: Tensor, start: int, positions: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Token (+ position) embeddings of (B, T) ids at start .. start+T-1, or at a decode step's
-        (B,) positions, or a packed row's (B, T) positions -> (B, T, C), and the rotary tables for
-        those positions (rope only)."""
-        cfg = self.config
-        T = idx.size(1)
-        if positions is None:
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        elif positions.dim() == 1:
-            pos = positions[:, None]  # (B, 1): every row at its own position
-        else:
-            pos = positions  # (B, T): every token at its own position
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if cfg.pos_emb == "learned":
-            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T|1, C)
-        elif cfg.pos_emb == "sinusoidal":
-            x = x + self.sinusoid[pos].to(x.dtype)  # (B, T, C) + (T, C) or (B, T|1, C)
-        rope = None
-        if cfg.pos_emb == "rope":
-            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each, or (B, T|1, hs/2)
-            if positions is not None:
-                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T|1, hs/2): broadcast over heads
-        return self.transformer.drop(x), rope
+        return embed(self, self.transformer.wte, self.transformer, idx, start, positions)
 
     def lookup_tables(self) -> list[Tensor]:
         """Weights read by index, not multiplied: wpe, and wte when it is not also the lm_head."""
