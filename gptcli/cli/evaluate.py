@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -219,44 +220,44 @@ def model_columns(loaded, data: str) -> dict:
 
 def write_eval_table(rows: list[dict]) -> None:
     """One line per checkpoint; bits per byte is the column to compare across tokenizers."""
-    table = Table(box=None, pad_edge=False)
-    for name in ("checkpoint", "arch", "params", "tokenizer", "loss", "perplexity", "bits/byte", "tokens"):
-        table.add_column(name, justify="left" if name in ("checkpoint", "arch", "tokenizer") else "right")
-    for r in rows:
-        table.add_row(
-            r["checkpoint"] + (" (int8)" if r.get("quantization") else ""),
-            r["arch"],
-            f"{r['parameters'] / 1e6:.2f}M",
-            r["tokenizer"],
-            f"{r['loss']:.4f}",
-            f"{r['perplexity']:.2f}",
-            f"{r['bits_per_byte']:.4f}",
-            f"{r['tokens']:,}",
-        )
-    Console(width=200, highlight=False).print(table)  # stdout: the figures are the command's output
+    write_table(rows, [
+        ("loss", lambda r: f"{r['loss']:.4f}"),
+        ("perplexity", lambda r: f"{r['perplexity']:.2f}"),
+        ("bits/byte", lambda r: f"{r['bits_per_byte']:.4f}"),
+        ("tokens", lambda r: f"{r['tokens']:,}"),
+    ])  # fmt: skip
 
 
 def write_pairs_table(rows: list[dict]) -> None:
     """One line per checkpoint: the completion loss, and exact match when it was asked for."""
-    names = ["checkpoint", "arch", "params", "tokenizer", "completion loss", "perplexity", "tokens", "pairs"]
-    matched = rows[0].get("exact_match") is not None
+    figures = [
+        ("completion loss", lambda r: f"{r['loss']:.4f}"),
+        ("perplexity", lambda r: f"{r['perplexity']:.2f}"),
+        ("tokens", lambda r: f"{r['tokens']:,}"),
+        ("pairs", lambda r: f"{r['pairs']:,}"),
+    ]
+    if rows[0].get("exact_match") is not None:
+        figures.append(
+            ("exact match", lambda r: f"{r['exact_match']:.3f} ({r['exact_matches']}/{r['pairs']})")
+        )
+    write_table(rows, figures)
+
+
+def write_table(rows: list[dict], figures: list[tuple[str, Callable[[dict], str]]]) -> None:
+    """The checkpoint, its model and tokenizer, then each figure's column (right-aligned), to stdout:
+    the figures are the command's output."""
+    columns = [
+        ("checkpoint", lambda r: r["checkpoint"] + (" (int8)" if r.get("quantization") else "")),
+        ("arch", lambda r: r["arch"]),
+        ("params", lambda r: f"{r['parameters'] / 1e6:.2f}M"),
+        ("tokenizer", lambda r: r["tokenizer"]),
+        *figures,
+    ]
     table = Table(box=None, pad_edge=False)
-    for name in names + ["exact match"] * matched:
+    for name, _ in columns:
         table.add_column(name, justify="left" if name in ("checkpoint", "arch", "tokenizer") else "right")
     for r in rows:
-        cells = [
-            r["checkpoint"] + (" (int8)" if r.get("quantization") else ""),
-            r["arch"],
-            f"{r['parameters'] / 1e6:.2f}M",
-            r["tokenizer"],
-            f"{r['loss']:.4f}",
-            f"{r['perplexity']:.2f}",
-            f"{r['tokens']:,}",
-            f"{r['pairs']:,}",
-        ]
-        if matched:
-            cells.append(f"{r['exact_match']:.3f} ({r['exact_matches']}/{r['pairs']})")
-        table.add_row(*cells)
+        table.add_row(*(cell(r) for _, cell in columns))
     Console(width=200, highlight=False).print(table)
 
 
