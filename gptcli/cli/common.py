@@ -109,6 +109,9 @@ def tidy_help(command, help_names: list[str]) -> None:
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint dir, or a run dir (its newest checkpoint).")
 ]
+CheckpointOutOption = Annotated[  # gpt quantize, merge-lora: what they write
+    Path, typer.Option("--out", "-o", help="Checkpoint directory to write (new, empty, or a checkpoint).")
+]
 BestOption = Annotated[
     bool, typer.Option("--best", help="With a run dir: the checkpoint with the lowest val loss.")
 ]

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console, warn
+from gptcli.cli.common import BestOption, CheckpointOutOption, QuietOption, VerboseOption, console, warn
 
 RunArgument = Annotated[
     Path, typer.Argument(help="A LoRA run (gpt finetune --lora), or one of its checkpoints.")
@@ -14,9 +14,7 @@ RunArgument = Annotated[
 
 def merge_lora_command(
     run: RunArgument,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Checkpoint directory to write (new, empty, or a checkpoint).")
-    ],
+    out: CheckpointOutOption,
     best: BestOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,

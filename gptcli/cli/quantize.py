@@ -5,7 +5,14 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.common import BestOption, QuietOption, VerboseOption, console, human_bytes
+from gptcli.cli.common import (
+    BestOption,
+    CheckpointOutOption,
+    QuietOption,
+    VerboseOption,
+    console,
+    human_bytes,
+)
 
 
 def quantize_command(
@@ -13,9 +20,7 @@ def quantize_command(
         Path,
         typer.Argument(help="Checkpoint dir, or a run dir (its newest checkpoint); a LoRA run is merged."),
     ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Checkpoint directory to write (new, empty, or a checkpoint).")
-    ],
+    out: CheckpointOutOption,
     best: BestOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
