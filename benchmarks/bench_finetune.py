@@ -130,13 +130,15 @@ def tokens_per_second(run: dict, warmup: int, clock: str = "ends") -> float:
     return sum(trained[warmup:]) / (ends[-1] - ends[warmup - 1])
 
 
-def run_side(side: str, job: dict, tmp: Path, name: str) -> dict:
+def run_side(side: str, job: dict, tmp: Path, name: str, sides: Path = SIDES) -> dict:
+    """One side of a job in its own process (the `sides` script: finetune_sides.py, lora_sides.py),
+    measured: its result, its wall time and tree's peak RSS, and its run directory (`out`)."""
     job = {**job, "out": str(tmp / f"run-{name}")}
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(job))
-    measured = run_measured([sys.executable, str(SIDES), side, str(path)], capture=True, quiet=True)
+    measured = run_measured([sys.executable, str(sides), side, str(path)], capture=True, quiet=True)
     result = json.loads(measured.out.strip().splitlines()[-1])
-    result.update(wall=measured.seconds, tree_peak_rss=measured.peak_rss)
+    result.update(wall=measured.seconds, tree_peak_rss=measured.peak_rss, out=job["out"])
     if len(result["ends"]) != job["steps"]:
         raise SystemExit(f"{side} ran {len(result['ends'])} steps, not {job['steps']}")
     return result

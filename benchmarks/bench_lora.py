@@ -40,9 +40,9 @@ import threading
 from pathlib import Path
 
 from bench_finetune import check_same_ids, hf_base, machine, median_range, task_tokenizer
+from bench_finetune import run_side as finetune_side
 from bench_serve import start_server, stream, summary
 from finetune_sides import TASKS, WORDS
-from measure import run_measured
 
 SIDES = Path(__file__).resolve().parent / "lora_sides.py"
 SHAPES = {  # mode: model, data and run settings
@@ -116,16 +116,8 @@ def prepare(tmp: Path, shape: dict, seed: int) -> dict:
 
 
 def run_side(side: str, job: dict, tmp: Path, name: str) -> dict:
-    """One side in its own process (lora_sides.py), measured (bench_finetune.run_side's way)."""
-    job = {**job, "out": str(tmp / f"run-{name}")}
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps(job))
-    measured = run_measured([sys.executable, str(SIDES), side, str(path)], capture=True, quiet=True)
-    result = json.loads(measured.out.strip().splitlines()[-1])
-    result.update(wall=measured.seconds, out=job["out"])
-    if len(result["ends"]) != job["steps"]:
-        raise SystemExit(f"{side} ran {len(result['ends'])} steps, not {job['steps']}")
-    return result
+    """One side in its own process (lora_sides.py), measured as bench_finetune's sides are."""
+    return finetune_side(side, job, tmp, name, sides=SIDES)
 
 
 def step_seconds(run: dict, warmup: int, clock: str = "ends") -> float:
