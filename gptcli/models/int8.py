@@ -7,7 +7,7 @@ At batch 1 a decode step reads every weight once and does two flops per weight r
 is the memory's: int8 weights are a quarter of fp32's bytes. Each row w of a weight matrix (out, in)
 becomes q = round(w / s) in -127..127 with s = max|w| / 127 (symmetric, per output channel, as
 gpt-fast's WeightOnlyInt8QuantHandler), so |w - q s| <= s / 2 elementwise. The scale is rounded up
-to a bfloat16 value (kept in fp32): the CPU kernel multiplies by a bf16 scale, and an exact one
+to a bfloat16 value (kept in fp32): torch's CPU kernel multiplies by a bf16 scale, and an exact one
 adds no error of its own. Activations, norms, biases, positions and the KV cache stay fp32 (or the
 engine's bf16/fp16).
 
@@ -16,12 +16,12 @@ is quantized too, and the embedding reads the same int8 table, a row at a time (
 one copy, as in the float model. An untied table becomes int8 rows of its own.
 
 The product y = x (q s)^T + b:
-- on a CPU, torch._weight_int8pack_mm (x in bf16, int8 weights converted in registers, fp32
-  accumulation, bf16 out): at one row 2-3x faster than fp32 MKL on the same shapes, where a plain
-  dequantize-and-matmul is slower than fp32 (benchmarks/README.md). It is a few-row kernel: past
-  KERNEL_MAX_TOKENS tokens per sequence (a long prefill, `gpt eval`'s windows) the weight is
-  dequantized to the activations' dtype and multiplied by BLAS instead. The choice depends on the
-  tokens of one sequence only, so a row gives the same values alone or in a batch.
+- on a CPU, a kernel that streams the int8 rows from memory and widens them to fp32 in registers:
+  ours (int8_matmul.cpp, built on first use; gptcli.models.int8_kernel) on x86 CPUs with AVX-512 or
+  AVX2, fp32 activations and sums; elsewhere torch._weight_int8pack_mm (bf16 activations). Both are
+  few-row kernels: past KERNEL_MAX_TOKENS tokens per sequence (a long prefill, `gpt eval`'s windows)
+  the weight is dequantized to the activations' dtype and multiplied by BLAS instead. The choice
+  depends on the tokens of one sequence only, so a row gives the same values alone or in a batch.
 - elsewhere (CUDA), the weight cast to the activations' dtype, then a matmul and the scale: under
   torch.compile (--compile) Inductor fuses the cast into the matmul (gpt-fast's way). Unmeasured:
   no GPU was lent while it was written.
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
+from gptcli.models.int8_kernel import cpu_kernel
 
 KIND = "int8"
 # what an int8 checkpoint's config.json records under "quantization" (gpt quantize writes it)
@@ -65,9 +66,11 @@ def int8_linear(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None = None)
     few_tokens = x.dim() < 3 or x.size(-2) <= KERNEL_MAX_TOKENS
     # Inductor cannot lower the CPU kernel (a compiled step): there it compiles the dequantize-matmul
     if x.device.type == "cpu" and few_tokens and not torch.compiler.is_compiling():
-        # the kernel takes a contiguous 2-D bf16 x (a strided one crashes it on AVX-512) and bf16 scales
-        x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()  # (rows, in)
-        y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))  # (rows, out)
+        if (kernel := cpu_kernel()) is not None:  # ours: fp32 x and scales
+            y = kernel(x.reshape(-1, x.size(-1)).float().contiguous(), q, scale.float())  # (rows, out)
+        else:  # torch's: a contiguous 2-D bf16 x (a strided one crashes it on AVX-512), bf16 scales
+            x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()  # (rows, in)
+            y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))  # (rows, out)
         y = y.to(x.dtype).view(*x.shape[:-1], q.size(0))
     else:
         y = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # compiled on CUDA: one fused kernel
