@@ -34,6 +34,7 @@ from torch import Tensor
 from gptcli.errors import GptError
 
 GRAPH_WARMUP_STEPS = 3  # CUDA graphs need their kernels run (and compiled) once before capture
+CPU_STEP_MIN_LENGTH = 64  # the shortest cache view a compiled CPU step reads (see Decoder._cpu_part)
 
 
 class Decoder:
@@ -55,7 +56,7 @@ class Decoder:
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.compiled = compile
-        self.warm = not compile  # a compiled step compiles (on CUDA: is captured) on its first call
+        self._warm = not compile  # a compiled step compiles (on CUDA: is captured) on its first call
         self._step = self._new_step()
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
@@ -104,14 +105,30 @@ class Decoder:
         if not self.static:
             logits, _ = self.model(next_ids.view(-1, 1), cache=self.cache, last_only=True)
             return logits[:, -1, :]
+        if (part := self._cpu_part()) is not self:
+            return part.step(next_ids)
         self.ids.copy_(next_ids.view(-1, 1))
         if self.use_graph:
             logits = self._replay()
         else:
             logits = self._step(self.ids, self.positions)
         self.positions += 1
-        self.warm = True
+        self._warm = True
         return logits
+
+    @property
+    def warm(self) -> bool:
+        """Whether the next step runs without compiling (or, on CUDA, capturing) one first."""
+        return self._cpu_part()._warm
+
+    def _cpu_part(self) -> "Decoder":
+        """Compiled on a CPU, the step reads its whole cache: steps go to a view of the first positions
+        (a power of two, at least 64, past every row's position: one compile each), so a short context
+        does not pay for a long buffer. Eager, or on CUDA (a graph of one shape): this decoder itself."""
+        if not self.compiled or self.device.type != "cpu":
+            return self
+        length = max(CPU_STEP_MIN_LENGTH, 1 << int(self.positions.max()).bit_length())  # > every position
+        return self if length >= self.max_len else self.view(self.batch_size, length)
 
     def load_row(self, slot: int, source: "Decoder", row: int = 0) -> None:
         """Copy row `row` of another decoder's cache (a request prefilled apart, say) into row `slot`
@@ -136,7 +153,7 @@ class Decoder:
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
         sub._step = sub._new_step()
-        sub.graph, sub.warm, sub.views = None, not self.compiled, {}
+        sub.graph, sub._warm, sub.views = None, not self.compiled, {}
         return sub
 
     def view(self, n: int, length: int | None = None) -> "Decoder":

@@ -47,6 +47,7 @@ from gptcli.generation.sampling import NO_TOKEN, NOT_FINITE, pick_next
 from gptcli.generation.text import SampleState, SampleText
 from gptcli.loading import load_newest
 from gptcli.models.int8 import is_quantized
+from gptcli.models.int8_kernel import cpu_isa
 from gptcli.runtime import DTYPES, resolve_device, resolve_precision
 from gptcli.storage.checkpoint import Warn
 from gptcli.tokenizers.base import Tokenizer
@@ -176,10 +177,13 @@ class Engine:
         self.encoder_decoder = bool(getattr(model, "encoder_decoder", False))
         self.start_id = start_id(tokenizer) if self.encoder_decoder else None  # the decoder's first token
         self.int8 = is_quantized(self.model)  # int8 weights (gptcli.models.int8), activations in precision
-        if compile and self.int8 and self.device.type == "cpu":
-            # Inductor cannot lower the CPU's int8 kernel; compiled, the dequantize-matmul that replaces
-            # it took 277 ms a token on GPT-2 124M against the eager kernel's 42 (2-core Xeon, 1 thread)
-            raise GptError("--compile with int8 weights on a CPU is slower than without: leave out --compile")
+        if compile and self.int8 and self.device.type == "cpu" and not cpu_isa():
+            # our int8 kernel compiles as it is; torch's cannot be lowered by Inductor, and the compiled
+            # dequantize-matmul took 277 ms a token on GPT-2 124M against its eager 42 (2-core Xeon, 1 thread)
+            raise GptError(
+                "--compile with int8 weights needs the int8 CPU kernel (gptcli.models.int8_kernel), which "
+                "cannot run here; torch's compiled would be slower than without: leave out --compile"
+            )
 
     @classmethod
     def from_checkpoint(

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.models.int8_kernel import cpu_kernel
+from gptcli.models.int8_kernel import cpu_isa, int8_matmul
 
 KIND = "int8"
 # what an int8 checkpoint's config.json records under "quantization" (gpt quantize writes it)
@@ -64,13 +64,16 @@ def dequantize_rows(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32
 def int8_linear(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (..., in) times the int8 weight q (out, in) with row scales (out,), plus bias -> (..., out)."""
     few_tokens = x.dim() < 3 or x.size(-2) <= KERNEL_MAX_TOKENS
-    # Inductor cannot lower the CPU kernel (a compiled step): there it compiles the dequantize-matmul
+    isa = cpu_isa() if x.device.type == "cpu" and few_tokens else 0
+    if isa:  # ours: fp32 x, scales and bias; a compiled step calls it as it is
+        x2, b = x.reshape(-1, x.size(-1)).float().contiguous(), None if bias is None else bias.float()
+        y = int8_matmul(x2, q, scale.float(), b, isa)  # (rows, out)
+        return y.to(x.dtype).view(*x.shape[:-1], q.size(0))
+    # Inductor cannot lower torch's CPU kernel (a compiled step): there it compiles the dequantize-matmul
     if x.device.type == "cpu" and few_tokens and not torch.compiler.is_compiling():
-        if (kernel := cpu_kernel()) is not None:  # ours: fp32 x and scales
-            y = kernel(x.reshape(-1, x.size(-1)).float().contiguous(), q, scale.float())  # (rows, out)
-        else:  # torch's: a contiguous 2-D bf16 x (a strided one crashes it on AVX-512), bf16 scales
-            x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()  # (rows, in)
-            y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))  # (rows, out)
+        # torch's: a contiguous 2-D bf16 x (a strided one crashes it on AVX-512), bf16 scales
+        x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()  # (rows, in)
+        y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))  # (rows, out)
         y = y.to(x.dtype).view(*x.shape[:-1], q.size(0))
     else:
         y = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # compiled on CUDA: one fused kernel

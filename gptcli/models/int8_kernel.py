@@ -1,7 +1,7 @@
 """The int8 product of a decode step on x86 CPUs: int8_matmul.cpp, built on first use.
 
-    matmul = cpu_kernel()           # None where it cannot run: then torch._weight_int8pack_mm
-    y = matmul(x, q, scale)         # x (rows, in) fp32, q (out, in) int8, scale (out,) fp32 -> (rows, out)
+    isa = cpu_isa()                            # 0 where it cannot run: then torch._weight_int8pack_mm
+    y = int8_matmul(x, q, scale, bias, isa)    # x (rows, in) fp32, q (out, in) int8 -> (rows, out) fp32
 
 The kernel streams int8 weights from memory at 1.4-2x the speed of torch's `_weight_int8pack_mm` on
 the CPUs measured (benchmarks/README.md, "Int8 decoding"). It is C++ built once per machine with
@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,23 +29,30 @@ from torch import Tensor
 from gptcli.errors import GptError
 
 SETTING = "GPT_INT8_KERNEL"
-CHOICES = {"auto": 0, "avx2": 1, "avx512": 2, "torch": -1}  # -> the isa number int8_matmul.cpp takes
+CHOICES = {"auto": -1, "avx2": 1, "avx512": 2, "torch": 0}  # -> the isa number int8_matmul.cpp takes
 SOURCE = Path(__file__).with_name("int8_matmul.cpp")
 NAME = "gptcli_int8"
 
 
-def cpu_kernel() -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-    """The kernel GPT_INT8_KERNEL picks (or the widest the CPU runs), None for torch's own."""
+@torch.compiler.assume_constant_result  # torch.compile calls it while tracing and keeps the number
+def cpu_isa() -> int:
+    """The kernel GPT_INT8_KERNEL picks (or the widest the CPU runs): 2 AVX-512, 1 AVX2, 0 torch's own."""
     choice = os.environ.get(SETTING, "").strip().lower() or "auto"
     if choice not in CHOICES:
         raise GptError(f"{SETTING}={choice!r}: expected one of {', '.join(CHOICES)}")
-    return _kernel(choice)
+    return _isa(choice)
+
+
+def int8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, isa: int) -> Tensor:
+    """x (rows, in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or None -> (rows, out)
+    fp32, with the kernel cpu_isa() names (not 0)."""
+    return torch.ops.gptcli_int8.int8_matmul(x, q, scale, bias, isa)
 
 
 @functools.cache
-def _kernel(choice: str) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
+def _isa(choice: str) -> int:
     if choice == "torch":
-        return None
+        return 0
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return _refuse(choice, f"the kernel is for x86 CPUs, this one is {platform.machine()}")
     # auto: no wider than torch's own kernels run (ATEN_CPU_CAPABILITY=default stands for a plain CPU)
@@ -55,14 +61,13 @@ def _kernel(choice: str) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
         return _refuse(choice, f"torch's CPU capability is {torch.backends.cpu.get_cpu_capability()}")
     ops = build()
     if ops is None:
-        return None
+        return 0
     best = int(ops.int8_isa())  # what this CPU runs
     isa = min(best, allowed) if choice == "auto" else CHOICES[choice]
     if isa == 0 or isa > best:
-        return _refuse(
-            choice, "this CPU has neither AVX-512 nor AVX2 + FMA" if best == 0 else "this CPU cannot run it"
-        )
-    return functools.partial(ops.int8_matmul, isa=isa)
+        why = "this CPU has neither AVX-512 nor AVX2 + FMA" if best == 0 else "this CPU cannot run it"
+        return _refuse(choice, why)
+    return isa
 
 
 @functools.cache
@@ -90,11 +95,12 @@ def build(source: Path = SOURCE, name: str = NAME):
     return torch.ops.gptcli_int8
 
 
-def _refuse(choice: str, why: str) -> None:
-    """auto: say once why torch's kernel runs; a kernel asked for by name: an error."""
+def _refuse(choice: str, why: str) -> int:
+    """auto: say once why torch's kernel runs (-> 0); a kernel asked for by name: an error."""
     if choice != "auto":
         raise GptError(f"{SETTING}={choice}: {why}")
     _say(why)
+    return 0
 
 
 def _say(why: str) -> None:

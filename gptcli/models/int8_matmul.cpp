@@ -1,4 +1,4 @@
-// y = x (q s)^T: few rows of fp32 activations times an int8 weight with a scale per output row.
+// y = x (q s)^T + b: few rows of fp32 activations times an int8 weight with a scale per output row.
 //
 // The product of a decode step (gptcli/models/int8.py; int8_kernel.py builds this file on first use).
 // At a few rows every weight is read once from memory and used for one multiply-add per row, so the
@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -37,10 +38,10 @@ __attribute__((target("avx512f"))) inline __m512 widen16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-// y[m * ldy] = s * sum_i x[m * in + i] q[i] for the R rows m of x: one weight row q (in,), acc per row
+// y[m * ldy] = s * sum_i x[m * in + i] q[i] + b for the R rows m of x: one weight row q (in,)
 template <int R>
 __attribute__((target("avx512f"))) void dot_rows_avx512(
-    const float* x, const int8_t* q, float s, float* y, int64_t in, int64_t ldy) {
+    const float* x, const int8_t* q, float s, float b, float* y, int64_t in, int64_t ldy) {
   __m512 acc[R][4];
   for (int r = 0; r < R; r++)
     for (int k = 0; k < 4; k++) acc[r][k] = _mm512_setzero_ps();
@@ -59,7 +60,7 @@ __attribute__((target("avx512f"))) void dot_rows_avx512(
   for (int r = 0; r < R; r++) {
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
     for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(q[j]);
-    y[r * ldy] = sum * s;
+    y[r * ldy] = sum * s + b;
   }
 }
 
@@ -77,7 +78,7 @@ __attribute__((target("avx2,fma"))) inline float reduce8(__m256 v) {
 
 template <int R>
 __attribute__((target("avx2,fma"))) void dot_rows_avx2(
-    const float* x, const int8_t* q, float s, float* y, int64_t in, int64_t ldy) {
+    const float* x, const int8_t* q, float s, float b, float* y, int64_t in, int64_t ldy) {
   __m256 acc[R][4];
   for (int r = 0; r < R; r++)
     for (int k = 0; k < 4; k++) acc[r][k] = _mm256_setzero_ps();
@@ -99,21 +100,21 @@ __attribute__((target("avx2,fma"))) void dot_rows_avx2(
   for (int r = 0; r < R; r++) {
     float sum = reduce8(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
     for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(q[j]);
-    y[r * ldy] = sum * s;
+    y[r * ldy] = sum * s + b;
   }
 }
 
 // the rows of x in tiles of TILE (then one at a time), for one weight row
 template <bool AVX512>
-void dot_all_rows(const float* x, const int8_t* q, float s, float* y, int64_t rows, int64_t in, int64_t ldy) {
+void dot_all_rows(const float* x, const int8_t* q, float s, float b, float* y, int64_t rows, int64_t in, int64_t ldy) {
   int64_t m = 0;
   for (; m + TILE <= rows; m += TILE) {
-    if (AVX512) dot_rows_avx512<TILE>(x + m * in, q, s, y + m * ldy, in, ldy);
-    else dot_rows_avx2<TILE>(x + m * in, q, s, y + m * ldy, in, ldy);
+    if (AVX512) dot_rows_avx512<TILE>(x + m * in, q, s, b, y + m * ldy, in, ldy);
+    else dot_rows_avx2<TILE>(x + m * in, q, s, b, y + m * ldy, in, ldy);
   }
   for (; m < rows; m++) {
-    if (AVX512) dot_rows_avx512<1>(x + m * in, q, s, y + m * ldy, in, ldy);
-    else dot_rows_avx2<1>(x + m * in, q, s, y + m * ldy, in, ldy);
+    if (AVX512) dot_rows_avx512<1>(x + m * in, q, s, b, y + m * ldy, in, ldy);
+    else dot_rows_avx2<1>(x + m * in, q, s, b, y + m * ldy, in, ldy);
   }
 }
 
@@ -129,13 +130,18 @@ int64_t int8_isa() {
   return 0;
 }
 
-// x (rows, in) fp32, q (out, in) int8, scale (out,) fp32 -> (rows, out) fp32; isa as int8_isa() says
-at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, int64_t isa) {
+// x (rows, in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or none -> (rows, out) fp32;
+// isa as int8_isa() says
+at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                       const std::optional<at::Tensor>& bias, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && scale.dim() == 1, "int8_matmul: x (rows, in), q (out, in), scale (out,)");
   TORCH_CHECK(x.scalar_type() == at::kFloat && q.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
               "int8_matmul: x fp32, q int8, scale fp32");
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scale.is_contiguous(), "int8_matmul: contiguous tensors");
   TORCH_CHECK(x.size(1) == q.size(1) && scale.size(0) == q.size(0), "int8_matmul: shapes do not match");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == q.size(0)),
+              "int8_matmul: bias fp32 (out,)");
   TORCH_CHECK(isa >= 1 && isa <= int8_isa(), "int8_matmul: this CPU cannot run isa ", isa);
   const int64_t rows = x.size(0), out = q.size(0), in = q.size(1);
   at::Tensor y = at::empty({rows, out}, x.options());
@@ -143,20 +149,30 @@ at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const float* xp = x.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
+  const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; o++) {
-      if (isa == 2) dot_all_rows<true>(xp, qp + o * in, sp[o], yp + o, rows, in, out);
-      else dot_all_rows<false>(xp, qp + o * in, sp[o], yp + o, rows, in, out);
+      const float b = bp ? bp[o] : 0.0f;
+      if (isa == 2) dot_all_rows<true>(xp, qp + o * in, sp[o], b, yp + o, rows, in, out);
+      else dot_all_rows<false>(xp, qp + o * in, sp[o], b, yp + o, rows, in, out);
     }
   });
 #endif
   return y;
 }
 
+// the output's shape and dtype only: what torch.compile traces the product with
+at::Tensor int8_matmul_meta(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias, int64_t isa) {
+  return at::empty({x.size(0), q.size(0)}, x.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(gptcli_int8, m) {
   m.def("int8_isa() -> int", &int8_isa);
-  m.def("int8_matmul(Tensor x, Tensor q, Tensor scale, int isa) -> Tensor", &int8_matmul);
+  m.def("int8_matmul(Tensor x, Tensor q, Tensor scale, Tensor? bias, int isa) -> Tensor");
 }
+TORCH_LIBRARY_IMPL(gptcli_int8, CPU, m) { m.impl("int8_matmul", &int8_matmul); }
+TORCH_LIBRARY_IMPL(gptcli_int8, Meta, m) { m.impl("int8_matmul", &int8_matmul_meta); }

@@ -11,6 +11,7 @@ from gptcli.config import ModelConfig
 from gptcli.loading import load_checkpoint
 from gptcli.models import GPT, LSTM
 from gptcli.models.int8 import is_quantized
+from gptcli.models.int8_kernel import SETTING, cpu_isa
 from gptcli.storage import checkpoint as ckpt
 from gptcli.tokenizers import BPETokenizer
 from tests.conftest import SONNETS, assert_one_line_error, run_cli
@@ -60,10 +61,21 @@ def test_a_damaged_int8_checkpoint_is_a_one_line_error(runs, tmp_path):
     assert_one_line_error(run_cli("generate", "-c", str(damaged), "-p", "a"), "model.safetensors")
 
 
-def test_compiling_int8_decoding_on_a_cpu_is_refused_in_one_line(runs):
-    # Inductor cannot lower the CPU's int8 kernel, and the dequantize-matmul it compiles is far slower
+@pytest.mark.skipif(not cpu_isa(), reason="the int8 CPU kernel does not run on this CPU")
+def test_compiled_int8_decoding_writes_the_eager_text(runs):
+    # our kernel goes into the compiled step as it is; 80 tokens cross the 64-position cache view
+    int8, greedy = str(runs / "int8"), ["--temperature", "0", "--max-new-tokens", "80", "--json"]
+    eager = run_cli("generate", "-c", int8, "-p", "Once", *greedy)
+    compiled = run_cli("generate", "-c", int8, "-p", "Once", *greedy, "--compile")
+    assert eager.exit_code == 0 and compiled.exit_code == 0, eager.stderr + compiled.stderr
+    assert json.loads(compiled.stdout)["samples"] == json.loads(eager.stdout)["samples"]
+
+
+def test_compiling_int8_decoding_with_torchs_kernel_is_refused_in_one_line(runs, monkeypatch):
+    # Inductor cannot lower torch's CPU int8 kernel, and the dequantize-matmul it compiles is far slower
+    monkeypatch.setenv(SETTING, "torch")
     result = run_cli("generate", "-c", str(runs / "int8"), "-p", "a", "--compile", "--max-new-tokens", "2")
-    assert_one_line_error(result, "--compile with int8 weights on a CPU")
+    assert_one_line_error(result, "--compile with int8 weights needs the int8 CPU kernel")
 
 
 def test_every_command_loads_it_and_quantizing_at_load_is_the_same(runs):

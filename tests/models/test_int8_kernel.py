@@ -26,26 +26,31 @@ def operands(rows: int, n_in: int, n_out: int, seed: int = 0):
 @pytest.mark.parametrize("n_in", [768, 3072, 100, 64 + 16 + 5, 16, 7])
 def test_our_kernels_equal_the_float64_product(monkeypatch, choice, n_in):
     monkeypatch.setenv(int8_kernel.SETTING, choice)
-    kernel = int8_kernel.cpu_kernel()
+    isa = int8_kernel.cpu_isa()
     x, q, scale = operands(9, n_in, 37)  # 9 rows: two tiles of 4 and one row alone
+    bias = torch.randn(37)
     want = x.double() @ dequantize_rows(q, scale, torch.float64).T
-    got = kernel(x, q, scale)
-    assert got.dtype == torch.float32 and got.shape == (9, 37)
-    assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 sums: far closer than bf16's 2**-8
+    for b in (None, bias):
+        got = int8_kernel.int8_matmul(x, q, scale, b, isa)
+        assert got.dtype == torch.float32 and got.shape == (9, 37)
+        expected = want if b is None else want + b.double()
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()  # fp32 sums, not bf16's 2**-8
 
 
 @pytest.mark.parametrize("choice", OURS)
 def test_a_row_has_the_same_bits_alone_in_a_batch_and_at_any_thread_count(monkeypatch, choice):
     monkeypatch.setenv(int8_kernel.SETTING, choice)
-    kernel = int8_kernel.cpu_kernel()
+    isa = int8_kernel.cpu_isa()
     x, q, scale = operands(7, 200, 300, seed=1)
-    together = kernel(x, q, scale)
+    bias = torch.randn(300)
+    together = int8_kernel.int8_matmul(x, q, scale, bias, isa)
     for row in range(7):
-        assert torch.equal(kernel(x[row : row + 1].contiguous(), q, scale)[0], together[row])
+        alone = int8_kernel.int8_matmul(x[row : row + 1].contiguous(), q, scale, bias, isa)
+        assert torch.equal(alone[0], together[row])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(kernel(x, q, scale), together)
+        assert torch.equal(int8_kernel.int8_matmul(x, q, scale, bias, isa), together)
     finally:
         torch.set_num_threads(threads)
 
@@ -73,23 +78,22 @@ def test_the_setting_is_checked(monkeypatch):
     with pytest.raises(
         GptError, match="GPT_INT8_KERNEL='fastest': expected one of auto, avx2, avx512, torch"
     ):
-        int8_kernel.cpu_kernel()
+        int8_kernel.cpu_isa()
     monkeypatch.setenv(int8_kernel.SETTING, "torch")
-    assert int8_kernel.cpu_kernel() is None
+    assert int8_kernel.cpu_isa() == 0
     if ISA < 2:
         monkeypatch.setenv(int8_kernel.SETTING, "avx512")
         with pytest.raises(GptError, match="GPT_INT8_KERNEL=avx512: "):
-            int8_kernel.cpu_kernel()
+            int8_kernel.cpu_isa()
 
 
 def test_auto_goes_no_wider_than_torchs_cpu_capability(monkeypatch):
     monkeypatch.setenv(int8_kernel.SETTING, "auto")
-    kernel = int8_kernel.cpu_kernel()
     capability = torch.backends.cpu.get_cpu_capability()
     if not OURS or capability not in ("AVX2", "AVX512"):  # an ARM CPU, ATEN_CPU_CAPABILITY=default
-        assert kernel is None
+        assert int8_kernel.cpu_isa() == 0
     else:
-        assert kernel.keywords["isa"] == min(ISA, 2 if capability == "AVX512" else 1)
+        assert int8_kernel.cpu_isa() == min(ISA, 2 if capability == "AVX512" else 1)
 
 
 @pytest.mark.skipif(not X86, reason="the kernel is built on x86 CPUs only")
