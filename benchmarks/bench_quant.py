@@ -8,7 +8,8 @@ One run, the same weights on every side:
 1. Speed: a GPT-2-124M-shaped model (random weights, tied head, 50,257 tokens), batch 1, greedy
    decode steps after a 16-token prompt; ms per token, the best of --repeats runs of --tokens steps,
    the sides interleaved (so a busy machine slows each alike). Ours: Decoder.step + argmax, the
-   engine's loop without sampling (fp32 as the Engine lays it out, int8 as quantize_model leaves it).
+   engine's loop without sampling (fp32 as the Engine lays it out, int8 as quantize_model leaves it),
+   eager and compiled (`--compile`: the step compiled whole, on a 64-position view of the cache).
    llama.cpp: Llama.eval([token]) + argmax of its logits, on the `gpt export-gguf` file (f32, q8_0),
    weight repacking off (use_extra_bufts=False: on AMX CPUs repacked Q8_0 matmuls crash).
    Every side gets --threads threads.
@@ -107,9 +108,9 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def our_step(model: torch.nn.Module):
+def our_step(model: torch.nn.Module, compile: bool = False):
     """() -> seconds per token of --tokens greedy steps after the prompt (Decoder.step + argmax)."""
-    decoder = Decoder(model, 1, 256)
+    decoder = Decoder(model, 1, 256, compile=compile)
 
     def run(tokens: int) -> float:
         ids = decoder.prefill([PROMPT]).argmax(-1)
@@ -257,11 +258,16 @@ def main() -> None:
         ggufs = export(work / "gpt2-shape", work, "gpt2-shape", dtypes)
 
         # 1) + 2) speed and bounds
-        fp32 = load_checkpoint(work / "gpt2-shape")[0]
+        fp32, fp32_compiled = (load_checkpoint(work / "gpt2-shape")[0] for _ in range(2))
         q8 = quantize_model(load_checkpoint(work / "gpt2-shape")[0])
         prepare_for_cpu(fp32)  # what the Engine does to an fp32 model on a CPU
+        prepare_for_cpu(fp32_compiled, openblas=False)  # and with --compile
         sides = {"ours fp32": our_step(fp32), "ours int8": our_step(q8)}
-        sizes = {"ours fp32": weight_bytes(fp32), "ours int8": weight_bytes(q8)}
+        sides |= {
+            "ours fp32 compiled": our_step(fp32_compiled, True),
+            "ours int8 compiled": our_step(q8, True),
+        }
+        sizes = {name: weight_bytes(fp32 if "fp32" in name else q8) for name in sides}
         for dtype, path in ggufs.items():
             name = f"llama.cpp {dtype.upper()}"
             sides[name] = llama_step(llama_model(path, args.threads, 256))
@@ -274,12 +280,14 @@ def main() -> None:
         for name, s in seconds.items():
             bound = sizes[name] / bandwidth
             speed[name] = {"ms_per_token": s * 1e3, "mb_read": sizes[name] / 1e6, "bound_ms": bound * 1e3}
-            print(f"    {name:<16} {s * 1e3:7.2f} ms/token ({1 / s:6.1f} tok/s); reads {sizes[name] / 1e6:5.0f} MB, "
+            print(f"    {name:<18} {s * 1e3:7.2f} ms/token ({1 / s:6.1f} tok/s); reads {sizes[name] / 1e6:5.0f} MB, "
                   f"bound {bound * 1e3:6.2f} ms ({bound / s:.0%} of it)")  # fmt: skip
-        ratios = {"ours int8 / ours fp32": ("ours fp32", "ours int8", 1.6)}
-        if ggufs:
-            ratios |= {"ours fp32 / llama.cpp F32": ("llama.cpp F32", "ours fp32", 1.0),
-                       "ours int8 / llama.cpp Q8_0": ("llama.cpp Q8_0", "ours int8", 1.0)}  # fmt: skip
+        ratios = {}
+        for tag in ("", " compiled"):  # eager, then --compile
+            ratios[f"ours int8{tag} / ours fp32{tag}"] = (f"ours fp32{tag}", f"ours int8{tag}", 1.6)
+            if ggufs:
+                ratios |= {f"ours fp32{tag} / llama.cpp F32": ("llama.cpp F32", f"ours fp32{tag}", 1.0),
+                           f"ours int8{tag} / llama.cpp Q8_0": ("llama.cpp Q8_0", f"ours int8{tag}", 1.0)}  # fmt: skip
         for label, (slow, fast, goal) in ratios.items():
             ratio = seconds[slow] / seconds[fast]
             speed[label] = ratio

@@ -7,7 +7,8 @@
 The KV cache is allocated once for the decoder's life and reused: a prefill resets it. A decode
 step hands the model each row's position as a tensor (GPT.forward(..., positions=)), so its
 shapes never change: one token per row, the whole preallocated cache read under a mask (eager on a
-CPU, where it costs no sync, only as far as the furthest row's position). That is
+CPU, where it costs no sync, only as far as the furthest row's position; compiled on a CPU, as far
+as a power of two past it, each such length compiled once: kv_cache.compiled_decode_length). That is
 what lets `compile=True` compile the step whole with torch.compile (fullgraph, static shapes:
 no recompilation from one position to the next) and, on CUDA, replay it as a CUDA graph: one
 launch per token instead of one per kernel. The step never synchronizes with the host; reading
@@ -32,9 +33,9 @@ import torch
 from torch import Tensor
 
 from gptcli.errors import GptError
+from gptcli.models.kv_cache import compiled_decode_length
 
 GRAPH_WARMUP_STEPS = 3  # CUDA graphs need their kernels run (and compiled) once before capture
-CPU_STEP_MIN_LENGTH = 64  # the shortest cache view a compiled CPU step reads (see Decoder._cpu_part)
 
 
 class Decoder:
@@ -56,7 +57,8 @@ class Decoder:
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.compiled = compile
-        self._warm = not compile  # a compiled step compiles (on CUDA: is captured) on its first call
+        # a compiled step compiles (on CUDA: is captured) on its first call: the read lengths compiled so far
+        self.compiled_lengths: set[int | None] = set()
         self._step = self._new_step()
         self.graph = None  # a CUDA graph of the compiled step, captured on the first decode step
         self.use_graph = compile and self.device.type == "cuda"
@@ -105,30 +107,29 @@ class Decoder:
         if not self.static:
             logits, _ = self.model(next_ids.view(-1, 1), cache=self.cache, last_only=True)
             return logits[:, -1, :]
-        if (part := self._cpu_part()) is not self:
-            return part.step(next_ids)
         self.ids.copy_(next_ids.view(-1, 1))
         if self.use_graph:
             logits = self._replay()
         else:
-            logits = self._step(self.ids, self.positions)
+            length = self._compiled_length()
+            logits = self._step(self.ids, self.positions, length)
+            self.compiled_lengths.add(length)
         self.positions += 1
-        self._warm = True
         return logits
 
     @property
     def warm(self) -> bool:
         """Whether the next step runs without compiling (or, on CUDA, capturing) one first."""
-        return self._cpu_part()._warm
+        if self.use_graph:
+            return self.graph is not None
+        return not self.compiled or self._compiled_length() in self.compiled_lengths
 
-    def _cpu_part(self) -> "Decoder":
-        """Compiled on a CPU, the step reads its whole cache: steps go to a view of the first positions
-        (a power of two, at least 64, past every row's position: one compile each), so a short context
-        does not pay for a long buffer. Eager, or on CUDA (a graph of one shape): this decoder itself."""
+    def _compiled_length(self) -> int | None:
+        """The cache positions a compiled CPU step reads, fixed for each compile (a handful up to any
+        context; kv_cache.compiled_decode_length); None (the model decides) eager or on CUDA."""
         if not self.compiled or self.device.type != "cpu":
-            return self
-        length = max(CPU_STEP_MIN_LENGTH, 1 << int(self.positions.max()).bit_length())  # > every position
-        return self if length >= self.max_len else self.view(self.batch_size, length)
+            return None
+        return compiled_decode_length(self.positions, self.max_len)
 
     def load_row(self, slot: int, source: "Decoder", row: int = 0) -> None:
         """Copy row `row` of another decoder's cache (a request prefilled apart, say) into row `slot`
@@ -153,7 +154,7 @@ class Decoder:
         sub.ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
         sub.positions = self.positions[:n]  # a view: stepping sub advances these rows here
         sub._step = sub._new_step()
-        sub.graph, sub._warm, sub.views = None, not self.compiled, {}
+        sub.graph, sub.compiled_lengths, sub.views = None, set(), {}
         return sub
 
     def view(self, n: int, length: int | None = None) -> "Decoder":
@@ -171,9 +172,10 @@ class Decoder:
             return torch.compile(self._forward_step, fullgraph=True, dynamic=False)
         return self._forward_step
 
-    def _forward_step(self, ids: Tensor, positions: Tensor) -> Tensor:
-        """The fixed-shape step: (B, 1) ids at (B,) positions -> (B, V) logits (what is compiled)."""
-        logits, _ = self.model(ids, cache=self.cache, last_only=True, positions=positions)
+    def _forward_step(self, ids: Tensor, positions: Tensor, length: int | None) -> Tensor:
+        """The fixed-shape step: (B, 1) ids at (B,) positions, reading `length` cache positions -> (B, V)
+        logits (what is compiled: once per length)."""
+        logits, _ = self.model(ids, cache=self.cache, last_only=True, positions=positions, read_length=length)
         return logits[:, -1, :]
 
     def _replay(self) -> Tensor:
@@ -183,10 +185,10 @@ class Decoder:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up writes at the current positions, as the step will
                 for _ in range(GRAPH_WARMUP_STEPS):
-                    self._step(self.ids, self.positions)
+                    self._step(self.ids, self.positions, None)
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.graph_logits = self._step(self.ids, self.positions)
+                self.graph_logits = self._step(self.ids, self.positions, None)
         self.graph.replay()
         return self.graph_logits

@@ -45,7 +45,7 @@ from gptcli.models.gpt import (
     register_position_tables,
     repeat_kv,
 )
-from gptcli.models.kv_cache import KVCache, decode_mask
+from gptcli.models.kv_cache import KVCache, decode_length, decode_mask
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -238,6 +238,7 @@ class EncoderDecoder(LanguageModel):
         positions: Tensor | None = None,
         src: Tensor | None = None,
         src_mask: Tensor | None = None,
+        read_length: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) target ids (the start token, then the completion) -> logits (B, T, vocab_size),
         and the mean cross-entropy if targets (-1 ignored).
@@ -245,7 +246,8 @@ class EncoderDecoder(LanguageModel):
         Training and eval: src (B, S) prompts, src_mask (B, S) True at real tokens (None: all).
         Generation: no src; the cache holds the prompt (encode_source) and the tokens decoded so
         far, as a GPT's does: T tokens after cache.pos, or with positions (B,) one token per row at
-        its own position (the fixed-shape step; cache.pos left alone).
+        its own position (the fixed-shape step; cache.pos left alone), reading read_length cache
+        positions (kv_cache.decode_length says how many when None).
         """
         T = idx.size(1)
         mask = None  # the decode step's self-attention mask, the same in every layer
@@ -271,9 +273,7 @@ class EncoderDecoder(LanguageModel):
                 if T != 1:
                     raise GptError("a decode step with positions takes one token per row")
                 x, rope = self._embed(self.decoder, idx, 0, positions)  # (B, 1, C)
-                length = cache.max_len
-                if positions.device.type == "cpu" and not torch.compiler.is_compiling():
-                    length = int(positions.max()) + 1  # eager on a CPU: read only as far as the furthest row
+                length = decode_length(positions, cache.max_len, read_length)
                 mask = decode_mask(positions, length, None)  # (B, 1, 1, length)
         for block, (k, v) in zip(self.decoder.h, cross):
             x = self._run(block, x, rope, cache, positions, mask, k, v, cross_mask)  # (B, T, C)

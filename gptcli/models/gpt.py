@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.models.base import LanguageModel
-from gptcli.models.kv_cache import KVCache, decode_mask
+from gptcli.models.kv_cache import KVCache, decode_length, decode_mask
 from gptcli.models.positions import (
     apply_rotary,
     attention_mask,
@@ -349,6 +349,7 @@ class GPT(LanguageModel):
         last_only: bool = False,
         positions: Tensor | None = None,
         doc_ids: Tensor | None = None,
+        read_length: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """idx: (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy if targets.
 
@@ -357,7 +358,8 @@ class GPT(LanguageModel):
         Targets of -1 are ignored. last_only (generation): logits of the last position only,
         (B, 1, vocab_size), which spares the (B, T, V) matmul of a long prefill.
         positions (a decode step, with a cache): (B,) the position of each row's one new token;
-        shapes stay fixed and cache.pos is left alone (the caller counts), see KVCache.
+        shapes stay fixed and cache.pos is left alone (the caller counts), see KVCache; read_length:
+        the cache positions it reads (kv_cache.decode_length says how many when None).
         doc_ids (training and eval, no cache): (B, T) the document of each token of a packed row,
         non-decreasing, e.g. [0, 0, 0, 1, 1, 2, 2, 2]; positions restart at 0 in each document and
         attention never crosses into another, so each document's logits are what it gives alone
@@ -380,11 +382,7 @@ class GPT(LanguageModel):
             if cache is None or T != 1:
                 raise GptError("a decode step with positions takes one token per row and a KV cache")
             x, rope = self._embed(idx, start, positions)  # (B, 1, C)
-            length = cache.max_len  # fixed: what compiling and CUDA graphs need
-            if positions.device.type == "cpu" and not torch.compiler.is_compiling():
-                # eager on a CPU, reading the positions costs no sync: read the cache only as far as
-                # the furthest row (keys past it are nobody's yet)
-                length = int(positions.max()) + 1
+            length = decode_length(positions, cache.max_len, read_length)
             mask = decode_mask(positions, length, self.config.window)  # (B, 1, 1, length)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and cache is None:

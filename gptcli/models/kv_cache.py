@@ -42,6 +42,7 @@ class KVCache:
         self.batch_size = batch_size
         self.max_len = max_len
         self.pos = 0
+        self.rows = torch.arange(batch_size, device=device)  # (B,): write_at's row indices
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new (B, nkv, T, hs) keys/values of `layer`; return all of them, (B, nkv, pos+T, hs)."""
@@ -54,9 +55,10 @@ class KVCache:
     def write_at(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Store row b's new (nkv, 1, hs) key/value at positions[b]; return the whole (B, nkv, max_len, hs)
         buffers (the caller masks what each row may see, decode_mask, and may read only a prefix)."""
-        index = positions.view(-1, 1, 1, 1).expand(-1, k.size(1), 1, k.size(3))  # (B, nkv, 1, hs)
-        self.k[layer].scatter_(2, index, k.to(self.k[layer].dtype))
-        self.v[layer].scatter_(2, index, v.to(self.v[layer].dtype))
+        # an indexed write (index_put_), which a compiled step does in place: a scatter_ there copied
+        # the whole buffer out and back every step
+        self.k[layer][self.rows, :, positions] = k[:, :, 0].to(self.k[layer].dtype)  # (B, nkv, hs)
+        self.v[layer][self.rows, :, positions] = v[:, :, 0].to(self.v[layer].dtype)
         return self.k[layer].to(k.dtype), self.v[layer].to(v.dtype)
 
     def reset(self) -> None:
@@ -75,8 +77,27 @@ class KVCache:
         view = copy.copy(self)
         view.k = [k[:n, :, :length] for k in self.k]  # (n, nkv, length, hs) views
         view.v = [v[:n, :, :length] for v in self.v]
-        view.batch_size, view.max_len = n, length
+        view.batch_size, view.max_len, view.rows = n, length, self.rows[:n]
         return view
+
+
+def decode_length(positions: Tensor, max_len: int, given: int | None) -> int:
+    """The cache positions a decode step reads: `given` (a compiled CPU step's, compiled_decode_length);
+    else, eager on a CPU, as far as the furthest row (reading positions costs no sync there: keys past
+    it are nobody's yet); else all of them (fixed, as compiling and CUDA graphs need)."""
+    if given is not None:
+        return given
+    if positions.device.type == "cpu" and not torch.compiler.is_compiling():
+        return int(positions.max()) + 1
+    return max_len
+
+
+def compiled_decode_length(positions: Tensor, max_len: int) -> int:
+    """What a compiled CPU step reads: past every row's position, rounded up to a power of two (at least
+    64, at most the cache). Each length is compiled once (a handful up to any context), and a short
+    context does not read the whole buffer: a step compiled over 1,024 positions took 60 ms a token on
+    GPT-2 124M where one over 64 took 37 (2-core Xeon, 1 thread)."""
+    return min(max_len, max(64, 1 << int(positions.max()).bit_length()))
 
 
 def decode_mask(positions: Tensor, max_len: int, window: int | None) -> Tensor:

@@ -104,20 +104,21 @@ def test_compiled_decoding_equals_eager_decoding():
     assert compiled.warm and result.compile_seconds == 0  # compiled above, before the engine's calls
 
 
-def test_a_compiled_cpu_step_reads_a_view_of_the_positions_in_use():
-    """Compiled, a step reads its whole cache: on a CPU it steps a view of the first 64 positions (or
-    128, ...: a power of two past every row) of a longer cache, compiled apart, with the same logits."""
+def test_a_compiled_cpu_step_reads_a_power_of_two_of_the_cache_compiled_once_each():
+    """Compiled, a step reads a fixed number of cache positions: on a CPU the first 64 (or 128, ...: a
+    power of two past every row, at most the cache) rather than the whole buffer, each length compiled
+    once, with the eager step's logits."""
     model = tiny_model(block_size=128)
-    prompt = list(range(1, 40)) * 2  # 78 tokens: the view of 64 positions first, then the whole 100
+    prompt = list(range(1, 40)) * 2  # 78 tokens: steps read 64 positions, then the whole cache of 100
     eager, compiled = Decoder(model, 1, 100), Decoder(model, 1, 100, compile=True)
     a, b = eager.prefill([prompt[:60]]), compiled.prefill([prompt[:60]])
-    assert not compiled.warm and list(compiled.views) == [(1, 64)]  # the next step compiles the view
-    for token in prompt[60:]:
+    assert not compiled.warm  # the next step compiles
+    for i, token in enumerate(prompt[60:]):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
         a, b = eager.step(torch.tensor([token])), compiled.step(torch.tensor([token]))
+        assert compiled.compiled_lengths == ({64} if i < 4 else {64, 100})
+        assert compiled.warm == (i != 3)  # after the step at 63 (the last of 64 positions), 100 compiles
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
-    assert compiled.positions.tolist() == compiled.views[1, 64].positions.tolist() == [78]  # one memory
-    assert compiled.warm and compiled.views[1, 64].warm
 
 
 def test_the_first_call_of_a_compiled_step_is_timed_apart_from_the_decoding(monkeypatch):
@@ -126,7 +127,7 @@ def test_the_first_call_of_a_compiled_step_is_timed_apart_from_the_decoding(monk
     engine = Engine(tiny_model(), char_tokenizer())
     config = SampleConfig(max_new_tokens=10, **GREEDY)
     decoder = engine.decoder(1, 2 + 10)  # the one generate([1, 2], config) takes
-    decoder._warm = False  # as a compiled decoder before its first step
+    decoder.compiled = True  # as a compiled decoder before its first step (its step stays eager)
     step = decoder.step
 
     def compiling_step(ids):
