@@ -169,6 +169,9 @@ class Decoder:
     def _new_step(self):
         """The step this decoder runs: _forward_step, compiled whole (fullgraph, static shapes) or eager."""
         if self.compiled:
+            # every decoder (and view) compiles this one function, a graph per (rows, read length):
+            # past dynamo's 8 per function the rest would run eager
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             return torch.compile(self._forward_step, fullgraph=True, dynamic=False)
         return self._forward_step
 
