@@ -86,7 +86,7 @@ def build(source: Path = SOURCE, name: str = NAME):
 
             os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
         cpp_extension.load(
-            name, [str(source)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            name, [str(source)], extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
             build_directory=str(folder), is_python_module=False,
         )  # fmt: skip
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:  # no compiler or ninja

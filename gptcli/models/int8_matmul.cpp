@@ -4,8 +4,9 @@
 // At a few rows every weight is read once from memory and used for one multiply-add per row, so the
 // speed is how fast the weights stream in. Each weight row is read 64 int8 weights (one cache line)
 // at a time, widened to fp32 in registers and multiplied into four fp32 accumulators, while the line
-// PREFETCH bytes ahead is requested: without that request the CPU's own prefetcher kept this loop at
-// about 6.5 GB/s from memory on one core, with it 9-9.5 (benchmarks/README.md, "Int8 decoding").
+// PREFETCH bytes ahead is requested, and several rows far apart are read at once (see below): the
+// CPU's own prefetcher alone kept a loop like this at about 6.5 GB/s from memory on one core, the
+// request at 8.6, four streams at 12.4 (benchmarks/README.md, "Int8 decoding").
 //
 // Every (row of x, row of q) pair is summed in the same order whatever the number of rows, so a row
 // gives the same bits alone or in a batch. Output rows are split over torch's intra-op threads.
@@ -32,39 +33,54 @@ constexpr int TILE = 4;             // rows of x multiplied by each widened weig
 
 #ifdef GPT_X86
 
-// ---- AVX-512: 16 weights per register
+// Each kernel below multiplies S weight rows q[o[0]], ..., q[o[S-1]] by R rows of x and writes
+// y[r * ldy + o[s]] = scale[o[s]] * sum_i x[r * in + i] q[o[s], i] + bias[o[s]]. The S rows are
+// far apart (other quarters of a thread's rows): S streams in flight at once kept the memory busier
+// than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 19 -> 27-29 GB/s on two). Every (r, s)
+// sums in the same order for any S and R: four accumulators over 64 weights at a time, 16 at a
+// time into the first for the rest, a fixed reduction, then one by one.
 
 __attribute__((target("avx512f"))) inline __m512 widen16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-// y[m * ldy] = s * sum_i x[m * in + i] q[i] + b for the R rows m of x: one weight row q (in,)
-template <int R>
-__attribute__((target("avx512f"))) void dot_rows_avx512(
-    const float* x, const int8_t* q, float s, float b, float* y, int64_t in, int64_t ldy) {
-  __m512 acc[R][4];
-  for (int r = 0; r < R; r++)
-    for (int k = 0; k < 4; k++) acc[r][k] = _mm512_setzero_ps();
+template <int S, int R>
+__attribute__((target("avx512f"))) void dot_avx512(const float* x, const int8_t* q, const float* scale,
+                                                   const float* bias, const int64_t* o, float* y,
+                                                   int64_t in, int64_t ldy) {
+  const int8_t* w[S];
+  for (int s = 0; s < S; s++) w[s] = q + o[s] * in;
+  __m512 acc[S][R][4];
+  for (int s = 0; s < S; s++)
+    for (int r = 0; r < R; r++)
+      for (int k = 0; k < 4; k++) acc[s][r][k] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 64 <= in; i += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(q + i + PREFETCH), _MM_HINT_T0);
-    __m512 w[4];
-    for (int k = 0; k < 4; k++) w[k] = widen16(q + i + 16 * k);
-    for (int r = 0; r < R; r++)
-      for (int k = 0; k < 4; k++) acc[r][k] = _mm512_fmadd_ps(w[k], _mm512_loadu_ps(x + r * in + i + 16 * k), acc[r][k]);
+    for (int s = 0; s < S; s++) _mm_prefetch(reinterpret_cast<const char*>(w[s] + i + PREFETCH), _MM_HINT_T0);
+    for (int k = 0; k < 4; k++) {
+      __m512 wk[S];
+      for (int s = 0; s < S; s++) wk[s] = widen16(w[s] + i + 16 * k);
+      for (int r = 0; r < R; r++) {
+        const __m512 xv = _mm512_loadu_ps(x + r * in + i + 16 * k);
+        for (int s = 0; s < S; s++) acc[s][r][k] = _mm512_fmadd_ps(wk[s], xv, acc[s][r][k]);
+      }
+    }
   }
-  for (; i + 16 <= in; i += 16) {
-    __m512 w = widen16(q + i);
-    for (int r = 0; r < R; r++) acc[r][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + r * in + i), acc[r][0]);
-  }
-  for (int r = 0; r < R; r++) {
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
-    for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(q[j]);
-    y[r * ldy] = sum * s + b;
-  }
+  for (; i + 16 <= in; i += 16)
+    for (int s = 0; s < S; s++) {
+      const __m512 wv = widen16(w[s] + i);
+      for (int r = 0; r < R; r++) acc[s][r][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * in + i), acc[s][r][0]);
+    }
+  for (int s = 0; s < S; s++)
+    for (int r = 0; r < R; r++) {
+      const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[s][r][0], acc[s][r][1]), _mm512_add_ps(acc[s][r][2], acc[s][r][3]));
+      float sum = _mm512_reduce_add_ps(a);
+      for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(w[s][j]);
+      y[r * ldy + o[s]] = sum * scale[o[s]] + (bias ? bias[o[s]] : 0.0f);
+    }
 }
 
-// ---- AVX2 + FMA: 8 weights per register
+// AVX2 + FMA: 8 weights per register, and two streams (16 registers, not 32)
 
 __attribute__((target("avx2,fma"))) inline __m256 widen8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -76,45 +92,66 @@ __attribute__((target("avx2,fma"))) inline float reduce8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
-template <int R>
-__attribute__((target("avx2,fma"))) void dot_rows_avx2(
-    const float* x, const int8_t* q, float s, float b, float* y, int64_t in, int64_t ldy) {
-  __m256 acc[R][4];
-  for (int r = 0; r < R; r++)
-    for (int k = 0; k < 4; k++) acc[r][k] = _mm256_setzero_ps();
+template <int S, int R>
+__attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const int8_t* q, const float* scale,
+                                                 const float* bias, const int64_t* o, float* y,
+                                                 int64_t in, int64_t ldy) {
+  const int8_t* w[S];
+  for (int s = 0; s < S; s++) w[s] = q + o[s] * in;
+  __m256 acc[S][R][4];
+  for (int s = 0; s < S; s++)
+    for (int r = 0; r < R; r++)
+      for (int k = 0; k < 4; k++) acc[s][r][k] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 64 <= in; i += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(q + i + PREFETCH), _MM_HINT_T0);
-    for (int half = 0; half < 2; half++) {  // 32 weights, then the next 32: the same four accumulators
-      const int64_t at = i + 32 * half;
-      __m256 w[4];
-      for (int k = 0; k < 4; k++) w[k] = widen8(q + at + 8 * k);
-      for (int r = 0; r < R; r++)
-        for (int k = 0; k < 4; k++) acc[r][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(x + r * in + at + 8 * k), acc[r][k]);
+    for (int s = 0; s < S; s++) _mm_prefetch(reinterpret_cast<const char*>(w[s] + i + PREFETCH), _MM_HINT_T0);
+    for (int k = 0; k < 8; k++) {  // 8 x 8 weights, into accumulator k % 4
+      __m256 wk[S];
+      for (int s = 0; s < S; s++) wk[s] = widen8(w[s] + i + 8 * k);
+      for (int r = 0; r < R; r++) {
+        const __m256 xv = _mm256_loadu_ps(x + r * in + i + 8 * k);
+        for (int s = 0; s < S; s++) acc[s][r][k % 4] = _mm256_fmadd_ps(wk[s], xv, acc[s][r][k % 4]);
+      }
     }
   }
-  for (; i + 8 <= in; i += 8) {
-    __m256 w = widen8(q + i);
-    for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + r * in + i), acc[r][0]);
-  }
-  for (int r = 0; r < R; r++) {
-    float sum = reduce8(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
-    for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(q[j]);
-    y[r * ldy] = sum * s + b;
-  }
+  for (; i + 8 <= in; i += 8)
+    for (int s = 0; s < S; s++) {
+      const __m256 wv = widen8(w[s] + i);
+      for (int r = 0; r < R; r++) acc[s][r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * in + i), acc[s][r][0]);
+    }
+  for (int s = 0; s < S; s++)
+    for (int r = 0; r < R; r++) {
+      const __m256 a = _mm256_add_ps(_mm256_add_ps(acc[s][r][0], acc[s][r][1]), _mm256_add_ps(acc[s][r][2], acc[s][r][3]));
+      float sum = reduce8(a);
+      for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(w[s][j]);
+      y[r * ldy + o[s]] = sum * scale[o[s]] + (bias ? bias[o[s]] : 0.0f);
+    }
 }
 
-// the rows of x in tiles of TILE (then one at a time), for one weight row
+// One thread's weight rows [begin, end) times every row of x: tiles of TILE rows of x one weight
+// row at a time; a single row of x (decoding one sequence) over STREAMS quarters of the rows at once.
 template <bool AVX512>
-void dot_all_rows(const float* x, const int8_t* q, float s, float b, float* y, int64_t rows, int64_t in, int64_t ldy) {
+void thread_rows(const float* x, const int8_t* q, const float* scale, const float* bias, float* y,
+                 int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
+  constexpr int STREAMS = AVX512 ? 4 : 2;
   int64_t m = 0;
-  for (; m + TILE <= rows; m += TILE) {
-    if (AVX512) dot_rows_avx512<TILE>(x + m * in, q, s, b, y + m * ldy, in, ldy);
-    else dot_rows_avx2<TILE>(x + m * in, q, s, b, y + m * ldy, in, ldy);
-  }
+  for (; m + TILE <= rows; m += TILE)
+    for (int64_t o = begin; o < end; o++) {
+      if (AVX512) dot_avx512<1, TILE>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
+      else dot_avx2<1, TILE>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
+    }
+  const int64_t per = (end - begin) / STREAMS;  // rows per stream; the last few go alone
   for (; m < rows; m++) {
-    if (AVX512) dot_rows_avx512<1>(x + m * in, q, s, b, y + m * ldy, in, ldy);
-    else dot_rows_avx2<1>(x + m * in, q, s, b, y + m * ldy, in, ldy);
+    for (int64_t j = 0; j < per; j++) {
+      int64_t o[STREAMS];
+      for (int s = 0; s < STREAMS; s++) o[s] = begin + s * per + j;
+      if (AVX512) dot_avx512<STREAMS, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
+      else dot_avx2<STREAMS, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
+    }
+    for (int64_t o = begin + STREAMS * per; o < end; o++) {
+      if (AVX512) dot_avx512<1, 1>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
+      else dot_avx2<1, 1>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
+    }
   }
 }
 
@@ -151,12 +188,9 @@ at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const float* sp = scale.data_ptr<float>();
   const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; o++) {
-      const float b = bp ? bp[o] : 0.0f;
-      if (isa == 2) dot_all_rows<true>(xp, qp + o * in, sp[o], b, yp + o, rows, in, out);
-      else dot_all_rows<false>(xp, qp + o * in, sp[o], b, yp + o, rows, in, out);
-    }
+  at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
+    if (isa == 2) thread_rows<true>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
+    else thread_rows<false>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
   });
 #endif
   return y;
