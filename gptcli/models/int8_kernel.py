@@ -1,7 +1,7 @@
 """The int8 product of a decode step on x86 CPUs: int8_matmul.cpp, built on first use.
 
     isa = cpu_isa()                            # 0 where it cannot run: then torch._weight_int8pack_mm
-    y = int8_matmul(x, q, scale, bias, isa)    # x (rows, in) fp32, q (out, in) int8 -> (rows, out) fp32
+    y = int8_matmul(x, q, scale, bias, isa)    # x (..., in) fp32, q (out, in) int8 -> (..., out) fp32
 
 The kernel streams int8 weights from memory at 1.4-2x the speed of torch's `_weight_int8pack_mm` on
 the CPUs measured (benchmarks/README.md, "Int8 decoding"). It is C++ built once per machine with
@@ -44,9 +44,9 @@ def cpu_isa() -> int:
 
 
 def int8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, isa: int) -> Tensor:
-    """x (rows, in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or None -> (rows, out)
+    """x (..., in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or None -> (..., out)
     fp32, with the kernel cpu_isa() names (not 0)."""
-    return torch.ops.gptcli_int8.int8_matmul(x, q, scale, bias, isa)
+    return torch.ops.gptcli_int8.int8_matmul.default(x, q, scale, bias, isa)
 
 
 @functools.cache

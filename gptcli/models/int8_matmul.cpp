@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -167,21 +168,28 @@ int64_t int8_isa() {
   return 0;
 }
 
-// x (rows, in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or none -> (rows, out) fp32;
+// the shape of x (..., in) with out for in
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t out) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  return shape;
+}
+
+// x (..., in) fp32, q (out, in) int8, scale (out,) fp32, bias (out,) fp32 or none -> (..., out) fp32;
 // isa as int8_isa() says
 at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                        const std::optional<at::Tensor>& bias, int64_t isa) {
-  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && scale.dim() == 1, "int8_matmul: x (rows, in), q (out, in), scale (out,)");
+  TORCH_CHECK(x.dim() >= 1 && q.dim() == 2 && scale.dim() == 1, "int8_matmul: x (..., in), q (out, in), scale (out,)");
   TORCH_CHECK(x.scalar_type() == at::kFloat && q.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
               "int8_matmul: x fp32, q int8, scale fp32");
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scale.is_contiguous(), "int8_matmul: contiguous tensors");
-  TORCH_CHECK(x.size(1) == q.size(1) && scale.size(0) == q.size(0), "int8_matmul: shapes do not match");
+  TORCH_CHECK(x.size(-1) == q.size(1) && scale.size(0) == q.size(0), "int8_matmul: shapes do not match");
   const bool has_bias = bias.has_value() && bias->defined();
   TORCH_CHECK(!has_bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == q.size(0)),
               "int8_matmul: bias fp32 (out,)");
   TORCH_CHECK(isa >= 1 && isa <= int8_isa(), "int8_matmul: this CPU cannot run isa ", isa);
-  const int64_t rows = x.size(0), out = q.size(0), in = q.size(1);
-  at::Tensor y = at::empty({rows, out}, x.options());
+  const int64_t out = q.size(0), in = q.size(1), rows = in ? x.numel() / in : 0;
+  at::Tensor y = at::empty(out_shape(x, out), x.options());
 #ifdef GPT_X86
   const float* xp = x.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
@@ -199,7 +207,7 @@ at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 // the output's shape and dtype only: what torch.compile traces the product with
 at::Tensor int8_matmul_meta(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                             const std::optional<at::Tensor>& bias, int64_t isa) {
-  return at::empty({x.size(0), q.size(0)}, x.options());
+  return at::empty(out_shape(x, q.size(0)), x.options());
 }
 
 }  // namespace
