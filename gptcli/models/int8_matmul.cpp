@@ -5,8 +5,8 @@
 // speed is how fast the weights stream in. Each weight row is read 64 int8 weights (one cache line)
 // at a time, widened to fp32 in registers and multiplied into four fp32 accumulators, while the line
 // PREFETCH bytes ahead is requested, and several rows far apart are read at once (see below): the
-// CPU's own prefetcher alone kept a loop like this at about 6.5 GB/s from memory on one core, the
-// request at 8.6, four streams at 12.4 (benchmarks/README.md, "Int8 decoding").
+// CPU's own prefetcher alone kept a loop like this at 7.9 GB/s from memory on one core, the request
+// at 8.6-9.5, four streams at 12.4 (benchmarks/README.md, "Int8 decoding").
 //
 // Every (row of x, row of q) pair is summed in the same order whatever the number of rows, so a row
 // gives the same bits alone or in a batch. Output rows are split over torch's intra-op threads.
@@ -37,7 +37,7 @@ constexpr int TILE = 4;             // rows of x multiplied by each widened weig
 // Each kernel below multiplies S weight rows q[o[0]], ..., q[o[S-1]] by R rows of x and writes
 // y[r * ldy + o[s]] = scale[o[s]] * sum_i x[r * in + i] q[o[s], i] + bias[o[s]]. The S rows are
 // far apart (other quarters of a thread's rows): S streams in flight at once kept the memory busier
-// than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 19 -> 27-29 GB/s on two). Every (r, s)
+// than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 20.6 -> 27-29 GB/s on two). Every (r, s)
 // sums in the same order for any S and R: four accumulators over 64 weights at a time, 16 at a
 // time into the first for the rest, a fixed reduction, then one by one.
 
