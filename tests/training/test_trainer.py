@@ -109,8 +109,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     forward = GPT.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None, cache=None, last_only=False, positions=None):
-        logits, loss = forward(self, idx, targets, cache, last_only, positions)
+    def poisoned(self, idx, targets=None, *args, **kwargs):
+        logits, loss = forward(self, idx, targets, *args, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] >= 9:  # the 9th training batch: step 9
