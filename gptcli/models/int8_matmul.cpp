@@ -30,7 +30,6 @@
 namespace {
 
 constexpr int64_t PREFETCH = 4096;  // bytes ahead of the line being read (2048-8192 measured alike)
-constexpr int TILE = 4;             // rows of x multiplied by each widened weight chunk
 
 #ifdef GPT_X86
 
@@ -129,31 +128,44 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const int8_t* 
     }
 }
 
-// One thread's weight rows [begin, end) times every row of x: tiles of TILE rows of x one weight
-// row at a time; a single row of x (decoding one sequence) over STREAMS quarters of the rows at once.
-template <bool AVX512>
+template <bool AVX512, int S, int R>
+inline void dot(const float* x, const int8_t* q, const float* scale, const float* bias, const int64_t* o,
+                float* y, int64_t in, int64_t ldy) {
+  if (AVX512) dot_avx512<S, R>(x, q, scale, bias, o, y, in, ldy);
+  else dot_avx2<S, R>(x, q, scale, bias, o, y, in, ldy);
+}
+
+// Weight rows o[0..S) times every row of x: R rows of x at a time (each widened weight used R
+// times), the rest one by one. The weight rows stay in L1 from one group of x's rows to the next.
+template <bool AVX512, int S, int R>
+void all_rows_of_x(const float* x, const int8_t* q, const float* scale, const float* bias, const int64_t* o,
+                   float* y, int64_t rows, int64_t in, int64_t out) {
+  int64_t m = 0;
+  for (; m + R <= rows; m += R) dot<AVX512, S, R>(x + m * in, q, scale, bias, o, y + m * out, in, out);
+  for (; m < rows; m++) dot<AVX512, S, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
+}
+
+// One thread's weight rows [begin, end), read S at a time from S equal parts (S streams), the last
+// few alone; each group times every row of x, so the weights are read from memory once.
+template <bool AVX512, int S, int R>
 void thread_rows(const float* x, const int8_t* q, const float* scale, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
-  constexpr int STREAMS = AVX512 ? 4 : 2;
-  int64_t m = 0;
-  for (; m + TILE <= rows; m += TILE)
-    for (int64_t o = begin; o < end; o++) {
-      if (AVX512) dot_avx512<1, TILE>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
-      else dot_avx2<1, TILE>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
-    }
-  const int64_t per = (end - begin) / STREAMS;  // rows per stream; the last few go alone
-  for (; m < rows; m++) {
-    for (int64_t j = 0; j < per; j++) {
-      int64_t o[STREAMS];
-      for (int s = 0; s < STREAMS; s++) o[s] = begin + s * per + j;
-      if (AVX512) dot_avx512<STREAMS, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
-      else dot_avx2<STREAMS, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
-    }
-    for (int64_t o = begin + STREAMS * per; o < end; o++) {
-      if (AVX512) dot_avx512<1, 1>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
-      else dot_avx2<1, 1>(x + m * in, q, scale, bias, &o, y + m * out, in, out);
-    }
+  const int64_t per = (end - begin) / S;
+  for (int64_t j = 0; j < per; j++) {
+    int64_t o[S];
+    for (int s = 0; s < S; s++) o[s] = begin + s * per + j;
+    all_rows_of_x<AVX512, S, R>(x, q, scale, bias, o, y, rows, in, out);
   }
+  for (int64_t o = begin + S * per; o < end; o++) all_rows_of_x<AVX512, 1, R>(x, q, scale, bias, &o, y, rows, in, out);
+}
+
+// Streams and rows of x at a time, within the registers: AVX-512 has 32, for four streams at one row
+// of x (16 accumulators) or two streams at two rows; AVX2 has 16, for two streams or two rows.
+template <bool AVX512>
+void thread_part(const float* x, const int8_t* q, const float* scale, const float* bias, float* y,
+                 int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
+  if (rows == 1) thread_rows<AVX512, AVX512 ? 4 : 2, 1>(x, q, scale, bias, y, rows, in, out, begin, end);
+  else thread_rows<AVX512, AVX512 ? 2 : 1, 2>(x, q, scale, bias, y, rows, in, out, begin, end);
 }
 
 #endif  // GPT_X86
@@ -197,8 +209,8 @@ at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
-    if (isa == 2) thread_rows<true>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
-    else thread_rows<false>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
+    if (isa == 2) thread_part<true>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
+    else thread_part<false>(xp, qp, sp, bp, yp, rows, in, out, begin, end);
   });
 #endif
   return y;

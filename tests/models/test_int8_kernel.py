@@ -27,7 +27,7 @@ def operands(rows: int, n_in: int, n_out: int, seed: int = 0):
 def test_our_kernels_equal_the_float64_product(monkeypatch, choice, n_in):
     monkeypatch.setenv(int8_kernel.SETTING, choice)
     isa = int8_kernel.cpu_isa()
-    x, q, scale = operands(9, n_in, 37)  # 9 rows: two tiles of 4 and one row alone
+    x, q, scale = operands(9, n_in, 37)  # 9 rows: four pairs and one row alone
     bias = torch.randn(37)
     want = x.double() @ dequantize_rows(q, scale, torch.float64).T
     for b in (None, bias):
@@ -41,7 +41,7 @@ def test_our_kernels_equal_the_float64_product(monkeypatch, choice, n_in):
 def test_a_row_has_the_same_bits_alone_in_a_batch_and_at_any_thread_count(monkeypatch, choice):
     monkeypatch.setenv(int8_kernel.SETTING, choice)
     isa = int8_kernel.cpu_isa()
-    x, q, scale = operands(7, 200, 301, seed=1)  # 7 rows: a tile of 4, then 3 alone; 301: streams + rest
+    x, q, scale = operands(7, 200, 301, seed=1)  # 7 rows: three pairs and one alone; 301: streams + rest
     bias = torch.randn(301)
     together = int8_kernel.int8_matmul(x, q, scale, bias, isa)
     for row in range(7):
