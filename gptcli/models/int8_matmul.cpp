@@ -35,10 +35,10 @@ constexpr int64_t PREFETCH = 4096;  // bytes ahead of the line being read (2048-
 
 // Each kernel below multiplies S weight rows q[o[0]], ..., q[o[S-1]] by R rows of x and writes
 // y[r * ldy + o[s]] = scale[o[s]] * sum_i x[r * in + i] q[o[s], i] + bias[o[s]]. The S rows are
-// far apart (other quarters of a thread's rows): S streams in flight at once kept the memory busier
-// than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 20.6 -> 27-29 GB/s on two). Every (r, s)
-// sums in the same order for any S and R: four accumulators over 64 weights at a time, 16 at a
-// time into the first for the rest, a fixed reduction, then one by one.
+// far apart (from S equal parts of a thread's rows): S streams in flight at once kept the memory
+// busier than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 20.6 -> 27-29 GB/s on two). Every
+// (r, s) sums in the same order for any S and R: four accumulators over 64 weights at a time, one
+// register's worth at a time into the first for the rest, a fixed reduction, then one by one.
 
 __attribute__((target("avx512f"))) inline __m512 widen16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
