@@ -3,7 +3,7 @@
 // The product of a decode step (gptcli/models/int8.py; int8_kernel.py builds this file on first use).
 // At a few rows every weight is read once from memory and used for one multiply-add per row, so the
 // speed is how fast the weights stream in. Each weight row is read 64 int8 weights (one cache line)
-// at a time, widened to fp32 in registers and multiplied into four fp32 accumulators, while the line
+// at a time, widened to fp32 in registers and multiplied into two fp32 accumulators, while the line
 // PREFETCH bytes ahead is requested, and several rows far apart are read at once (see below): the
 // CPU's own prefetcher alone kept a loop like this at 7.9 GB/s from memory on one core, the request
 // at 8.6-9.5, four streams at 12.4 (benchmarks/README.md, "Int8 decoding").
@@ -37,8 +37,8 @@ constexpr int64_t PREFETCH = 4096;  // bytes ahead of the line being read (2048-
 // y[r * ldy + o[s]] = scale[o[s]] * sum_i x[r * in + i] q[o[s], i] + bias[o[s]]. The S rows are
 // far apart (from S equal parts of a thread's rows): S streams in flight at once kept the memory
 // busier than one (at one row of x, 8.6 -> 12.4 GB/s on one core, 20.6 -> 27-29 GB/s on two). Every
-// (r, s) sums in the same order for any S and R: four accumulators over 64 weights at a time, one
-// register's worth at a time into the first for the rest, a fixed reduction, then one by one.
+// (r, s) sums in the same order for any S and R: two accumulators taking turns over 64 weights at a
+// time, one register's worth at a time into the first for the rest, their sum, then one by one.
 
 __attribute__((target("avx512f"))) inline __m512 widen16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -50,19 +50,19 @@ __attribute__((target("avx512f"))) void dot_avx512(const float* x, const int8_t*
                                                    int64_t in, int64_t ldy) {
   const int8_t* w[S];
   for (int s = 0; s < S; s++) w[s] = q + o[s] * in;
-  __m512 acc[S][R][4];
+  __m512 acc[S][R][2];
   for (int s = 0; s < S; s++)
     for (int r = 0; r < R; r++)
-      for (int k = 0; k < 4; k++) acc[s][r][k] = _mm512_setzero_ps();
+      for (int k = 0; k < 2; k++) acc[s][r][k] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 64 <= in; i += 64) {
     for (int s = 0; s < S; s++) _mm_prefetch(reinterpret_cast<const char*>(w[s] + i + PREFETCH), _MM_HINT_T0);
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 4; k++) {  // 4 x 16 weights, into accumulator k % 2
       __m512 wk[S];
       for (int s = 0; s < S; s++) wk[s] = widen16(w[s] + i + 16 * k);
       for (int r = 0; r < R; r++) {
         const __m512 xv = _mm512_loadu_ps(x + r * in + i + 16 * k);
-        for (int s = 0; s < S; s++) acc[s][r][k] = _mm512_fmadd_ps(wk[s], xv, acc[s][r][k]);
+        for (int s = 0; s < S; s++) acc[s][r][k % 2] = _mm512_fmadd_ps(wk[s], xv, acc[s][r][k % 2]);
       }
     }
   }
@@ -73,8 +73,7 @@ __attribute__((target("avx512f"))) void dot_avx512(const float* x, const int8_t*
     }
   for (int s = 0; s < S; s++)
     for (int r = 0; r < R; r++) {
-      const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[s][r][0], acc[s][r][1]), _mm512_add_ps(acc[s][r][2], acc[s][r][3]));
-      float sum = _mm512_reduce_add_ps(a);
+      float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[s][r][0], acc[s][r][1]));
       for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(w[s][j]);
       y[r * ldy + o[s]] = sum * scale[o[s]] + (bias ? bias[o[s]] : 0.0f);
     }
@@ -98,19 +97,19 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const int8_t* 
                                                  int64_t in, int64_t ldy) {
   const int8_t* w[S];
   for (int s = 0; s < S; s++) w[s] = q + o[s] * in;
-  __m256 acc[S][R][4];
+  __m256 acc[S][R][2];
   for (int s = 0; s < S; s++)
     for (int r = 0; r < R; r++)
-      for (int k = 0; k < 4; k++) acc[s][r][k] = _mm256_setzero_ps();
+      for (int k = 0; k < 2; k++) acc[s][r][k] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 64 <= in; i += 64) {
     for (int s = 0; s < S; s++) _mm_prefetch(reinterpret_cast<const char*>(w[s] + i + PREFETCH), _MM_HINT_T0);
-    for (int k = 0; k < 8; k++) {  // 8 x 8 weights, into accumulator k % 4
+    for (int k = 0; k < 8; k++) {  // 8 x 8 weights, into accumulator k % 2
       __m256 wk[S];
       for (int s = 0; s < S; s++) wk[s] = widen8(w[s] + i + 8 * k);
       for (int r = 0; r < R; r++) {
         const __m256 xv = _mm256_loadu_ps(x + r * in + i + 8 * k);
-        for (int s = 0; s < S; s++) acc[s][r][k % 4] = _mm256_fmadd_ps(wk[s], xv, acc[s][r][k % 4]);
+        for (int s = 0; s < S; s++) acc[s][r][k % 2] = _mm256_fmadd_ps(wk[s], xv, acc[s][r][k % 2]);
       }
     }
   }
@@ -121,8 +120,7 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* x, const int8_t* 
     }
   for (int s = 0; s < S; s++)
     for (int r = 0; r < R; r++) {
-      const __m256 a = _mm256_add_ps(_mm256_add_ps(acc[s][r][0], acc[s][r][1]), _mm256_add_ps(acc[s][r][2], acc[s][r][3]));
-      float sum = reduce8(a);
+      float sum = reduce8(_mm256_add_ps(acc[s][r][0], acc[s][r][1]));
       for (int64_t j = i; j < in; j++) sum += x[r * in + j] * static_cast<float>(w[s][j]);
       y[r * ldy + o[s]] = sum * scale[o[s]] + (bias ? bias[o[s]] : 0.0f);
     }
@@ -136,12 +134,14 @@ inline void dot(const float* x, const int8_t* q, const float* scale, const float
 }
 
 // Weight rows o[0..S) times every row of x: R rows of x at a time (each widened weight used R
-// times), the rest one by one. The weight rows stay in L1 from one group of x's rows to the next.
+// times), then two, then one. The weight rows stay in L1 from one group of x's rows to the next.
 template <bool AVX512, int S, int R>
 void all_rows_of_x(const float* x, const int8_t* q, const float* scale, const float* bias, const int64_t* o,
                    float* y, int64_t rows, int64_t in, int64_t out) {
   int64_t m = 0;
   for (; m + R <= rows; m += R) dot<AVX512, S, R>(x + m * in, q, scale, bias, o, y + m * out, in, out);
+  if (R > 2)
+    for (; m + 2 <= rows; m += 2) dot<AVX512, S, 2>(x + m * in, q, scale, bias, o, y + m * out, in, out);
   for (; m < rows; m++) dot<AVX512, S, 1>(x + m * in, q, scale, bias, o, y + m * out, in, out);
 }
 
@@ -159,13 +159,15 @@ void thread_rows(const float* x, const int8_t* q, const float* scale, const floa
   for (int64_t o = begin + S * per; o < end; o++) all_rows_of_x<AVX512, 1, R>(x, q, scale, bias, &o, y, rows, in, out);
 }
 
-// Streams and rows of x at a time, within the registers: AVX-512 has 32, for four streams at one row
-// of x (16 accumulators) or two streams at two rows; AVX2 has 16, for two streams or two rows.
+// Streams and rows of x at a time, within the registers (two accumulators each, a widened weight
+// per stream): four streams at one row of x (8 accumulators); at several rows, two streams of four
+// rows with AVX-512's 32 registers (16), one stream of four with AVX2's 16 (8), so that each widened
+// weight serves four rows: from 4 rows on the kernel is bound by that work, not the memory.
 template <bool AVX512>
 void thread_part(const float* x, const int8_t* q, const float* scale, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out, int64_t begin, int64_t end) {
-  if (rows == 1) thread_rows<AVX512, AVX512 ? 4 : 2, 1>(x, q, scale, bias, y, rows, in, out, begin, end);
-  else thread_rows<AVX512, AVX512 ? 2 : 1, 2>(x, q, scale, bias, y, rows, in, out, begin, end);
+  if (rows == 1) thread_rows<AVX512, 4, 1>(x, q, scale, bias, y, rows, in, out, begin, end);
+  else thread_rows<AVX512, AVX512 ? 2 : 1, 4>(x, q, scale, bias, y, rows, in, out, begin, end);
 }
 
 #endif  // GPT_X86
