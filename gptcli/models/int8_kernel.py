@@ -3,7 +3,7 @@
     isa = cpu_isa()                            # 0 where it cannot run: then torch._weight_int8pack_mm
     y = int8_matmul(x, q, scale, bias, isa)    # x (..., in) fp32, q (out, in) int8 -> (..., out) fp32
 
-The kernel streams int8 weights from memory at 1.85-1.9x the speed of torch's `_weight_int8pack_mm`
+The kernel streams int8 weights from memory at 1.9x the speed of torch's `_weight_int8pack_mm`
 on GPT-2-124M's matrices (2-core Xeon; benchmarks/README.md, "Int8 decoding"; only this CPU was
 measured). It is C++ built once per machine with
 torch's cpp_extension (a C++ compiler and ninja; ~10 s, kept in torch's extension folder,
