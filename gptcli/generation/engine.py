@@ -177,15 +177,17 @@ class Engine:
         self.encoder_decoder = bool(getattr(model, "encoder_decoder", False))
         self.start_id = start_id(tokenizer) if self.encoder_decoder else None  # the decoder's first token
         self.int8 = is_quantized(self.model)  # int8 weights (gptcli.models.int8), activations in precision
-        # on a CPU, the int8 kernel is built (once per machine: gptcli.models.int8_kernel) here, not
-        # inside the first token's time
-        if self.int8 and self.device.type == "cpu" and not cpu_isa() and compile:
-            # our int8 kernel compiles as it is; torch's cannot be lowered by Inductor, and the compiled
-            # dequantize-matmul took 277 ms a token on GPT-2 124M against its eager 42 (2-core Xeon, 1 thread)
-            raise GptError(
-                "--compile with int8 weights needs the int8 CPU kernel (gptcli.models.int8_kernel), which "
-                "cannot run here; torch's compiled would be slower than without: leave out --compile"
-            )
+        if self.int8 and self.device.type == "cpu":
+            # the int8 kernel is built here (once per machine: gptcli.models.int8_kernel), not inside
+            # the first token's time
+            isa = cpu_isa()
+            if compile and not isa:
+                # ours compiles as it is; torch's cannot be lowered by Inductor, and the compiled
+                # dequantize-matmul took 277 ms a token on GPT-2 124M against its eager 42 (2-core Xeon)
+                raise GptError(
+                    "--compile with int8 weights needs the int8 CPU kernel (gptcli.models.int8_kernel), "
+                    "which cannot run here; torch's compiled would be slower than without: leave out --compile"
+                )
 
     @classmethod
     def from_checkpoint(

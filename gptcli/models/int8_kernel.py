@@ -32,6 +32,7 @@ from gptcli.errors import GptError
 SETTING = "GPT_INT8_KERNEL"
 CHOICES = {"auto": -1, "avx2": 1, "avx512": 2, "torch": 0}  # -> the isa number int8_matmul.cpp takes
 SOURCE = Path(__file__).with_name("int8_matmul.cpp")
+X86 = platform.machine().lower() in ("x86_64", "amd64")  # the only CPUs the kernel is written for
 NAME = "gptcli_int8"
 
 
@@ -54,12 +55,13 @@ def int8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, isa: i
 def _isa(choice: str) -> int:
     if choice == "torch":
         return 0
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not X86:
         return _refuse(choice, f"the kernel is for x86 CPUs, this one is {platform.machine()}")
     # auto: no wider than torch's own kernels run (ATEN_CPU_CAPABILITY=default stands for a plain CPU)
-    allowed = {"AVX512": 2, "AVX2": 1}.get(torch.backends.cpu.get_cpu_capability(), 0)
+    capability = torch.backends.cpu.get_cpu_capability()
+    allowed = {"AVX512": 2, "AVX2": 1}.get(capability, 0)
     if choice == "auto" and allowed == 0:
-        return _refuse(choice, f"torch's CPU capability is {torch.backends.cpu.get_cpu_capability()}")
+        return _refuse(choice, f"torch's CPU capability is {capability}")
     ops = build()
     if ops is None:
         return 0

@@ -10,8 +10,7 @@ from gptcli.errors import GptError
 from gptcli.models import int8_kernel
 from gptcli.models.int8 import QuantizedLinear, dequantize_rows, int8_linear, quantize_rows
 
-X86 = int8_kernel.platform.machine().lower() in ("x86_64", "amd64")
-ISA = int(int8_kernel.build().int8_isa()) if X86 and int8_kernel.build() is not None else 0
+ISA = int(int8_kernel.build().int8_isa()) if int8_kernel.X86 and int8_kernel.build() is not None else 0
 OURS = [name for name, isa in (("avx512", 2), ("avx2", 1)) if 0 < isa <= ISA]
 
 
@@ -96,7 +95,7 @@ def test_auto_goes_no_wider_than_torchs_cpu_capability(monkeypatch):
         assert int8_kernel.cpu_isa() == min(ISA, 2 if capability == "AVX512" else 1)
 
 
-@pytest.mark.skipif(not X86, reason="the kernel is built on x86 CPUs only")
+@pytest.mark.skipif(not int8_kernel.X86, reason="the kernel is built on x86 CPUs only")
 def test_a_kernel_that_does_not_build_leaves_torchs_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     broken = tmp_path / "broken.cpp"
